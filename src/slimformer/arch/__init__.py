@@ -1,0 +1,46 @@
+"""Architecture adapters: the registry that maps a ``config.model_type`` to its adapter."""
+
+from __future__ import annotations
+
+from slimformer.arch.base import ArchAdapter, AttentionView, FFNView, ModelDims
+from slimformer.arch.bert import BertAdapter
+from slimformer.arch.distilbert import DistilBertAdapter
+from slimformer.arch.roberta import RobertaAdapter
+
+#: model_type -> adapter. Tests iterate this, so a new family is tested automatically.
+ADAPTERS: dict[str, ArchAdapter] = {}
+for _adapter in (BertAdapter(), RobertaAdapter(), DistilBertAdapter()):
+    for _model_type in _adapter.model_types:
+        ADAPTERS[_model_type] = _adapter
+
+
+def get_adapter_for_config(config) -> ArchAdapter:
+    """The adapter for a config, or ``ValueError`` naming its ``model_type`` and the supported ones."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"unsupported architecture: model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]
+
+
+def get_adapter(model) -> ArchAdapter:
+    """The adapter for a model instance (a sequence classifier of a supported family)."""
+    adapter = get_adapter_for_config(model.config)
+    if not hasattr(model, "classifier"):
+        raise ValueError(
+            f"{type(model).__name__} is not a sequence classifier; load it with "
+            "AutoModelForSequenceClassification"
+        )
+    return adapter
+
+
+__all__ = [
+    "ADAPTERS",
+    "ArchAdapter",
+    "AttentionView",
+    "FFNView",
+    "ModelDims",
+    "get_adapter",
+    "get_adapter_for_config",
+]

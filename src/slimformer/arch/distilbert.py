@@ -1,0 +1,37 @@
+"""DistilBERT sequence classifiers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimformer.arch.base import ArchAdapter, ModelDims
+
+
+class DistilBertAdapter(ArchAdapter):
+    family = "distilbert"
+    model_types = ("distilbert",)
+
+    def dims(self, config) -> ModelDims:
+        return ModelDims(
+            family=self.family,
+            hidden=config.dim,
+            num_heads=config.n_heads,
+            head_size=config.dim // config.n_heads,
+            ffn=config.hidden_dim,
+            num_layers=config.n_layers,
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=0,
+            num_labels=config.num_labels,
+        )
+
+    def base_model(self, model):
+        return model.distilbert
+
+    def embed(self, model, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+        return self.base_model(model).embeddings(input_ids)
+
+    def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.relu(model.pre_classifier(hidden[:, 0]))  # (B, hidden)
+        return model.classifier(model.dropout(pooled))

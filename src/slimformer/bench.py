@@ -1,0 +1,365 @@
+"""Wall-clock latency and throughput measurement of encoder models on this CPU.
+
+All numbers are wall-clock times (``time.perf_counter``) of full forward passes on the machine the
+benchmark runs on; they are only comparable with numbers taken on the same machine, with the same
+thread count. Noise is reduced by untimed warmup calls, ``torch.inference_mode``, a ``gc.collect()``
+before each batch size, and reporting the median (plus spread) of many repeats.
+
+:func:`time_callable` is the single timing primitive: dynamic methods (token skimming, early exit)
+time their own callables with it so every speedup is measured the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Ids below this are usually special tokens ([PAD], [CLS], <s>, ...); random text avoids them.
+_FIRST_SAFE_ID = 11
+# RoBERTa-style models number positions from padding_idx + 1, so that many rows are unusable.
+_PADDING_OFFSET_FAMILIES = ("roberta", "xlm-roberta", "camembert")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What to measure: batch sizes, sequence length and how many timed repeats."""
+
+    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"help": "batch sizes to time, each >= 1"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence (>= 2), no padding"})
+    warmup: int = field(default=3, metadata={"help": "untimed calls before timing (>= 0)"})
+    repeats: int = field(default=20, metadata={"help": "timed calls per batch size (>= 1)"})
+    min_time_s: float = field(
+        default=0.0, metadata={"help": "keep repeating until this many timed seconds are reached too (>= 0)"}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "torch intra-op threads during the run (>= 1); None = torch default"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random input ids (>= 0)"})
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; store a tuple so the config stays hashable and immutable.
+        if isinstance(self.batch_sizes, list):
+            object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        if not isinstance(self.batch_sizes, tuple) or not self.batch_sizes:
+            raise ValueError(f"batch_sizes={self.batch_sizes!r}: need a non-empty tuple of ints >= 1")
+        for b in self.batch_sizes:
+            if not _is_int(b) or b < 1:
+                raise ValueError(f"batch_sizes={self.batch_sizes!r}: each batch size must be an int >= 1")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError(f"batch_sizes={self.batch_sizes!r}: batch sizes must be distinct")
+        _check_int("seq_len", self.seq_len, 2)
+        _check_int("warmup", self.warmup, 0)
+        _check_int("repeats", self.repeats, 1)
+        _check_int("seed", self.seed, 0)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1)
+        ok = isinstance(self.min_time_s, (int, float)) and not isinstance(self.min_time_s, bool)
+        if not ok or not math.isfinite(self.min_time_s) or self.min_time_s < 0:
+            raise ValueError(f"min_time_s={self.min_time_s!r}: must be a finite number >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (batch_sizes as a list)."""
+        d = dataclasses.asdict(self)
+        d["batch_sizes"] = list(self.batch_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError rather than being dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown BenchConfig field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """Parse ``"1,32"`` (spaces allowed) into ``(1, 32)``; raise ValueError naming the bad text."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        if not any(parts):
+            raise ValueError
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers like '1,32', got {text!r}") from None
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    repeats: int,
+    min_time_s: float = 0.0,
+    on_call: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Call ``fn()`` ``warmup`` times untimed, then time each further call with ``perf_counter``.
+
+    Timing stops once ``repeats`` calls are done and their total time reaches ``min_time_s``.
+    ``on_call`` (e.g. a progress-bar update) runs after each call, outside the timed region.
+
+    Returns:
+        median/mean/min/max/p10/p90/iqr/std in milliseconds, ``repeats`` (calls timed) and the
+        raw ``times_ms`` list.
+    """
+    for _ in range(warmup):
+        fn()
+        if on_call is not None:
+            on_call()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeats or total < min_time_s:
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed * 1e3)
+        total += elapsed
+        if on_call is not None:
+            on_call()
+    return summarize_times(times)
+
+
+def summarize_times(times_ms: list[float]) -> dict[str, Any]:
+    """Robust summary of per-call times (ms); the median is the headline, spread shows the noise."""
+    if not times_ms:
+        raise ValueError("times_ms is empty: need at least one timed call")
+    a = np.asarray(times_ms, dtype=np.float64)
+    p10, p25, p50, p75, p90 = np.percentile(a, [10, 25, 50, 75, 90])
+    return {
+        "median_ms": float(p50),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "iqr_ms": float(p75 - p25),
+        "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "repeats": int(a.size),
+        "times_ms": [float(t) for t in a],
+    }
+
+
+def max_seq_len(model: torch.nn.Module) -> int | None:
+    """Longest sequence the model's position embeddings allow, or None when unknown."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", "") in _PADDING_OFFSET_FAMILIES:
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (1 if pad is None else pad) + 1
+    return int(limit)
+
+
+def _accepts_token_type_ids(model: torch.nn.Module) -> bool:
+    # DistilBERT has no segment embeddings (no type_vocab_size) and no token_type_ids argument.
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "type_vocab_size", 0))
+
+
+def make_bench_inputs(model: torch.nn.Module, batch_size: int, seq_len: int, seed: int) -> dict:
+    """Random, unpadded inputs the model accepts: ids avoid special tokens, full attention mask.
+
+    Raises:
+        ValueError: ``seq_len`` exceeds the model's position embeddings, or bad sizes.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must both be >= 1")
+    limit = max_seq_len(model)
+    if limit is not None and seq_len > limit:
+        pos = getattr(model.config, "max_position_embeddings", limit)
+        raise ValueError(
+            f"seq_len={seq_len} is longer than the model allows: {limit} (max_position_embeddings={pos})"
+        )
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1000)
+    low = _FIRST_SAFE_ID if vocab > 2 * _FIRST_SAFE_ID else 0
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, vocab, (batch_size, seq_len), generator=g)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if _accepts_token_type_ids(model):
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    param = next(model.parameters(), None)
+    if param is not None:
+        inputs = {k: v.to(param.device) for k, v in inputs.items()}
+    return inputs
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    # platform.processor() is often empty or just "x86_64" on Linux; /proc/cpuinfo names the CPU.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Where the timings were taken: without this, numbers from two machines look comparable."""
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "numpy": _version("numpy"),
+        "slimformer": _version("slimformer"),
+        "datetime_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def bench_model(model: torch.nn.Module, config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Time ``model(**inputs)`` for each batch size of ``config``; see the module docstring.
+
+    Returns:
+        ``{"config", "results": [per batch size stats + throughput_seq_per_s, ms_per_seq],
+        "environment", "model": {"params", "class"}}`` (JSON-ready).
+    """
+    from tqdm.auto import tqdm
+
+    old_threads = torch.get_num_threads()
+    was_training = model.training
+    calls_per_size = config.warmup + config.repeats
+    bar = tqdm(
+        total=len(config.batch_sizes) * calls_per_size, desc="bench", disable=not progress, leave=False
+    )
+    results = []
+    try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        env = environment()  # inside the try: records the thread count actually used
+        model.eval()
+        with torch.inference_mode():
+            for batch_size in config.batch_sizes:
+                inputs = make_bench_inputs(model, batch_size, config.seq_len, config.seed)
+                bar.set_postfix(batch=batch_size)
+                gc.collect()  # a collection during timing would land on one unlucky repeat
+                stats = time_callable(
+                    lambda inputs=inputs: model(**inputs),
+                    warmup=config.warmup,
+                    repeats=config.repeats,
+                    min_time_s=config.min_time_s,
+                    on_call=bar.update,
+                )
+                median_s = stats["median_ms"] / 1e3
+                row = {"batch_size": batch_size, "seq_len": config.seq_len, **stats}
+                row["throughput_seq_per_s"] = batch_size / median_s if median_s > 0 else float("inf")
+                row["ms_per_seq"] = stats["median_ms"] / batch_size
+                results.append(row)
+                logger.info(
+                    "batch %d x %d: median %.3f ms, %.1f seq/s",
+                    batch_size, config.seq_len, stats["median_ms"], row["throughput_seq_per_s"],
+                )  # fmt: skip
+    finally:
+        bar.close()
+        torch.set_num_threads(old_threads)
+        model.train(was_training)
+    return {
+        "config": config.to_dict(),
+        "results": results,
+        "environment": env,
+        "model": {
+            "params": sum(p.numel() for p in model.parameters()),
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        },
+    }
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Speedup of candidate ``a`` over reference ``b`` (the ``--vs`` run), per batch size.
+
+    ``speedup = b_median_ms / a_median_ms``: above 1 means ``a`` is that many times faster than
+    ``b``; below 1 means ``a`` is slower.
+
+    Raises:
+        ValueError: the two runs do not cover the same batch sizes and sequence lengths.
+    """
+    a_rows = {(r["batch_size"], r["seq_len"]): r for r in a["results"]}
+    b_rows = {(r["batch_size"], r["seq_len"]): r for r in b["results"]}
+    if set(a_rows) != set(b_rows):
+        raise ValueError(
+            "cannot compare runs with different (batch_size, seq_len): "
+            f"candidate has {sorted(a_rows)}, reference has {sorted(b_rows)}"
+        )
+    out = []
+    for key, ra in a_rows.items():  # keeps the candidate's order
+        a_ms, b_ms = ra["median_ms"], b_rows[key]["median_ms"]
+        out.append(
+            {
+                "batch_size": key[0],
+                "seq_len": key[1],
+                "a_median_ms": a_ms,
+                "b_median_ms": b_ms,
+                "speedup": b_ms / a_ms if a_ms > 0 else float("inf"),
+            }
+        )
+    return out
+
+
+def format_table(result: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """Aligned plain-text table of ``result``; with ``other`` (the reference) adds speedup columns."""
+    header = ["batch", "seq_len", "median ms", "p10 ms", "p90 ms", "iqr ms", "ms/seq", "seq/s"]
+    speedups: dict[tuple[int, int], dict[str, Any]] = {}
+    if other is not None:
+        header += ["ref median ms", "speedup"]
+        speedups = {(c["batch_size"], c["seq_len"]): c for c in compare(result, other)}
+    rows = []
+    for r in result["results"]:
+        row = [
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            *(f"{r[k]:.3f}" for k in ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "ms_per_seq")),
+            f"{r['throughput_seq_per_s']:.1f}",
+        ]
+        if other is not None:
+            c = speedups[(r["batch_size"], r["seq_len"])]
+            row += [f"{c['b_median_ms']:.3f}", f"{c['speedup']:.2f}x"]
+        rows.append(row)
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    env = result.get("environment", {})
+    if env:
+        lines.append(
+            f"wall clock on {env.get('processor')}, {env.get('torch_threads')} torch threads "
+            f"of {env.get('logical_cores')} cores, torch {env.get('torch')}, {env.get('datetime_utc')}"
+        )
+    if other is not None:
+        lines.append("speedup = reference median / candidate median (> 1: candidate is faster)")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The cost model: parameters, bytes and MACs of a structure, and the marginal cost of each unit.
+
+This is the one source of truth for every budget. MACs are multiply-accumulates for one sequence
+of ``seq_len`` tokens: every Linear layer of the encoder, the two attention matmuls (QK^T and AV)
+and the classification head (pooler + classifier, on the first token only). Embeddings are
+lookups and count 0 MACs; norms, softmax, activations and bias adds are not counted (they are
+O(T * hidden), under 1% of the total for these models). Tested against
+``torch.utils.flop_counter.FlopCounterMode`` on real forward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from slimformer.arch import ModelDims
+from slimformer.structure import LayerShape, Structure
+
+MACS_NOTE = (
+    "encoder linear layers + attention matmuls + classifier head, per sequence; "
+    "embeddings are lookups (0 MACs); norms, softmax and activations not counted"
+)
+
+
+def layer_macs(dims: ModelDims, shape: LayerShape, seq_len: int) -> dict[str, int]:
+    """MACs of one layer for one sequence: ``{"attention", "ffn", "total"}``."""
+    t, d, width = seq_len, dims.hidden, shape.heads * dims.head_size
+    # q, k, v and output projections: 4 (T x d) @ (d x width) products; scores and weighted sum:
+    # 2 per head (T x s) @ (s x T), i.e. 2 * T^2 * width.
+    attention = 4 * t * d * width + 2 * t * t * width
+    ffn = 2 * t * d * shape.ffn
+    return {"attention": attention, "ffn": ffn, "total": attention + ffn}
+
+
+def layer_params(dims: ModelDims, shape: LayerShape) -> dict[str, int]:
+    """Parameters of one layer: ``{"attention", "ffn", "total"}`` (LayerNorms included)."""
+    d, width = dims.hidden, shape.heads * dims.head_size
+    # q, k, v (weights + biases), output projection (its bias survives even with 0 heads), LayerNorm
+    attention = 3 * (d * width + width) + (width * d + d) + 2 * d
+    ffn = (d * shape.ffn + shape.ffn) + (shape.ffn * d + d) + 2 * d
+    return {"attention": attention, "ffn": ffn, "total": attention + ffn}
+
+
+def embedding_params(dims: ModelDims) -> int:
+    return (dims.vocab_size + dims.max_positions + dims.type_vocab_size) * dims.hidden + 2 * dims.hidden
+
+
+def head_params(dims: ModelDims) -> int:
+    """Pooler / pre-classifier (d x d) and classifier (d x labels), with biases."""
+    return dims.hidden * dims.hidden + dims.hidden + dims.hidden * dims.num_labels + dims.num_labels
+
+
+def head_macs(dims: ModelDims) -> int:
+    return dims.hidden * dims.hidden + dims.hidden * dims.num_labels
+
+
+def _linear_weights(dims: ModelDims, structure: Structure) -> int:
+    """Weights of Linear layers (what int8 dynamic quantization stores in one byte each)."""
+    d = dims.hidden
+    total = d * d + d * dims.num_labels
+    for s in structure.layers:
+        width = s.heads * dims.head_size
+        total += 4 * d * width + 2 * d * s.ffn
+    return total
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The cost of a structure at one sequence length."""
+
+    params: int
+    encoder_params: int
+    embedding_params: int
+    head_params: int
+    bytes_fp32: int
+    bytes_fp16: int
+    bytes_int8: int
+    macs: int
+    seq_len: int
+    layers: tuple[dict, ...]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        out["macs_note"] = MACS_NOTE
+        return out
+
+
+def cost_of(structure: Structure, seq_len: int = 128) -> Cost:
+    """Parameters, bytes and MACs of ``structure`` for sequences of ``seq_len`` tokens.
+
+    Raises:
+        ValueError: ``seq_len`` < 1.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    dims = structure.dims
+    layers = []
+    for s in structure.layers:
+        m, p = layer_macs(dims, s, seq_len), layer_params(dims, s)
+        layers.append({"heads": s.heads, "ffn": s.ffn, "origin": s.origin, "macs": m["total"], "params": p["total"]})
+    encoder = sum(x["params"] for x in layers)
+    emb, head = embedding_params(dims), head_params(dims)
+    params = encoder + emb + head
+    linear = _linear_weights(dims, structure)
+    return Cost(
+        params=params,
+        encoder_params=encoder,
+        embedding_params=emb,
+        head_params=head,
+        bytes_fp32=4 * params,
+        bytes_fp16=2 * params,
+        bytes_int8=linear + 4 * (params - linear),  # int8 Linear weights, everything else fp32
+        macs=sum(x["macs"] for x in layers) + head_macs(dims),
+        seq_len=seq_len,
+        layers=tuple(layers),
+    )
+
+
+def marginal_costs(structure: Structure, seq_len: int = 128) -> dict:
+    """What one unit costs, for budget-aware selection.
+
+    Returns ``{"head": {"macs", "params"}, "neuron": {"macs", "params"},
+    "layer": [{"macs", "params"} per layer], "token": [macs per layer for one more token]}``.
+    """
+    dims = structure.dims
+    d, s, t = dims.hidden, dims.head_size, seq_len
+    layer, token = [], []
+    for shape in structure.layers:
+        layer.append({"macs": layer_macs(dims, shape, t)["total"], "params": layer_params(dims, shape)["total"]})
+        token.append(layer_macs(dims, shape, t + 1)["total"] - layer_macs(dims, shape, t)["total"])
+    return {
+        "head": {"macs": 4 * t * d * s + 2 * t * t * s, "params": 4 * d * s + 3 * s},
+        "neuron": {"macs": 2 * t * d, "params": 2 * d + 1},
+        "layer": layer,
+        "token": token,
+    }
