@@ -1,0 +1,270 @@
+"""The ``slimformer`` command: each subcommand is a thin layer over a library function.
+
+Tables and human-readable text go to stdout; with ``--json`` stdout holds only JSON, so a script
+can parse it. Progress bars and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Make fine-tuned transformer encoders smaller and faster, and measure it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ModelArg = Annotated[str, typer.Argument(help="built-in model (see `slimformer list`), local folder, or hub id")]
+TaskOpt = Annotated[
+    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`), or a CSV/TSV/JSONL file")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")]
+TextCol = Annotated[str, typer.Option(help="column holding the text (user files)")]
+PairCol = Annotated[str | None, typer.Option(help="optional second text column for pair tasks (user files)")]
+LabelCol = Annotated[str, typer.Option(help="column holding the label (user files)")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the train/validation/test split")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own bars show progress; theirs repeat on every load
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _emit_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress messages")] = False):
+    _setup_logging(verbose)
+
+
+@app.command("list")
+def list_builtins(as_json: JsonOpt = False):
+    """List the built-in models and tasks (installed from packages, no download)."""
+    from slimformer.data import BUILTIN_TASKS
+    from slimformer.models import BUILTIN_MODELS
+
+    data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": dict(BUILTIN_TASKS)}
+    if as_json:
+        _emit_json(data)
+        return
+    for kind, items in data.items():
+        typer.echo(f"{kind}:")
+        for name, desc in items.items():
+            typer.echo(f"  {name:18s} {desc}")
+
+
+@app.command()
+def info(
+    model: ModelArg,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs")] = 128,
+    as_json: JsonOpt = False,
+):
+    """Parameters, bytes and MACs of a model, from the cost model, with per-layer shapes."""
+    from slimformer.cost import cost_of, marginal_costs
+    from slimformer.models import load_model
+    from slimformer.report import human
+    from slimformer.structure import Structure
+
+    try:
+        m, _ = load_model(model)
+        structure = Structure.from_model(m)
+        cost = cost_of(structure, seq_len)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    data = {"model": model, "family": structure.dims.family, **cost.to_dict(),
+            "marginal": marginal_costs(structure, seq_len)}
+    if as_json:
+        _emit_json(data)
+        return
+    typer.echo(f"{model} ({structure.dims.family}, hidden {structure.dims.hidden}, head size {structure.dims.head_size})")
+    typer.echo(f"  params       {cost.params:,} ({human(cost.params)}), encoder {cost.encoder_params:,}")
+    typer.echo(f"  bytes        fp32 {human(cost.bytes_fp32)}B, fp16 {human(cost.bytes_fp16)}B, int8 {human(cost.bytes_int8)}B")
+    typer.echo(f"  MACs/seq     {cost.macs:,} ({human(cost.macs)}) at {seq_len} tokens")
+    typer.echo(f"               ({data['macs_note']})")
+    for i, layer in enumerate(cost.layers):
+        typer.echo(f"  layer {i:2d}     heads {layer['heads']:3d}  ffn {layer['ffn']:5d}  MACs {human(layer['macs'])}")
+
+
+@app.command()
+def evaluate(
+    model: ModelArg,
+    task: TaskOpt = "rotten_tomatoes",
+    split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
+    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 64,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+):
+    """Task metrics (accuracy, macro F1, MCC for binary tasks) of a model on one split."""
+    from slimformer.data import load_task
+    from slimformer.evaluate import evaluate as run_eval
+    from slimformer.models import load_model
+
+    try:
+        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column,
+                         label_column=label_column, seed=seed)
+        examples = data.split(split)
+        m, tok = load_model(model)
+        if m.config.num_labels != data.num_labels:
+            raise ValueError(
+                f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
+            )
+        metrics = run_eval(m, tok, examples, batch_size=batch_size, max_length=max_length, progress=not as_json)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(metrics)
+    else:
+        typer.echo(f"{model} on {task} [{split}]: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+
+@app.command()
+def bench(
+    model: ModelArg,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes")] = "1,32",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence")] = 128,
+    repeats: Annotated[int, typer.Option(help="timed runs per batch size")] = 20,
+    warmup: Annotated[int, typer.Option(help="untimed runs first")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    vs: Annotated[str | None, typer.Option("--vs", help="a reference model to compare against")] = None,
+    as_json: JsonOpt = False,
+):
+    """Wall-clock latency and throughput per batch size (median and spread), optionally vs another model."""
+    from slimformer.bench import BenchConfig, bench_model, compare, format_table, parse_int_list
+    from slimformer.models import load_model
+
+    try:
+        config = BenchConfig(batch_sizes=parse_int_list(batch_sizes), seq_len=seq_len, repeats=repeats,
+                             warmup=warmup, threads=threads)
+        m, _ = load_model(model)
+        result = bench_model(m, config, progress=not as_json)
+        other = None
+        if vs is not None:
+            ref, _ = load_model(vs)
+            other = bench_model(ref, config, progress=not as_json)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        data = {"model": model, **result}
+        if other is not None:
+            data["vs"] = {"model": vs, **other}
+            data["comparison"] = compare(result, other)
+        _emit_json(data)
+    else:
+        typer.echo(format_table(result, other))
+
+
+@app.command()
+def finetune(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    epochs: Annotated[int, typer.Option(help="passes over the training split")] = 2,
+    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="examples per step")] = 32,
+    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 64,
+    warmup_ratio: Annotated[float, typer.Option(help="fraction of steps with linear warmup")] = 0.06,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = 0.01,
+    seed: Annotated[int, typer.Option(help="seed of training and of the data split")] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last epoch checkpoint in --out")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """Fine-tune a model on a task (runs on Accelerate: `accelerate launch -m slimformer.cli finetune ...`)."""
+    from slimformer.data import load_task
+    from slimformer.models import load_model
+    from slimformer.train import FinetuneConfig
+    from slimformer.train import finetune as run_finetune
+
+    try:
+        config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                                warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed, max_steps=max_steps)
+        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column,
+                         label_column=label_column, seed=seed)
+        if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+            raise FileExistsError(f"output folder {str(out)!r} is not empty; pass --overwrite or --resume")
+        m, tok = load_model(model, label_names=data.label_names)
+        report = run_finetune(m, tok, data, config, out, resume=resume, overwrite=overwrite, progress=not as_json)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+    else:
+        typer.echo(f"saved fine-tuned model to {out}")
+        typer.echo(json.dumps(report.get("validation", report.get("epochs", [])), indent=2, default=str))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<model>-<task>-<time>)")] = None,
+    model: Annotated[str, typer.Option(help="model to fine-tune and measure")] = "minilm-l6",
+    task: TaskOpt = "rotten_tomatoes",
+    repeats: Annotated[int, typer.Option(help="timed runs per batch size")] = 10,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """The main job: fine-tune (cached) the model on the task, evaluate on test, measure, report."""
+    from datetime import datetime
+
+    from slimformer.pipeline import DemoConfig, run_demo
+    from slimformer.report import rich_table
+
+    if out is None:
+        out = Path("runs") / f"{model}-{Path(task).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    try:
+        report = run_demo(DemoConfig(model=model, task=task, repeats=repeats), out, overwrite=overwrite,
+                          progress=not as_json)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    console = _console()
+    console.print(rich_table(report["rows"], title=f"{model} on {report['task']['name']} (test split)"))
+    console.print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

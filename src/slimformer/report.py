@@ -1,0 +1,62 @@
+"""Results a person can read and a script can parse: tables (terminal, markdown) and JSON files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+#: (key, header, format) of the columns shown for each model row.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("name", "model", "{}"),
+    ("params", "params", "{:,}"),
+    ("macs", "MACs/seq", "{:,}"),
+    ("seq_len", "seq len", "{}"),
+    ("accuracy", "test acc", "{:.4f}"),
+    ("f1_macro", "test F1", "{:.4f}"),
+    ("latency_b1_ms", "ms @b1", "{:.2f}"),
+    ("latency_b32_ms", "ms @b32", "{:.1f}"),
+    ("throughput_b32", "seq/s @b32", "{:.1f}"),
+)
+
+
+def human(n: float) -> str:
+    """12_345_678 -> '12.35M' (for prose; tables keep exact numbers)."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _cells(row: dict, columns=COLUMNS) -> list[str]:
+    out = []
+    for key, _, fmt in columns:
+        value = row.get(key)
+        out.append("-" if value is None else fmt.format(value))
+    return out
+
+
+def markdown_table(rows: Sequence[dict], columns=COLUMNS) -> str:
+    """A GitHub-flavoured markdown table of ``rows``."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(r, columns)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def rich_table(rows: Sequence[dict], title: str | None = None, columns=COLUMNS):
+    """A ``rich.table.Table`` of ``rows`` for the terminal."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, (_, header, _) in enumerate(columns):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*_cells(r, columns))
+    return table
+
+
+def write_json(path: str | Path, data) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
