@@ -26,20 +26,36 @@ def make_tiny_model(family: str, *, num_labels: int = 3, layers: int = 3, seed: 
     torch.manual_seed(seed)
     if family == "bert":
         cfg = BertConfig(
-            vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=64, num_labels=num_labels,
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            num_labels=num_labels,
         )
         model = BertForSequenceClassification(cfg)
     elif family == "roberta":
         cfg = RobertaConfig(
-            vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=70, num_labels=num_labels, pad_token_id=1,
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=70,
+            num_labels=num_labels,
+            pad_token_id=1,
         )
         model = RobertaForSequenceClassification(cfg)
     elif family == "distilbert":
         cfg = DistilBertConfig(
-            vocab_size=99, dim=32, n_layers=layers, n_heads=4, hidden_dim=37,
-            max_position_embeddings=64, num_labels=num_labels,
+            vocab_size=99,
+            dim=32,
+            n_layers=layers,
+            n_heads=4,
+            hidden_dim=37,
+            max_position_embeddings=64,
+            num_labels=num_labels,
         )
         model = DistilBertForSequenceClassification(cfg)
     else:
@@ -79,4 +95,4 @@ def tiny_tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    return BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)

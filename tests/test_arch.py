@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, make_inputs, make_tiny_model
 from transformers import GPT2Config
 
+from conftest import FAMILIES, make_inputs, make_tiny_model
 from slimformer.arch import ADAPTERS, get_adapter, get_adapter_for_config
 
 
@@ -43,3 +43,8 @@ def test_padding_changes_nothing_for_the_unpadded_row(family):
 def test_unsupported_architecture_names_model_type_and_supported():
     with pytest.raises(ValueError, match=r"model_type 'gpt2'.*bert.*distilbert.*roberta"):
         get_adapter_for_config(GPT2Config())
+
+
+def test_tiny_tokenizer_knows_its_words(tiny_tokenizer):
+    ids = tiny_tokenizer("good movie")["input_ids"]
+    assert tiny_tokenizer.unk_token_id not in ids and max(ids) < 99

@@ -210,9 +210,7 @@ def test_compare_detects_real_slowdown():
 
 def test_format_table_lists_batch_sizes():
     model = make_tiny_model("distilbert")
-    out = bench_model(
-        model, BenchConfig(batch_sizes=(1, 3, 7), seq_len=8, warmup=0, repeats=2), progress=False
-    )
+    out = bench_model(model, BenchConfig(batch_sizes=(1, 3, 7), seq_len=8, warmup=0, repeats=2), progress=False)
     text = format_table(out)
     lines = text.splitlines()
     for b in (1, 3, 7):

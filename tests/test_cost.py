@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import make_inputs, make_tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import make_inputs
 from slimformer.cost import cost_of, layer_macs, marginal_costs
 from slimformer.structure import LayerShape, Structure
 from slimformer.surgery import KeepPlan, apply_plan

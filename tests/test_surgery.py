@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_inputs
 
+from conftest import make_inputs
 from slimformer.arch import get_adapter
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan, masked

@@ -192,9 +192,7 @@ def make_bench_inputs(model: torch.nn.Module, batch_size: int, seq_len: int, see
     limit = max_seq_len(model)
     if limit is not None and seq_len > limit:
         pos = getattr(model.config, "max_position_embeddings", limit)
-        raise ValueError(
-            f"seq_len={seq_len} is longer than the model allows: {limit} (max_position_embeddings={pos})"
-        )
+        raise ValueError(f"seq_len={seq_len} is longer than the model allows: {limit} (max_position_embeddings={pos})")
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1000)
     low = _FIRST_SAFE_ID if vocab > 2 * _FIRST_SAFE_ID else 0
     g = torch.Generator().manual_seed(seed)
@@ -255,9 +253,7 @@ def bench_model(model: torch.nn.Module, config: BenchConfig, *, progress: bool =
     old_threads = torch.get_num_threads()
     was_training = model.training
     calls_per_size = config.warmup + config.repeats
-    bar = tqdm(
-        total=len(config.batch_sizes) * calls_per_size, desc="bench", disable=not progress, leave=False
-    )
+    bar = tqdm(total=len(config.batch_sizes) * calls_per_size, desc="bench", disable=not progress, leave=False)
     results = []
     try:
         if config.threads is not None:

@@ -101,14 +101,22 @@ def info(
         cost = cost_of(structure, seq_len)
     except USER_ERRORS as exc:
         _fail(exc)
-    data = {"model": model, "family": structure.dims.family, **cost.to_dict(),
-            "marginal": marginal_costs(structure, seq_len)}
+    data = {
+        "model": model,
+        "family": structure.dims.family,
+        **cost.to_dict(),
+        "marginal": marginal_costs(structure, seq_len),
+    }
     if as_json:
         _emit_json(data)
         return
-    typer.echo(f"{model} ({structure.dims.family}, hidden {structure.dims.hidden}, head size {structure.dims.head_size})")
+    typer.echo(
+        f"{model} ({structure.dims.family}, hidden {structure.dims.hidden}, head size {structure.dims.head_size})"
+    )
     typer.echo(f"  params       {cost.params:,} ({human(cost.params)}), encoder {cost.encoder_params:,}")
-    typer.echo(f"  bytes        fp32 {human(cost.bytes_fp32)}B, fp16 {human(cost.bytes_fp16)}B, int8 {human(cost.bytes_int8)}B")
+    typer.echo(
+        f"  bytes        fp32 {human(cost.bytes_fp32)}B, fp16 {human(cost.bytes_fp16)}B, int8 {human(cost.bytes_int8)}B"
+    )
     typer.echo(f"  MACs/seq     {cost.macs:,} ({human(cost.macs)}) at {seq_len} tokens")
     typer.echo(f"               ({data['macs_note']})")
     for i, layer in enumerate(cost.layers):
@@ -134,8 +142,13 @@ def evaluate(
     from slimformer.models import load_model
 
     try:
-        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column,
-                         label_column=label_column, seed=seed)
+        data = load_task(
+            task,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_column=label_column,
+            seed=seed,
+        )
         examples = data.split(split)
         m, tok = load_model(model)
         if m.config.num_labels != data.num_labels:
@@ -148,8 +161,10 @@ def evaluate(
     if as_json:
         _emit_json(metrics)
     else:
-        typer.echo(f"{model} on {task} [{split}]: " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        typer.echo(
+            f"{model} on {task} [{split}]: "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        )
 
 
 @app.command()
@@ -168,8 +183,13 @@ def bench(
     from slimformer.models import load_model
 
     try:
-        config = BenchConfig(batch_sizes=parse_int_list(batch_sizes), seq_len=seq_len, repeats=repeats,
-                             warmup=warmup, threads=threads)
+        config = BenchConfig(
+            batch_sizes=parse_int_list(batch_sizes),
+            seq_len=seq_len,
+            repeats=repeats,
+            warmup=warmup,
+            threads=threads,
+        )
         m, _ = load_model(model)
         result = bench_model(m, config, progress=not as_json)
         other = None
@@ -215,10 +235,23 @@ def finetune(
     from slimformer.train import finetune as run_finetune
 
     try:
-        config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                                warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed, max_steps=max_steps)
-        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column,
-                         label_column=label_column, seed=seed)
+        config = FinetuneConfig(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_length=max_length,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            seed=seed,
+            max_steps=max_steps,
+        )
+        data = load_task(
+            task,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_column=label_column,
+            seed=seed,
+        )
         if out.exists() and any(out.iterdir()) and not (overwrite or resume):
             raise FileExistsError(f"output folder {str(out)!r} is not empty; pass --overwrite or --resume")
         m, tok = load_model(model, label_names=data.label_names)
@@ -234,7 +267,9 @@ def finetune(
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<model>-<task>-<time>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<model>-<task>-<time>)")
+    ] = None,
     model: Annotated[str, typer.Option(help="model to fine-tune and measure")] = "minilm-l6",
     task: TaskOpt = "rotten_tomatoes",
     repeats: Annotated[int, typer.Option(help="timed runs per batch size")] = 10,
@@ -250,8 +285,12 @@ def demo(
     if out is None:
         out = Path("runs") / f"{model}-{Path(task).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
-        report = run_demo(DemoConfig(model=model, task=task, repeats=repeats), out, overwrite=overwrite,
-                          progress=not as_json)
+        report = run_demo(
+            DemoConfig(model=model, task=task, repeats=repeats),
+            out,
+            overwrite=overwrite,
+            progress=not as_json,
+        )
     except USER_ERRORS as exc:
         _fail(exc)
     if as_json:

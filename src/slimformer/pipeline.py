@@ -72,7 +72,9 @@ def measure(
 
     metrics = evaluate(model, tokenizer, task.split("test"), max_length=max_length, progress=progress)
     cost = cost_of(Structure.from_model(model), seq_len)
-    bench = bench_model(model, BenchConfig(batch_sizes=batch_sizes, seq_len=seq_len, repeats=repeats), progress=progress)
+    bench = bench_model(
+        model, BenchConfig(batch_sizes=batch_sizes, seq_len=seq_len, repeats=repeats), progress=progress
+    )
     row = {
         "name": name,
         "params": cost.params,
@@ -127,8 +129,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
     stats = token_length_stats(task.split("train"), tokenizer)
     seq_len = config.seq_len or min(typical_seq_len(stats), config.finetune.max_length)
     row = measure(
-        model, tokenizer, task, name=f"{config.model} (dense)", seq_len=seq_len,
-        batch_sizes=config.batch_sizes, repeats=config.repeats, max_length=config.finetune.max_length,
+        model,
+        tokenizer,
+        task,
+        name=f"{config.model} (dense)",
+        seq_len=seq_len,
+        batch_sizes=config.batch_sizes,
+        repeats=config.repeats,
+        max_length=config.finetune.max_length,
         progress=progress,
     )
     environment = row.pop("environment")
@@ -138,8 +146,13 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
         "finetuned_model": str(folder),
         "finetune_reused": reused,
         "finetune": json.loads((folder / "finetune_report.json").read_text()),
-        "task": {"name": task.name, "sizes": task.sizes(), "content_hash": task.content_hash,
-                 "labels": task.label_names, "token_lengths": stats},
+        "task": {
+            "name": task.name,
+            "sizes": task.sizes(),
+            "content_hash": task.content_hash,
+            "labels": task.label_names,
+            "token_lengths": stats,
+        },
         "seq_len": seq_len,
         "rows": [row],
         "environment": environment,

@@ -114,9 +114,7 @@ class KeepPlan:
         for i in layers:
             check_layer(i, "layers")
             keep_l[i] = False
-        return cls(
-            tuple(tuple(sorted(h)) for h in keep_h), tuple(tuple(sorted(f)) for f in keep_f), tuple(keep_l)
-        )
+        return cls(tuple(tuple(sorted(h)) for h in keep_h), tuple(tuple(sorted(f)) for f in keep_f), tuple(keep_l))
 
 
 def _rows(linear: nn.Linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,17 +180,22 @@ def apply_plan(model: nn.Module, plan: KeepPlan) -> nn.Module:
             target = {"fc_in": new_ffn.fc_in, "fc_out": new_ffn.fc_out}.get(name) or getattr(new_att, name)
             _copy(target, w, b, like)
     if not all(plan.layers):
-        kept = nn.ModuleList([layer for layer, keep in zip(layers, plan.layers) if keep])
+        kept = nn.ModuleList([layer for layer, keep in zip(layers, plan.layers, strict=True) if keep])
         model.set_submodule(paths["layers"], kept)
     after = Structure.from_model(model)
-    origins = [s.origin for s, keep in zip(before.layers, plan.layers) if keep]
+    origins = [s.origin for s, keep in zip(before.layers, plan.layers, strict=True) if keep]
     spec = after.to_config_spec()
     spec["origin"] = origins
     setattr(model.config, paths["n_layers"], after.num_layers)
     setattr(model.config, SLIM_KEY, spec)
     logger.info(
         "surgery: heads %d -> %d, ffn %d -> %d, layers %d -> %d",
-        before.total_heads, after.total_heads, before.total_ffn, after.total_ffn, n, after.num_layers,
+        before.total_heads,
+        after.total_heads,
+        before.total_ffn,
+        after.total_ffn,
+        n,
+        after.num_layers,
     )
     return model
 

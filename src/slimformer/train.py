@@ -62,20 +62,20 @@ class FinetuneConfig:
     eval_batch_size: int = field(default=64, metadata={"help": "Examples per forward pass when evaluating."})
     max_steps: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many optimizer steps (smoke runs); the schedule fits it."},
+        metadata={"help": "Stop after this many optimizer steps (smoke runs); the LR schedule ends there."},
     )
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
+            given = value = getattr(self, f.name)
             kind, ok, allowed = _RULES[f.name]
             if value is None and kind == "optional int":
                 continue
             if kind == "float" and _is_int(value):
                 value = float(value)  # accept lr=1 as 1.0, so JSON round trips compare equal
-                object.__setattr__(self, f.name, value)
             if not (_is_int(value) if kind in ("int", "optional int") else _is_float(value)) or not ok(value):
-                raise ValueError(f"FinetuneConfig.{f.name}={value!r} is not allowed: it must be {allowed}")
+                raise ValueError(f"FinetuneConfig.{f.name}={given!r} is not allowed: it must be {allowed}")
+            object.__setattr__(self, f.name, value)
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (JSON-serialisable)."""
@@ -91,9 +91,7 @@ class FinetuneConfig:
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(
-                f"unknown FinetuneConfig key(s): {', '.join(unknown)}; allowed: {', '.join(names)}"
-            )
+            raise ValueError(f"unknown FinetuneConfig key(s): {', '.join(unknown)}; allowed: {', '.join(names)}")
         return cls(**d)
 
 
@@ -172,8 +170,7 @@ def _check_resumable(ckpt: Path, state: dict, config: FinetuneConfig, task: Task
         )
     if state["epoch"] > config.epochs:
         raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it has done {state['epoch']} epochs, more than "
-            f"epochs={config.epochs}"
+            f"cannot resume from {str(ckpt)!r}: it has done {state['epoch']} epochs, more than epochs={config.epochs}"
         )
 
 
@@ -340,7 +337,11 @@ def finetune(
 
     # --- the loop
     bar = tqdm(
-        total=total_steps, initial=global_step, desc="finetune", unit="step", disable=not (progress and is_main)
+        total=total_steps,
+        initial=global_step,
+        desc="finetune",
+        unit="step",
+        disable=not (progress and is_main),
     )
     for epoch in range(epochs_done, config.epochs):
         if global_step >= total_steps:
@@ -360,9 +361,10 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
             n_steps += 1
-            loss_sum += loss.item()
+            loss_value = loss.item()
+            loss_sum += loss_value
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if global_step >= total_steps:
                 break
         # mean training loss of the epoch, averaged over processes

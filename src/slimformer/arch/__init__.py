@@ -29,8 +29,7 @@ def get_adapter(model) -> ArchAdapter:
     adapter = get_adapter_for_config(model.config)
     if not hasattr(model, "classifier"):
         raise ValueError(
-            f"{type(model).__name__} is not a sequence classifier; load it with "
-            "AutoModelForSequenceClassification"
+            f"{type(model).__name__} is not a sequence classifier; load it with AutoModelForSequenceClassification"
         )
     return adapter
 

@@ -103,9 +103,7 @@ class ArchAdapter:
         """Turn a ``(B, T)`` 0/1 padding mask into what :meth:`run_layer` expects (may be ``None``)."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        return create_bidirectional_mask(
-            config=model.config, inputs_embeds=hidden, attention_mask=attention_mask
-        )
+        return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
         """One encoder layer: ``(B, T, hidden) -> (B, T, hidden)``."""

@@ -124,8 +124,10 @@ def apply_structure(model: nn.Module, family: str) -> None:
         raise ValueError(f"config lists {len(shapes)} layer shapes but the model has {len(layers)} layers")
     hidden = getattr(model.config, paths["hidden"])
     head_size = hidden // getattr(model.config, paths["n_heads"])
-    for layer, shape in zip(layers, shapes):
-        reshape_layer(layer, paths, heads=int(shape["heads"]), ffn=int(shape["ffn"]), head_size=head_size, hidden=hidden)
+    for layer, shape in zip(layers, shapes, strict=True):
+        reshape_layer(
+            layer, paths, heads=int(shape["heads"]), ffn=int(shape["ffn"]), head_size=head_size, hidden=hidden
+        )
 
 
 class SlimBertForSequenceClassification(BertForSequenceClassification):

@@ -1,0 +1,131 @@
+"""The command line: JSON a script can parse, clear errors, nothing overwritten."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_tiny_model
+from slimformer.cli import app
+from slimformer.cost import cost_of
+from slimformer.export import save_model
+from slimformer.structure import Structure
+from slimformer.surgery import KeepPlan, apply_plan
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def saved_model(tmp_path, tiny_tokenizer):
+    model = make_tiny_model("bert", num_labels=2)
+    apply_plan(model, KeepPlan.removing(model, heads={0: [1]}, neurons={2: range(5)}))
+    return save_model(model, tiny_tokenizer, tmp_path / "model"), model
+
+
+@pytest.fixture
+def csv_task(tmp_path):
+    rows = ["text,label"]
+    for i in range(60):
+        rows.append(f"{'good fun' if i % 2 else 'bad dull'} movie {i},{'pos' if i % 2 else 'neg'}")
+    path = tmp_path / "task.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_import_is_light():
+    code = "import sys, slimformer; print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_info_json(saved_model):
+    folder, model = saved_model
+    result = run("info", folder, "--seq-len", 16, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    expected = cost_of(Structure.from_model(model), 16)
+    assert {"params", "encoder_params", "macs", "seq_len", "bytes_fp32", "layers"} <= set(data)
+    assert data["params"] == expected.params == sum(p.numel() for p in model.parameters())
+    assert data["macs"] == expected.macs and data["seq_len"] == 16
+    assert [(x["heads"], x["ffn"]) for x in data["layers"]] == [(3, 37), (4, 37), (4, 32)]
+
+
+def test_evaluate_json(saved_model, csv_task):
+    folder, _ = saved_model
+    result = run("evaluate", folder, "--task", csv_task, "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"accuracy", "f1_macro", "mcc", "n"} and data["n"] == 6
+
+
+def test_bench_json_vs(saved_model, tmp_path, tiny_tokenizer):
+    folder, _ = saved_model
+    dense = save_model(make_tiny_model("bert", num_labels=2), tiny_tokenizer, tmp_path / "dense")
+    result = run("bench", folder, "--batch-sizes", "1,2", "--seq-len", 8, "--repeats", 2, "--vs", dense, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["batch_size"] for r in data["results"]] == [1, 2]
+    assert [r["batch_size"] for r in data["comparison"]] == [1, 2]
+    assert all(r["speedup"] > 0 for r in data["comparison"])
+    assert data["environment"]["torch"]
+
+
+def test_bench_bad_batch_sizes(saved_model):
+    result = run("bench", saved_model[0], "--batch-sizes", "1,x")
+    assert result.exit_code == 2 and "1,x" in result.stderr
+
+
+def test_unknown_model_is_an_error(tmp_path):
+    result = run("info", tmp_path / "missing")
+    assert result.exit_code == 2 and "missing" in result.stderr
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt")
+    result = run("info", tmp_path / "gpt")
+    assert result.exit_code == 2 and "gpt2" in result.stderr and "distilbert" in result.stderr
+
+
+def test_finetune_refuses_non_empty_out(saved_model, csv_task, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("finetune", saved_model[0], "--task", csv_task, "--out", out, "--epochs", 1)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_finetune_then_evaluate(saved_model, csv_task, tmp_path):
+    out = tmp_path / "ft"
+    result = run(
+        "finetune",
+        saved_model[0],
+        "--task",
+        csv_task,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--lr",
+        "1e-3",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").exists()
+    result = run("evaluate", out, "--task", csv_task, "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_list_json():
+    data = json.loads(run("list", "--json").stdout)
+    assert "minilm-l6" in data["models"] and {"rotten_tomatoes", "bbc_news"} <= set(data["tasks"])
