@@ -129,3 +129,12 @@ def test_finetune_then_evaluate(saved_model, csv_task, tmp_path):
 def test_list_json():
     data = json.loads(run("list", "--json").stdout)
     assert "minilm-l6" in data["models"] and {"rotten_tomatoes", "bbc_news"} <= set(data["tasks"])
+
+
+def test_public_api_names_resolve():
+    import slimformer
+
+    for name in slimformer.__all__:
+        assert getattr(slimformer, name) is not None
+    with pytest.raises(AttributeError, match="nope"):
+        slimformer.nope  # noqa: B018

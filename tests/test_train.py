@@ -91,6 +91,7 @@ def test_config_defaults_and_help():
         "weight_decay": 0.01,
         "seed": 0,
         "eval_batch_size": 64,
+        "group_by_length": True,
         "max_steps": None,
     }
     for f in dataclasses.fields(FinetuneConfig):
@@ -122,6 +123,7 @@ def test_config_defaults_and_help():
         ("eval_batch_size", 0),
         ("max_steps", 0),
         ("max_steps", 2.5),
+        ("group_by_length", 1),
     ],
 )
 def test_config_rejects_bad_values(name, value):

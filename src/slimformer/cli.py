@@ -47,7 +47,10 @@ def _setup_logging(verbose: bool) -> None:
 def _console():
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+        console = Console(width=140)
+    return console
 
 
 def _emit_json(data) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +50,8 @@ def finetune_cached(model_name: str, task, config: FinetuneConfig, *, progress: 
         return folder, True
     model, tokenizer = load_model(model_name, label_names=task.label_names)
     finetune(model, tokenizer, task, config, folder, resume=True, progress=progress)
+    # epoch checkpoints (with optimizer state, ~3x the model) only serve to resume an interrupted run
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return folder, False
 
 

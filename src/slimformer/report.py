@@ -3,37 +3,34 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-#: (key, header, format) of the columns shown for each model row.
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("name", "model", "{}"),
-    ("params", "params", "{:,}"),
-    ("macs", "MACs/seq", "{:,}"),
-    ("seq_len", "seq len", "{}"),
-    ("accuracy", "test acc", "{:.4f}"),
-    ("f1_macro", "test F1", "{:.4f}"),
-    ("latency_b1_ms", "ms @b1", "{:.2f}"),
-    ("latency_b32_ms", "ms @b32", "{:.1f}"),
-    ("throughput_b32", "seq/s @b32", "{:.1f}"),
-)
 
 
 def human(n: float) -> str:
-    """12_345_678 -> '12.35M' (for prose; tables keep exact numbers)."""
+    """12_345_678 -> '12.35M' (tables and prose; JSON keeps exact numbers)."""
     for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:g}"
 
 
+#: (key, header, formatter) of the columns shown for each model row.
+COLUMNS: tuple[tuple[str, str, Callable], ...] = (
+    ("name", "model", str),
+    ("params", "params", human),
+    ("macs", "MACs/seq", human),
+    ("seq_len", "seq len", str),
+    ("accuracy", "test acc", "{:.4f}".format),
+    ("f1_macro", "test F1", "{:.4f}".format),
+    ("latency_b1_ms", "ms @b1", "{:.2f}".format),
+    ("latency_b32_ms", "ms @b32", "{:.1f}".format),
+    ("throughput_b32", "seq/s @b32", "{:.1f}".format),
+)
+
+
 def _cells(row: dict, columns=COLUMNS) -> list[str]:
-    out = []
-    for key, _, fmt in columns:
-        value = row.get(key)
-        out.append("-" if value is None else fmt.format(value))
-    return out
+    return ["-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in columns]
 
 
 def markdown_table(rows: Sequence[dict], columns=COLUMNS) -> str:

@@ -60,6 +60,10 @@ class FinetuneConfig:
     )
     seed: int = field(default=0, metadata={"help": "Random seed for shuffling, dropout and the like."})
     eval_batch_size: int = field(default=64, metadata={"help": "Examples per forward pass when evaluating."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch texts of similar length together (less padding, faster on CPU)."},
+    )
     max_steps: int | None = field(
         default=None,
         metadata={"help": "Stop after this many optimizer steps (smoke runs); the LR schedule ends there."},
@@ -70,6 +74,10 @@ class FinetuneConfig:
             given = value = getattr(self, f.name)
             kind, ok, allowed = _RULES[f.name]
             if value is None and kind == "optional int":
+                continue
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"FinetuneConfig.{f.name}={given!r} is not allowed: it must be {allowed}")
                 continue
             if kind == "float" and _is_int(value):
                 value = float(value)  # accept lr=1 as 1.0, so JSON round trips compare equal
@@ -113,6 +121,7 @@ _RULES = {
     "weight_decay": ("float", lambda v: v >= 0, "a finite number >= 0"),
     "seed": ("int", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "eval_batch_size": ("int", lambda v: v >= 1, "an integer >= 1"),
+    "group_by_length": ("bool", None, "true or false"),
     "max_steps": ("optional int", lambda v: v >= 1, "None or an integer >= 1"),
 }
 
@@ -306,6 +315,7 @@ def finetune(
             batch_size=config.batch_size,
             max_length=config.max_length,
             shuffle=True,
+            group_by_length=config.group_by_length,
             seed=config.seed + epoch,
         )
 
