@@ -11,22 +11,20 @@ latency at batch 1 and 32. Writes benchmarks/results/dense_baseline.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slimformer.data import load_task, token_length_stats, typical_seq_len
-from slimformer.models import load_model
-from slimformer.pipeline import finetune_cached, measure
+from slimformer.data import load_task
+from slimformer.pipeline import baseline
 from slimformer.report import markdown_table, write_json
 from slimformer.train import FinetuneConfig
 
 #: Fine-tuning recipe per task. BBC articles are long (median ~420 tokens) and few (1,699 to
 #: train on), so they get a longer max length, smaller batches, a higher rate and one more epoch.
 RECIPES = {
-    "rotten_tomatoes": FinetuneConfig(epochs=2, lr=5e-5, batch_size=32, max_length=64),
+    "rotten_tomatoes": FinetuneConfig(),  # the main job's recipe (shares its cache)
     "bbc_news": FinetuneConfig(epochs=3, lr=8e-5, batch_size=16, max_length=256),
 }
 OUT = Path(__file__).parent / "results"
@@ -46,26 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
         recipe = RECIPES[name]
         task = load_task(name)
-        folder, reused = finetune_cached(args.model, task, recipe)
-        model, tokenizer = load_model(str(folder))
-        stats = token_length_stats(task.split("train"), tokenizer)
-        seq_len = min(typical_seq_len(stats), recipe.max_length)
-        row = measure(
-            model,
-            tokenizer,
-            task,
-            name=f"{args.model} / {name}",
-            seq_len=seq_len,
-            repeats=args.repeats,
-            max_length=recipe.max_length,
-        )
-        environment = row.pop("environment")
+        base = baseline(args.model, task, recipe, repeats=args.repeats)
+        row = base.pop("row")
+        row["name"] = f"{args.model} / {name}"
         rows.append(row)
-        details[name] = {
-            "finetune": json.loads((folder / "finetune_report.json").read_text()),
-            "finetune_reused": reused,
-            "task": {"sizes": task.sizes(), "content_hash": task.content_hash, "token_lengths": stats},
-        }
+        environment = base.pop("environment")
+        details[name] = base
 
     report = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

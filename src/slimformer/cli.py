@@ -6,6 +6,7 @@ can parse it. Progress bars and logs go to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -60,6 +61,20 @@ def _emit_json(data) -> None:
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
+
+
+def _ft_field(name: str):
+    from slimformer.train import FinetuneConfig
+
+    return {f.name: f for f in dataclasses.fields(FinetuneConfig)}[name]
+
+
+def _ft_help(name: str) -> str:
+    return _ft_field(name).metadata["help"]
+
+
+def _ft_default(name: str):
+    return _ft_field(name).default
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
@@ -216,14 +231,14 @@ def finetune(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (must be empty or new)")],
     task: TaskOpt = "rotten_tomatoes",
-    epochs: Annotated[int, typer.Option(help="passes over the training split")] = 2,
-    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="examples per step")] = 32,
-    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 64,
-    warmup_ratio: Annotated[float, typer.Option(help="fraction of steps with linear warmup")] = 0.06,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = 0.01,
-    seed: Annotated[int, typer.Option(help="seed of training and of the data split")] = 0,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    epochs: Annotated[int, typer.Option(help=_ft_help("epochs"))] = _ft_default("epochs"),
+    lr: Annotated[float, typer.Option(help=_ft_help("lr"))] = _ft_default("lr"),
+    batch_size: Annotated[int, typer.Option(help=_ft_help("batch_size"))] = _ft_default("batch_size"),
+    max_length: Annotated[int, typer.Option(help=_ft_help("max_length"))] = _ft_default("max_length"),
+    warmup_ratio: Annotated[float, typer.Option(help=_ft_help("warmup_ratio"))] = _ft_default("warmup_ratio"),
+    weight_decay: Annotated[float, typer.Option(help=_ft_help("weight_decay"))] = _ft_default("weight_decay"),
+    seed: Annotated[int, typer.Option(help=_ft_help("seed") + " Also seeds the data split.")] = _ft_default("seed"),
+    max_steps: Annotated[int | None, typer.Option(help=_ft_help("max_steps"))] = None,
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",

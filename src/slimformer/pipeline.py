@@ -117,35 +117,42 @@ class DemoConfig:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
 
 
-def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Fine-tune (cached), evaluate on test, measure, and write ``report.json`` + ``report.md``."""
-    from slimformer.data import load_task, token_length_stats, typical_seq_len
-    from slimformer.export import prepare_output_dir
-    from slimformer.models import load_model
-    from slimformer.report import markdown_table, write_json
+def baseline(
+    model_name: str,
+    task,
+    config: FinetuneConfig,
+    *,
+    seq_len: int | None = None,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 10,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune (cached) and measure the dense model: the row every compressed model is compared with.
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
-    t0 = time.perf_counter()
-    task = load_task(config.task)
-    folder, reused = finetune_cached(config.model, task, config.finetune, progress=progress)
+    ``seq_len`` defaults to the task's typical length (p90 of the training texts), capped at the
+    fine-tuning max length. Returns the row, the run's details and the environment.
+    """
+    from slimformer.data import token_length_stats, typical_seq_len
+    from slimformer.models import load_model
+
+    folder, reused = finetune_cached(model_name, task, config, progress=progress)
     model, tokenizer = load_model(str(folder))
     stats = token_length_stats(task.split("train"), tokenizer)
-    seq_len = config.seq_len or min(typical_seq_len(stats), config.finetune.max_length)
+    seq_len = seq_len or min(typical_seq_len(stats), config.max_length)
     row = measure(
         model,
         tokenizer,
         task,
-        name=f"{config.model} (dense)",
+        name=f"{model_name} (dense)",
         seq_len=seq_len,
-        batch_sizes=config.batch_sizes,
-        repeats=config.repeats,
-        max_length=config.finetune.max_length,
+        batch_sizes=batch_sizes,
+        repeats=repeats,
+        max_length=config.max_length,
         progress=progress,
     )
     environment = row.pop("environment")
-    report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": config.model,
+    return {
+        "row": row,
         "finetuned_model": str(folder),
         "finetune_reused": reused,
         "finetune": json.loads((folder / "finetune_report.json").read_text()),
@@ -157,8 +164,35 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
             "token_lengths": stats,
         },
         "seq_len": seq_len,
-        "rows": [row],
         "environment": environment,
+    }
+
+
+def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Fine-tune (cached), evaluate on test, measure, and write ``report.json`` + ``report.md``."""
+    from slimformer.data import load_task
+    from slimformer.export import prepare_output_dir
+    from slimformer.report import markdown_table, write_json
+
+    out = prepare_output_dir(out_dir, overwrite=overwrite)
+    t0 = time.perf_counter()
+    task = load_task(config.task)
+    base = baseline(
+        config.model,
+        task,
+        config.finetune,
+        seq_len=config.seq_len,
+        batch_sizes=config.batch_sizes,
+        repeats=config.repeats,
+        progress=progress,
+    )
+    row, environment, seq_len = base.pop("row"), base["environment"], base["seq_len"]
+    folder, reused = base["finetuned_model"], base["finetune_reused"]
+    report = {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": config.model,
+        **base,
+        "rows": [row],
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "report.json", report)
