@@ -1,0 +1,299 @@
+"""Measured latency lookup table: wall-clock ms of one encoder layer as a function of its shape.
+
+Latency budgets need to know what a pruned model will cost before it exists. The table holds the
+median time of one standalone encoder layer (built from the model's own architecture and
+config, attention implementation included) on a grid of (heads kept, FFN width) at a fixed
+(batch, seq_len), plus the fixed cost of everything else (a forward pass of the model with no
+layers: embeddings, mask, pooler and classifier). Between grid points times are interpolated
+bilinearly; a structure's prediction is the sum of its layers' times plus the fixed cost.
+
+Timings are wall clock on this machine with the current torch thread count, so tables are cached
+per (dims, batch, seq, threads, CPU model, torch version, grid) under
+``$SLIMFORMER_CACHE/latency/`` (default ``~/.cache/slimformer/latency/``). Points are measured in
+several interleaved rounds (each round visits the grid in alternating order) and the median over
+rounds is kept, so a burst of background load spreads over many points instead of biasing a few.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimformer.arch import ModelDims, get_adapter
+from slimformer.bench import environment, make_bench_inputs, time_callable
+from slimformer.hf_remote.modeling_slimformer import SLIM_KEY, reshape_layer
+from slimformer.structure import Structure
+
+logger = logging.getLogger(__name__)
+FORMAT = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyTable:
+    """Median ms of one layer per (heads, ffn) grid point, plus the fixed (non-layer) cost."""
+
+    dims: ModelDims = field(metadata={"help": "the architecture the table was measured for"})
+    batch_size: int = field(metadata={"help": "sequences per forward pass"})
+    seq_len: int = field(metadata={"help": "tokens per sequence (no padding)"})
+    heads: tuple[int, ...] = field(metadata={"help": "grid of kept heads, increasing, from 0 to dims.num_heads"})
+    ffn: tuple[int, ...] = field(metadata={"help": "grid of FFN widths, increasing, from 0 to dims.ffn"})
+    layer_ms: tuple[tuple[float, ...], ...] = field(metadata={"help": "layer_ms[i][j]: heads[i] x ffn[j] layer"})
+    fixed_ms: float = field(metadata={"help": "model with no layers: embeddings, mask, pooler, classifier"})
+    environment: dict = field(default_factory=dict, metadata={"help": "where it was measured (bench.environment)"})
+    info: dict = field(default_factory=dict, metadata={"help": "how it was measured (repeats, rounds, time)"})
+
+    def __post_init__(self) -> None:
+        for name, grid, top in (("heads", self.heads, self.dims.num_heads), ("ffn", self.ffn, self.dims.ffn)):
+            grid = tuple(int(x) for x in grid)
+            object.__setattr__(self, name, grid)
+            if len(grid) < 2 or grid[0] != 0 or grid[-1] != top or list(grid) != sorted(set(grid)):
+                raise ValueError(f"{name} grid {list(grid)}: must increase strictly from 0 to {top}")
+        rows = tuple(tuple(float(x) for x in row) for row in self.layer_ms)
+        object.__setattr__(self, "layer_ms", rows)
+        if len(rows) != len(self.heads) or any(len(r) != len(self.ffn) for r in rows):
+            raise ValueError(f"layer_ms must be {len(self.heads)} x {len(self.ffn)} (heads x ffn grid)")
+
+    def layer_time(self, heads: int, ffn: int) -> float:
+        """Predicted ms of one layer keeping ``heads`` heads and ``ffn`` neurons (bilinear).
+
+        Raises:
+            ValueError: a shape outside the grid.
+        """
+        if not (0 <= heads <= self.heads[-1] and 0 <= ffn <= self.ffn[-1]):
+            raise ValueError(f"layer shape heads={heads}, ffn={ffn} outside 0..{self.heads[-1]} x 0..{self.ffn[-1]}")
+        i, a = _cell(self.heads, heads)
+        j, b = _cell(self.ffn, ffn)
+        v = self.layer_ms
+        return (1 - a) * ((1 - b) * v[i][j] + b * v[i][j + 1]) + a * ((1 - b) * v[i + 1][j] + b * v[i + 1][j + 1])
+
+    def predict(self, structure: Structure) -> float:
+        """Predicted ms of a forward pass of ``structure`` at this table's batch and seq_len."""
+        self.check(structure.dims)
+        return self.fixed_ms + sum(self.layer_time(s.heads, s.ffn) for s in structure.layers)
+
+    def check(self, dims: ModelDims, *, batch_size: int | None = None, seq_len: int | None = None) -> None:
+        """Raise ValueError unless this table applies to ``dims`` (and the given batch / seq_len)."""
+        keys = ("family", "hidden", "num_heads", "head_size", "ffn")
+        mine, theirs = ({k: getattr(d, k) for k in keys} for d in (self.dims, dims))
+        if mine != theirs:
+            raise ValueError(f"latency table was measured for {mine}, not {theirs}")
+        for name, want in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if want is not None and want != getattr(self, name):
+                raise ValueError(f"latency table was measured at {name}={getattr(self, name)}, the budget needs {want}")
+
+    # --- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["format"] = FORMAT
+        d["heads"], d["ffn"] = list(self.heads), list(self.ffn)
+        d["layer_ms"] = [list(r) for r in self.layer_ms]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        data = dict(data)
+        if data.pop("format", FORMAT) != FORMAT:
+            raise ValueError(f"latency table format must be {FORMAT}")
+        data["dims"] = ModelDims(**data["dims"])
+        data["heads"], data["ffn"] = tuple(data["heads"]), tuple(data["ffn"])
+        return cls(**data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _cell(grid: tuple[int, ...], x: float) -> tuple[int, float]:
+    """Index ``i`` with ``grid[i] <= x <= grid[i + 1]`` and the weight of ``grid[i + 1]``."""
+    i = min(max(bisect.bisect_right(grid, x) - 1, 0), len(grid) - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
+def default_grid(dims: ModelDims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Grid of (heads, ffn): heads 0, 1 and every ~1/6 of H; FFN 0, small widths, and every ~1/8 of F.
+
+    The points at 1 head and at small widths catch the step from "sublayer absent" to "sublayer
+    present" (a few extra kernel launches), which a straight line from 0 would smear out.
+    """
+    h, f = dims.num_heads, dims.ffn
+    step_h = max(1, -(-h // 6))
+    heads = sorted({0, 1, h, *range(0, h, step_h)})
+    step_f = max(1, -(-f // 8))
+    small = [w for w in (32, 64, 128) if w < step_f]
+    ffn = sorted({0, f, *small, *range(0, f, step_f)})
+    return tuple(heads), tuple(ffn)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMFORMER_CACHE", Path.home() / ".cache" / "slimformer")) / "latency"
+
+
+def _cache_path(dims: ModelDims, batch: int, seq: int, heads, ffn, attn: str) -> Path:
+    env = environment()
+    key = {
+        "dims": dataclasses.asdict(dims),
+        "batch_size": batch,
+        "seq_len": seq,
+        "threads": torch.get_num_threads(),
+        "cpu": env["processor"],
+        "torch": env["torch"],
+        "attn": attn,
+        "heads": list(heads),
+        "ffn": list(ffn),
+        "format": FORMAT,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{dims.family}-d{dims.hidden}-b{batch}-s{seq}-{digest}.json"
+
+
+def _dense_one_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh, dense, one-layer model of the same class and config (whatever ``model`` was pruned to)."""
+    adapter = get_adapter(model)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, SLIM_KEY):
+        delattr(config, SLIM_KEY)
+    setattr(config, adapter.paths["n_layers"], 1)
+    small = type(model)(config).eval()
+    return small.to(dtype=next(model.parameters()).dtype)
+
+
+def measure_latency_table(
+    model: torch.nn.Module,
+    *,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    heads: tuple[int, ...] | None = None,
+    ffn: tuple[int, ...] | None = None,
+    rounds: int = 3,
+    repeats: int = 3,
+    warmup: int = 1,
+    threads: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> LatencyTable:
+    """Measure (or load from the cache) the latency table of ``model``'s architecture on this machine.
+
+    Args:
+        model: a supported sequence classifier (pruned or not; only its architecture matters).
+        batch_size, seq_len: the input the times are for (random ids, no padding).
+        heads, ffn: the grid (must include 0 and the full size); default :func:`default_grid`.
+        rounds: interleaved passes over the grid; each point's value is the median over all its timed calls.
+        repeats, warmup: timed and untimed calls per point and round.
+        threads: torch intra-op threads while measuring (None = current); use the count you will run
+            the model with. On a shared or busy machine 1 thread gives far steadier times.
+        cache: read and write ``$SLIMFORMER_CACHE/latency/``.
+        progress: show a progress bar.
+
+    Returns:
+        the :class:`LatencyTable`.
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, cache, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, cache, progress) -> LatencyTable:
+    adapter = get_adapter(model)
+    dims = adapter.dims(model.config)
+    g_heads, g_ffn = default_grid(dims)
+    heads = tuple(heads) if heads is not None else g_heads
+    ffn = tuple(ffn) if ffn is not None else g_ffn
+    attn = str(getattr(model.config, "_attn_implementation", None))
+    path = _cache_path(dims, batch_size, seq_len, heads, ffn, attn)
+    if cache and path.exists():
+        try:
+            table = LatencyTable.load(path)
+            logger.info("latency table from cache %s", path)
+            return table
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            logger.warning("ignoring unreadable latency cache %s: %s", path, e)
+
+    with torch.inference_mode():
+        table = _time_grid(model, adapter, dims, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, progress)
+    table = dataclasses.replace(table, info={**table.info, "attn_implementation": attn})
+    logger.info(
+        "latency table for %s (batch %d x %d, %d threads): %d points in %.1f s; dense %.2f ms predicted",
+        dims.family, batch_size, seq_len, torch.get_num_threads(), len(heads) * len(ffn) + 1,
+        table.info["measure_s"], table.predict(Structure.dense(dims)),
+    )  # fmt: skip
+    if cache:
+        table.save(path)
+    return table
+
+
+def _time_grid(model, adapter, dims, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, progress):
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    small = _dense_one_layer(model)
+    template = adapter.layers(small)[0]
+    inputs = make_bench_inputs(small, batch_size, seq_len, seed=0)
+    hidden = adapter.embed(small, inputs["input_ids"], inputs.get("token_type_ids"))
+    mask = adapter.layer_mask(small, hidden, inputs["attention_mask"])
+    layerless = copy.deepcopy(small)
+    layerless.set_submodule(adapter.paths["layers"], torch.nn.ModuleList())
+    setattr(layerless.config, adapter.paths["n_layers"], 0)
+
+    points = [(h, w) for h in heads for w in ffn]
+    times: dict[Any, list[float]] = {p: [] for p in [*points, "fixed"]}
+    bar = tqdm(total=rounds * len(times), desc="latency table", disable=not progress, leave=False)
+    try:
+        for r in range(rounds):
+            order = [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]  # cancels slow drift
+            for p in order:
+                if p == "fixed":
+                    fn = lambda: layerless(**inputs)  # noqa: E731
+                else:
+                    layer = copy.deepcopy(template)
+                    reshape_layer(layer, adapter.paths, heads=p[0], ffn=p[1], head_size=dims.head_size, hidden=dims.hidden)
+                    layer.eval()
+                    fn = lambda layer=layer: adapter.run_layer(layer, hidden, mask)  # noqa: E731
+                gc.collect()
+                times[p] += time_callable(fn, warmup=warmup, repeats=repeats)["times_ms"]
+                bar.update()
+    finally:
+        bar.close()
+    med = {p: float(np.median(t)) for p, t in times.items()}
+    table = LatencyTable(
+        dims=dims,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        heads=heads,
+        ffn=ffn,
+        layer_ms=tuple(tuple(med[(h, w)] for w in ffn) for h in heads),
+        fixed_ms=med["fixed"],
+        environment=environment(),
+        info={
+            "rounds": rounds,
+            "repeats": repeats,
+            "warmup": warmup,
+            "measure_s": round(time.perf_counter() - start, 2),
+            "what": "median wall-clock ms of one standalone layer per grid point; fixed = model with no layers",
+        },
+    )
+    return table

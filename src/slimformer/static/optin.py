@@ -1,0 +1,330 @@
+"""OPTIN importance (Khaki & Plataniotis, ICLR 2024): the damage that masking one unit does.
+
+The damage of a mask ``m`` is one loss, the same for heads and neurons, so scores are comparable::
+
+    D(m) = mean_x KL(p(.|x) || p_m(.|x)) + w / L * sum_j mean_t ||h_j,m - h_j||^2 / mean_t ||h_j||^2
+
+with ``p`` the softmax of the dense logits, ``h_j`` the output hidden states of layer ``j`` (of
+``L``), ``mean_t`` over the non-padding tokens and ``w = trajectory_weight``. A unit in layer ``l``
+leaves layers ``j < l`` unchanged, so its trajectory term covers its own layer's output and every
+later one (OPTIN's distillation of the features downstream of the unit). The normaliser
+``mean_t ||h_j||^2`` is measured once, on the dense model, so the term is scale-free.
+
+* Heads are scored exactly: mask one head, rerun layers ``l..L-1`` from cached dense inputs.
+* Neurons are too many to mask one by one; their score is the Gauss-Newton (Fisher) diagonal of
+  the same loss at ``m = 1`` (where it and its gradient are zero):
+  ``1/2 E_x sum_y p_y (d log p_y / d m_i)^2`` (exact, one backward pass per class but one) plus
+  ``w / L * sum_j ||d h_j / d m_i||^2 / (n_tok mean_t ||h_j||^2)`` estimated with Rademacher
+  probes (Hutchinson: ``E[(v^T J)^2] = ||J||^2``). Mask variables are per example, so one
+  backward pass gives per-example gradients (squares are taken per example).
+  ``benchmarks/neuron_score_agreement.py`` measures how this ranks against exact masking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from slimformer.arch import get_adapter
+from slimformer.static.importance import Batches, Importance
+from slimformer.surgery import masked
+
+logger = logging.getLogger(__name__)
+
+#: A unit to mask: ``("head" | "ffn", layer index, unit index within the layer)``.
+Unit = tuple[str, int, int]
+
+
+def score_optin(
+    model,
+    batches: Batches,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    trajectory_weight: float = 1.0,
+    head_examples: int | None = 128,
+    neuron_examples: int | None = None,
+    probes: int = 1,
+) -> Importance:
+    """OPTIN scores: exact masking damage for heads, its Gauss-Newton estimate for FFN neurons.
+
+    Args:
+        model: a sequence classifier of a supported family, in eval mode (left unchanged).
+        batches: calibration batches (see :data:`~slimformer.static.importance.Batches`).
+        seed: seeds the example samples and the Hutchinson probes.
+        progress: show tqdm progress bars.
+        trajectory_weight: weight ``w`` of the hidden-state distillation term next to the KL term.
+        head_examples: heads are masked one by one on a seeded sample of this many examples
+            (None: all); exact head scoring costs about ``heads * layers / 2`` forward passes.
+        neuron_examples: the neuron estimate uses a seeded sample of this many examples (None: all).
+        probes: Hutchinson probes per batch for the trajectory part of the neuron estimate.
+
+    Returns:
+        :class:`Importance` with ``comparable=True``; ``info`` holds timings and sample sizes.
+    """
+    if trajectory_weight < 0 or probes < 0:
+        raise ValueError(f"trajectory_weight and probes must be >= 0, got {trajectory_weight}, {probes}")
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    total = sum(len(b["input_ids"]) for b in batches)
+    size = max(len(b["input_ids"]) for b in batches)
+    head_idx = _sample(total, head_examples, seed)
+    head_batches = pack_examples(batches, indices=head_idx, batch_size=size, pad_id=pad_id)
+    units: list[Unit] = [("head", i, h) for i, layer in enumerate(layers) for h in range(_heads(adapter, layer))]
+
+    start = time.perf_counter()
+    kl, err, norms = _masking_terms(model, head_batches, units, progress=progress, desc="optin heads")
+    flat = _combine(kl, err, norms, trajectory_weight)
+    head_s = time.perf_counter() - start
+    heads, k = [], 0
+    for layer in layers:
+        n = _heads(adapter, layer)
+        heads.append(flat[k : k + n].clone())
+        k += n
+
+    start = time.perf_counter()
+    neuron_idx = _sample(total, neuron_examples, seed + 1)
+    neuron_batches = pack_examples(batches, indices=neuron_idx, batch_size=size, pad_id=pad_id)
+    ffn = neuron_estimate(
+        model, neuron_batches, norms=norms, trajectory_weight=trajectory_weight, probes=probes, seed=seed, progress=progress
+    )
+    neuron_s = time.perf_counter() - start
+    info = {
+        "method": "optin",
+        "trajectory_weight": trajectory_weight,
+        "head_examples": len(head_idx),
+        "neuron_examples": len(neuron_idx),
+        "probes": probes,
+        "hidden_norms": [round(float(x), 6) for x in norms],
+        "head_seconds": round(head_s, 3),
+        "neuron_seconds": round(neuron_s, 3),
+    }
+    logger.info("optin: heads %.1fs on %d examples, neurons %.1fs on %d", head_s, len(head_idx), neuron_s, total)
+    return Importance(tuple(heads), tuple(ffn), comparable=True, info=info)
+
+
+def masking_scores(
+    model, batches: Batches, units: Sequence[Unit], *, trajectory_weight: float = 1.0, progress: bool = True
+) -> torch.Tensor:
+    """Exact OPTIN damage ``D`` of masking each unit alone (normaliser measured on ``batches``).
+
+    Returns:
+        ``(len(units),)`` float32 scores, in the order of ``units``.
+    """
+    kl, err, norms = _masking_terms(model, batches, list(units), progress=progress, desc="optin exact")
+    return _combine(kl, err, norms, trajectory_weight)
+
+
+def neuron_estimate(
+    model,
+    batches: Batches,
+    *,
+    norms: torch.Tensor,
+    trajectory_weight: float = 1.0,
+    probes: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """Gauss-Newton estimate of the OPTIN damage of masking each FFN neuron (see module docstring).
+
+    Args:
+        norms: ``(L,)`` dense ``mean_t ||h_j||^2`` per layer output (from :func:`masking_scores`'s
+            pass or :func:`hidden_norms`), so the estimate targets the same loss as the heads.
+
+    Returns:
+        Per layer, ``(F_l,)`` float32 scores.
+    """
+    from tqdm.auto import tqdm
+
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    widths = [adapter.ffn(layer).width for layer in layers]
+    n_ex = sum(len(b["input_ids"]) for b in batches)
+    n_tok = sum(int(b["attention_mask"].sum()) for b in batches)
+    # Weight of each layer's summed squared error in D; the probe is scaled by its square root.
+    coef = trajectory_weight / (len(layers) * n_tok * norms.double().clamp_min(1e-12))  # (L,)
+    kl_acc = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    traj_acc = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    gen = torch.Generator().manual_seed(seed)
+    for batch in tqdm(batches, desc="optin neurons", disable=not progress, leave=False):
+        b = len(batch["input_ids"])
+        # Per-example mask variables (B, 1, F): example b's loss depends only on row b.
+        masks = [torch.ones(b, 1, w, requires_grad=True) for w in widths]
+        live = [i for i, w in enumerate(widths) if w]
+        if not live:
+            break
+        leaves = [masks[i] for i in live]
+        with torch.enable_grad(), masked(model, ffn_masks=masks):
+            dense = _forward(adapter, model, batch)
+        keep = batch["attention_mask"].to(dense.states[1].dtype)[..., None]  # (B, T, 1)
+        logits = dense.logits  # (B, C)
+        # KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with
+        # nonzero eigenvalue (all but the constant one) give C - 1 exact backward passes.
+        p = logits.detach().double().softmax(-1)  # (B, C)
+        fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
+        evals, evecs = torch.linalg.eigh(fisher)  # ascending; column 0 is the null direction
+        cols = (evecs[:, :, 1:] * evals[:, None, 1:].clamp_min(0).sqrt()).to(logits.dtype)  # (B, C, C-1)
+        for k in range(cols.shape[-1]):
+            grads = torch.autograd.grad((logits * cols[:, :, k]).sum(), leaves, retain_graph=True)
+            for i, g in zip(live, grads, strict=True):
+                kl_acc[i] += 0.5 / n_ex * g.double().pow(2).sum(dim=(0, 1))  # (F,)
+        for _ in range(probes if trajectory_weight > 0 else 0):
+            target = logits.new_zeros(())
+            for j, h in enumerate(dense.states[1:]):
+                v = torch.randint(0, 2, h.shape, generator=gen).to(h.dtype) * 2 - 1  # (B, T, d) Rademacher
+                target = target + (v * keep * h).sum() * float(coef[j].sqrt())
+            grads = torch.autograd.grad(target, leaves, retain_graph=True)
+            for i, g in zip(live, grads, strict=True):
+                traj_acc[i] += g.double().pow(2).sum(dim=(0, 1)) / probes  # (F,)
+        del dense, logits
+    return tuple((a + t).float() for a, t in zip(kl_acc, traj_acc, strict=True))
+
+
+@torch.no_grad()
+def hidden_norms(model, batches: Batches) -> torch.Tensor:
+    """Dense ``mean_t ||h_j||^2`` over non-padding tokens of each layer's output: ``(L,)`` float64."""
+    adapter = get_adapter(model)
+    sq = torch.zeros(len(adapter.layers(model)), dtype=torch.float64)
+    n_tok = 0
+    for batch in batches:
+        dense = _forward(adapter, model, batch)
+        keep = batch["attention_mask"].to(torch.float64)  # (B, T)
+        sq += torch.stack([(h.double().pow(2).sum(-1) * keep).sum() for h in dense.states[1:]])
+        n_tok += int(keep.sum())
+    return sq / max(n_tok, 1)
+
+
+def pack_examples(
+    batches: Batches, *, indices: Sequence[int] | None = None, batch_size: int = 32, pad_id: int = 0
+) -> Batches:
+    """Regroup calibration examples into batches of similar length: less padding, same outputs.
+
+    Args:
+        indices: which examples to keep, counting across batches in order (None: all).
+        batch_size: examples per new batch.
+        pad_id: input id written at padding positions (the model's ``pad_token_id``).
+
+    Returns:
+        New batches, shortest examples first; each is padded to its own longest example.
+    """
+    rows = [(bi, r) for bi, b in enumerate(batches) for r in range(len(b["input_ids"]))]
+    if indices is not None:
+        rows = [rows[i] for i in indices]
+    lengths = [int(batches[bi]["attention_mask"][r].sum()) for bi, r in rows]
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    out: Batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        t = max(lengths[i] for i in chunk)
+        new = {"input_ids": torch.full((len(chunk), t), pad_id, dtype=torch.long)}
+        new["attention_mask"] = torch.zeros(len(chunk), t, dtype=torch.long)
+        first = batches[rows[chunk[0]][0]]
+        if first.get("token_type_ids") is not None:
+            new["token_type_ids"] = torch.zeros(len(chunk), t, dtype=torch.long)
+        for k, i in enumerate(chunk):
+            bi, r = rows[i]
+            keep = batches[bi]["attention_mask"][r].bool()  # works for left or right padding
+            n = lengths[i]
+            new["input_ids"][k, :n] = batches[bi]["input_ids"][r][keep]
+            new["attention_mask"][k, :n] = 1
+            if "token_type_ids" in new:
+                new["token_type_ids"][k, :n] = batches[bi]["token_type_ids"][r][keep]
+        if "labels" in first:
+            new["labels"] = torch.stack([batches[rows[i][0]]["labels"][rows[i][1]] for i in chunk])  # (B,)
+        out.append(new)
+    return out
+
+
+# ---------------------------------------------------------------- internals
+
+
+@dataclass
+class _Dense:
+    states: list[torch.Tensor]  # L + 1 tensors (B, T, d): embeddings, then each layer's output
+    mask: object  # what adapter.run_layer expects
+    logits: torch.Tensor  # (B, C)
+
+
+def _forward(adapter, model, batch: dict) -> _Dense:
+    hidden = adapter.embed(model, batch["input_ids"], batch.get("token_type_ids"))  # (B, T, d)
+    mask = adapter.layer_mask(model, hidden, batch["attention_mask"])
+    states = [hidden]
+    for layer in adapter.layers(model):
+        hidden = adapter.run_layer(layer, hidden, mask)
+        states.append(hidden)
+    return _Dense(states, mask, adapter.classify(model, hidden))
+
+
+def _heads(adapter, layer) -> int:
+    return adapter.attention(layer).num_heads
+
+
+def _sample(total: int, n: int | None, seed: int) -> list[int]:
+    """A seeded sample of ``n`` of ``total`` example indices (all of them when ``n`` is None or larger)."""
+    if n is None or n >= total:
+        return list(range(total))
+    if n < 1:
+        raise ValueError(f"example counts must be >= 1 or None, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=g)[:n].tolist())
+
+
+def _combine(kl: torch.Tensor, err: torch.Tensor, norms: torch.Tensor, weight: float) -> torch.Tensor:
+    """``kl (U,) + weight / L * sum_j err (U, L) / norms (L,)`` as float32."""
+    traj = (err / norms.clamp_min(1e-12)).sum(-1) / max(err.shape[-1], 1)  # (U,)
+    return (kl + weight * traj).float()
+
+
+@torch.no_grad()
+def _masking_terms(
+    model, batches: Batches, units: list[Unit], *, progress: bool, desc: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask each unit alone and rerun from its layer's cached dense input.
+
+    Returns:
+        ``kl`` (U,): mean KL over examples; ``err`` (U, L): mean squared error per non-padding
+        token of each layer's output; ``norms`` (L,): dense mean squared norm per token.
+    """
+    from tqdm.auto import tqdm
+
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    n_layers = len(layers)
+    head_masks = [torch.ones(_heads(adapter, layer)) for layer in layers]
+    ffn_masks = [torch.ones(adapter.ffn(layer).width) for layer in layers]
+    kl = torch.zeros(len(units), dtype=torch.float64)
+    err = torch.zeros(len(units), n_layers, dtype=torch.float64)
+    sq = torch.zeros(n_layers, dtype=torch.float64)
+    n_ex = n_tok = 0
+    bar = tqdm(total=len(batches) * len(units), desc=desc, disable=not progress, leave=False)
+    # Dense and masked passes both run under the hooks, so an unmasked unit computes bit-identically.
+    with masked(model, head_masks, ffn_masks):
+        for batch in batches:
+            dense = _forward(adapter, model, batch)
+            keep = batch["attention_mask"].to(torch.float64)  # (B, T)
+            logp = F.log_softmax(dense.logits.double(), -1)  # (B, C)
+            sq += torch.stack([(h.double().pow(2).sum(-1) * keep).sum() for h in dense.states[1:]])
+            n_ex += len(keep)
+            n_tok += int(keep.sum())
+            for u, (kind, li, idx) in enumerate(units):
+                mask = (head_masks if kind == "head" else ffn_masks)[li]
+                mask[idx] = 0.0
+                try:
+                    hidden = dense.states[li]
+                    for j in range(li, n_layers):
+                        hidden = adapter.run_layer(layers[j], hidden, dense.mask)
+                        diff = (hidden - dense.states[j + 1]).double().pow(2).sum(-1)  # (B, T)
+                        err[u, j] += (diff * keep).sum()
+                    logq = F.log_softmax(adapter.classify(model, hidden).double(), -1)  # (B, C)
+                    kl[u] += F.kl_div(logq, logp, log_target=True, reduction="sum")
+                finally:
+                    mask[idx] = 1.0
+                bar.update(1)
+    bar.close()
+    return kl / max(n_ex, 1), err / max(n_tok, 1), sq / max(n_tok, 1)
