@@ -283,6 +283,84 @@ def finetune(
         typer.echo(json.dumps(report.get("validation", report.get("epochs", [])), indent=2, default=str))
 
 
+def _parse_options(items: list[str]) -> dict:
+    """``["head_examples=256", "repair=false"]`` -> typed values (JSON literals, else strings)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set head_examples=256")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the pruned model (must be empty or new)")],
+    budget: Annotated[
+        str, typer.Option(help="e.g. macs=0.5, params=12M, memory=40MB, latency=8ms,batch=1,seq=128")
+    ] = "macs=0.5",
+    method: Annotated[str, typer.Option(help="optin, fisher, magnitude or random")] = "optin",
+    task: TaskOpt = "rotten_tomatoes",
+    calibration: Annotated[int, typer.Option(help="calibration examples sampled from the train split")] = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate calibration inputs to this many tokens")] = 64,
+    repair: Annotated[bool, typer.Option(help="least-squares refit of the kept units' output projections")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the calibration sample and the method")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="method field FIELD=VALUE (repeatable), e.g. head_examples=256")
+    ] = None,
+    evaluate_split: Annotated[
+        str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")
+    ] = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
+    from slimformer.data import load_task
+    from slimformer.evaluate import evaluate as run_eval
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+    from slimformer.static import PruneConfig, calibration_batches
+    from slimformer.static import prune as run_prune
+
+    try:
+        config = PruneConfig.from_dict(
+            {"method": method, "budget": budget, "repair": repair, "seed": seed, **_parse_options(set_ or [])}
+        )
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
+        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+        m, tok = load_model(model)
+        batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
+        result = run_prune(m, config, batches, progress=not as_json)
+        report = {"model": model, "task": data.name, **result.report}
+        if evaluate_split:
+            report["metrics"] = {
+                "split": evaluate_split,
+                **run_eval(result.model, tok, data.split(evaluate_split), max_length=128, progress=not as_json),
+            }
+        save_model(result.model, tok, out, overwrite=overwrite, extra=report)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    rel = report["relative"]
+    typer.echo(
+        f"{method} -> {config.budget}: MACs {rel['macs']:.1%}, params {rel['params']:.1%} of dense "
+        f"({report['seconds']['total']:.1f}s); saved to {out}"
+    )
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+
+
 @app.command()
 def demo(
     out: Annotated[
@@ -291,10 +369,16 @@ def demo(
     model: Annotated[str, typer.Option(help="model to fine-tune and measure")] = "minilm-l6",
     task: TaskOpt = "rotten_tomatoes",
     repeats: Annotated[int, typer.Option(help="timed runs per batch size")] = 10,
+    method: Annotated[str, typer.Option(help="one-shot pruning method of the compression step")] = "optin",
+    budget: Annotated[
+        list[str] | None,
+        typer.Option("--budget", help="budget of the compression step (repeatable; default macs=0.8/0.6/0.5/0.4)"),
+    ] = None,
+    compress: Annotated[bool, typer.Option(help="run the compression step after the dense baseline")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
     as_json: JsonOpt = False,
 ):
-    """The main job: fine-tune (cached) the model on the task, evaluate on test, measure, report."""
+    """The main job: fine-tune (cached), evaluate on test, prune at a few budgets, measure, report, plot."""
     from datetime import datetime
 
     from slimformer.pipeline import DemoConfig, run_demo
@@ -303,12 +387,11 @@ def demo(
     if out is None:
         out = Path("runs") / f"{model}-{Path(task).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
-        report = run_demo(
-            DemoConfig(model=model, task=task, repeats=repeats),
-            out,
-            overwrite=overwrite,
-            progress=not as_json,
-        )
+        budgets = {"budgets": tuple(budget)} if budget else {}
+        if not compress:
+            budgets = {"budgets": ()}
+        config = DemoConfig(model=model, task=task, repeats=repeats, method=method, **budgets)
+        report = run_demo(config, out, overwrite=overwrite, progress=not as_json)
     except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
@@ -317,6 +400,8 @@ def demo(
     console = _console()
     console.print(rich_table(report["rows"], title=f"{model} on {report['task']['name']} (test split)"))
     console.print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    if report.get("plot"):
+        console.print(f"plot: {report['plot']}")
 
 
 def main() -> None:

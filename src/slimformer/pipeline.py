@@ -6,6 +6,7 @@ Later compression methods add rows to the same report: every row is measured the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -109,6 +110,12 @@ class DemoConfig:
     seq_len: int | None = field(
         default=None, metadata={"help": "length for MACs and latency; default: the task's p90 length"}
     )
+    method: str = field(default="optin", metadata={"help": "one-shot pruning method of the compression step"})
+    budgets: tuple[str, ...] = field(
+        default=("macs=0.8", "macs=0.6", "macs=0.5", "macs=0.4"),
+        metadata={"help": "budgets of the compression step (empty: no compression)"},
+    )
+    calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -188,14 +195,26 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
     )
     row, environment, seq_len = base.pop("row"), base["environment"], base["seq_len"]
     folder, reused = base["finetuned_model"], base["finetune_reused"]
+    rows = [row]
+    pruning = []
+    if config.budgets:
+        pruned_rows, pruning = compress_step(config, task, folder, seq_len, progress=progress)
+        rows += pruned_rows
     report = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": config.model,
         **base,
-        "rows": [row],
+        "rows": rows,
+        "pruning": pruning,
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "report.json", report)
+    plot = None
+    if len(rows) > 1:
+        from slimformer.report import plot_accuracy_vs_macs
+
+        plot = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png", title=f"{config.model} on {task.name}")
+        report["plot"] = str(plot)
     md = [
         f"# slimformer run: {config.model} on {task.name}",
         "",
@@ -209,5 +228,47 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
         f"Fine-tuned model: `{folder}` ({'reused from cache' if reused else 'trained in this run'}).",
         "",
     ]
+    if plot is not None:
+        md += [f"![accuracy vs MACs]({plot.name})", ""]
     (out / "report.md").write_text("\n".join(md))
     return report
+
+
+def compress_step(config: DemoConfig, task, folder: Path, seq_len: int, *, progress: bool = True):
+    """Prune the fine-tuned model at each budget (scores computed once) and measure every result."""
+    from slimformer.budget import Budget
+    from slimformer.models import load_model
+    from slimformer.static import PruneConfig, calibration_batches, prune, score
+
+    model, tokenizer = load_model(str(folder))
+    batches = calibration_batches(
+        task.split("train"), tokenizer, size=config.calibration, max_length=config.finetune.max_length
+    )
+    budgets = []
+    for text in config.budgets:
+        budget = Budget.parse(text)
+        if "seq" not in text:  # measure MACs at the length the table reports
+            budget = dataclasses.replace(budget, seq_len=seq_len)
+        budgets.append(budget)
+    importance = score(
+        model, PruneConfig.from_dict({"method": config.method, "budget": budgets[0]}), batches, progress=progress
+    )
+    rows, reports = [], []
+    for budget in budgets:
+        cfg = PruneConfig.from_dict({"method": config.method, "budget": budget})
+        result = prune(model, cfg, batches, importance=importance, progress=progress)
+        row = measure(
+            result.model,
+            tokenizer,
+            task,
+            name=f"{config.method} {budget}",
+            seq_len=seq_len,
+            batch_sizes=config.batch_sizes,
+            repeats=config.repeats,
+            max_length=config.finetune.max_length,
+            progress=progress,
+        )
+        row.pop("environment")
+        rows.append(row)
+        reports.append({k: v for k, v in result.report.items() if k != "repair"})
+    return rows, reports

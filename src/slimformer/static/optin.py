@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,7 @@ def score_optin(
     start = time.perf_counter()
     neuron_idx = _sample(total, neuron_examples, seed + 1)
     neuron_batches = pack_examples(batches, indices=neuron_idx, batch_size=size, pad_id=pad_id)
-    ffn = neuron_estimate(
+    _, ffn = gauss_newton(
         model, neuron_batches, norms=norms, trajectory_weight=trajectory_weight, probes=probes, seed=seed, progress=progress
     )
     neuron_s = time.perf_counter() - start
@@ -121,7 +122,7 @@ def masking_scores(
     return _combine(kl, err, norms, trajectory_weight)
 
 
-def neuron_estimate(
+def gauss_newton(
     model,
     batches: Batches,
     *,
@@ -130,39 +131,33 @@ def neuron_estimate(
     probes: int = 1,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[torch.Tensor, ...]:
-    """Gauss-Newton estimate of the OPTIN damage of masking each FFN neuron (see module docstring).
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Gauss-Newton estimate of the OPTIN damage of masking each head and neuron (module docstring).
 
     Args:
-        norms: ``(L,)`` dense ``mean_t ||h_j||^2`` per layer output (from :func:`masking_scores`'s
-            pass or :func:`hidden_norms`), so the estimate targets the same loss as the heads.
+        norms: ``(L,)`` dense ``mean_t ||h_j||^2`` per layer output (from :func:`hidden_norms` or
+            the exact head pass), so the estimate targets the same loss as exact masking.
+        probes: Hutchinson probes per batch for the trajectory term (0: KL term only).
 
     Returns:
-        Per layer, ``(F_l,)`` float32 scores.
+        ``(heads, ffn)``: per layer, ``(H_l,)`` and ``(F_l,)`` float32 scores.
     """
     from tqdm.auto import tqdm
 
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    widths = [adapter.ffn(layer).width for layer in layers]
     n_ex = sum(len(b["input_ids"]) for b in batches)
     n_tok = sum(int(b["attention_mask"].sum()) for b in batches)
-    # Weight of each layer's summed squared error in D; the probe is scaled by its square root.
+    # Weight of each layer's summed squared error in D; a probe is scaled by its square root.
     coef = trajectory_weight / (len(layers) * n_tok * norms.double().clamp_min(1e-12))  # (L,)
-    kl_acc = [torch.zeros(w, dtype=torch.float64) for w in widths]
-    traj_acc = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    sizes = [_heads(adapter, layer) for layer in layers] + [adapter.ffn(layer).width for layer in layers]
+    acc = [torch.zeros(n, dtype=torch.float64) for n in sizes]  # heads then FFN, per layer
+    live = [i for i, n in enumerate(sizes) if n]
     gen = torch.Generator().manual_seed(seed)
-    for batch in tqdm(batches, desc="optin neurons", disable=not progress, leave=False):
-        b = len(batch["input_ids"])
-        # Per-example mask variables (B, 1, F): example b's loss depends only on row b.
-        masks = [torch.ones(b, 1, w, requires_grad=True) for w in widths]
-        live = [i for i, w in enumerate(widths) if w]
-        if not live:
-            break
-        leaves = [masks[i] for i in live]
-        with torch.enable_grad(), masked(model, ffn_masks=masks):
+    for batch in tqdm(batches if live else [], desc="optin gauss-newton", disable=not progress, leave=False):
+        with torch.enable_grad(), example_masks(model, len(batch["input_ids"])) as (head_m, ffn_m):
             dense = _forward(adapter, model, batch)
-        keep = batch["attention_mask"].to(dense.states[1].dtype)[..., None]  # (B, T, 1)
+        leaves = [(head_m + ffn_m)[i] for i in live]
         logits = dense.logits  # (B, C)
         # KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with
         # nonzero eigenvalue (all but the constant one) give C - 1 exact backward passes.
@@ -173,7 +168,8 @@ def neuron_estimate(
         for k in range(cols.shape[-1]):
             grads = torch.autograd.grad((logits * cols[:, :, k]).sum(), leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
-                kl_acc[i] += 0.5 / n_ex * g.double().pow(2).sum(dim=(0, 1))  # (F,)
+                acc[i] += 0.5 / n_ex * g.double().pow(2).sum(0)  # per-example squares, (H,) or (F,)
+        keep = batch["attention_mask"].to(logits.dtype)[..., None]  # (B, T, 1)
         for _ in range(probes if trajectory_weight > 0 else 0):
             target = logits.new_zeros(())
             for j, h in enumerate(dense.states[1:]):
@@ -181,9 +177,48 @@ def neuron_estimate(
                 target = target + (v * keep * h).sum() * float(coef[j].sqrt())
             grads = torch.autograd.grad(target, leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
-                traj_acc[i] += g.double().pow(2).sum(dim=(0, 1)) / probes  # (F,)
+                acc[i] += g.double().pow(2).sum(0) / probes
         del dense, logits
-    return tuple((a + t).float() for a, t in zip(kl_acc, traj_acc, strict=True))
+    n = len(layers)
+    return tuple(a.float() for a in acc[:n]), tuple(a.float() for a in acc[n:])
+
+
+@contextmanager
+def example_masks(model, batch_size: int):
+    """Mask variables per example (ones, requiring grad): ``(B, H_l)`` for heads, ``(B, F_l)`` for neurons.
+
+    Example ``b`` of a batch is masked by row ``b`` only, so one backward pass of a sum of
+    per-example losses leaves each example's gradient in its own row. Neurons go through
+    :func:`slimformer.surgery.masked` (its FFN hook broadcasts a ``(B, 1, F)`` mask); its head hook
+    flattens a batched mask, so heads get an equivalent pre-hook on the output projection here.
+
+    Yields:
+        ``(head_masks, ffn_masks)``, one leaf tensor per layer each.
+    """
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    heads = [torch.ones(batch_size, _heads(adapter, layer), requires_grad=True) for layer in layers]
+    ffn = [torch.ones(batch_size, adapter.ffn(layer).width, requires_grad=True) for layer in layers]
+
+    def head_hook(mask: torch.Tensor, head_size: int):
+        def hook(module, args):
+            x = args[0]  # (B, T, H * s)
+            scale = mask.to(x.dtype).repeat_interleave(head_size, dim=-1)[:, None, :]  # (B, 1, H * s)
+            return (x * scale, *args[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for layer, mask in zip(layers, heads, strict=True):
+            att = adapter.attention(layer)
+            if att.num_heads:
+                handles.append(att.o.register_forward_pre_hook(head_hook(mask, att.head_size)))
+        with masked(model, ffn_masks=[m[:, None, :] for m in ffn]):  # (B, 1, F) each
+            yield heads, ffn
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
