@@ -14,6 +14,10 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine oversubscribed
+# OpenMP threads slow them down by orders of magnitude.
+torch.set_num_threads(1)
+
 FAMILIES = ("bert", "roberta", "distilbert")
 WORDS = (
     "the a an movie film good bad great awful plot actor scene story funny boring love hate "

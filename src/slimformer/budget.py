@@ -46,7 +46,13 @@ _COUNT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BYTES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _TIME = {"ms": 1, "s": 1000, "us": Decimal("0.001")}
 _VALUE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-_MODIFIERS = {"seq": "seq_len", "seq_len": "seq_len", "batch": "batch_size", "batch_size": "batch_size", "dtype": "dtype"}
+_MODIFIERS = {
+    "seq": "seq_len",
+    "seq_len": "seq_len",
+    "batch": "batch_size",
+    "batch_size": "batch_size",
+    "dtype": "dtype",
+}
 
 
 class InfeasibleBudget(ValueError):
@@ -63,7 +69,8 @@ class InfeasibleBudget(ValueError):
         super().__init__(
             f"{budget} is infeasible: the smallest model slimformer can make {what}, "
             f"{format_value(budget.kind, smallest)} ({smallest / dense:.0%} of dense, "
-            f"{format_value(budget.kind, dense)}); the budget allows {format_value(budget.kind, budget.limit_of(dense))}"
+            f"{format_value(budget.kind, dense)}); the budget allows "
+            f"{format_value(budget.kind, budget.limit_of(dense))}"
         )
 
 
@@ -158,10 +165,11 @@ class Budget:
             scale, suffix = 1, "ms"
         else:
             table = _BYTES if self.kind == "memory" else _COUNT
-            names = {"b": "B", "kb": "kB", "mb": "MB", "gb": "GB"} if self.kind == "memory" else {}
-            scale, suffix = max(((s, names.get(k, k.upper())) for k, s in table.items() if "i" not in k and s <= self.value))
+            names = {"b": "B", "kb": "kB", "mb": "MB", "gb": "GB"} if self.kind == "memory" else {"k": "k"}
+            units = [(s, names.get(k, k.upper())) for k, s in table.items() if "i" not in k and s <= self.value]
+            scale, suffix = max(units)
         for digits in (6, 9, 12, 15, 17):  # shortest text that parses back to the same float
-            text = f"{Decimal(repr(float(self.value))) / scale:.{digits}g}{suffix}"
+            text = f"{float(Decimal(repr(float(self.value))) / scale):.{digits}g}{suffix}"
             if _parse_value(self.kind, text, ValueError)[0] == float(self.value):
                 return text
         return repr(float(self.value)) + ("ms" if self.kind == "latency" else "")

@@ -233,9 +233,29 @@ def _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, ca
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             logger.warning("ignoring unreadable latency cache %s: %s", path, e)
 
-    with torch.inference_mode():
-        table = _time_grid(model, adapter, dims, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, progress)
-    table = dataclasses.replace(table, info={**table.info, "attn_implementation": attn})
+    start = time.perf_counter()
+    timed = time_layer_shapes(
+        model, [(h, w) for h in heads for w in ffn], batch_size=batch_size, seq_len=seq_len,
+        rounds=rounds, repeats=repeats, warmup=warmup, progress=progress,
+    )  # fmt: skip
+    table = LatencyTable(
+        dims=dims,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        heads=heads,
+        ffn=ffn,
+        layer_ms=tuple(tuple(timed["layers"][(h, w)] for w in ffn) for h in heads),
+        fixed_ms=timed["fixed_ms"],
+        environment=environment(),
+        info={
+            "rounds": rounds,
+            "repeats": repeats,
+            "warmup": warmup,
+            "attn_implementation": attn,
+            "measure_s": round(time.perf_counter() - start, 2),
+            "what": "median wall-clock ms of one standalone layer per grid point; fixed = model with no layers",
+        },
+    )
     logger.info(
         "latency table for %s (batch %d x %d, %d threads): %d points in %.1f s; dense %.2f ms predicted",
         dims.family, batch_size, seq_len, torch.get_num_threads(), len(heads) * len(ffn) + 1,
@@ -246,54 +266,95 @@ def _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, ca
     return table
 
 
-def _time_grid(model, adapter, dims, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, progress):
+def _cpu_times(fn, warmup: int, repeats: int) -> list[float]:
+    """CPU time (ms) of this thread for each of ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        fn()
+        out.append((time.thread_time() - start) * 1e3)
+    return out
+
+
+@torch.inference_mode()
+def time_layer_shapes(
+    model: torch.nn.Module,
+    shapes: list[tuple[int, int]],
+    *,
+    batch_size: int,
+    seq_len: int,
+    rounds: int = 3,
+    repeats: int = 3,
+    warmup: int = 1,
+    clock: str = "wall",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time standalone layers of ``model``'s architecture with the given (heads, ffn) shapes.
+
+    Each shape gets a fresh dense layer reshaped with the same code that loads pruned models, and
+    is called on ``(batch_size, seq_len, hidden)`` hidden states with the model's own attention
+    mask path. Shapes are visited ``rounds`` times in alternating order (drift cancels out).
+    ``clock="wall"`` times with :func:`slimformer.bench.time_callable` (what budgets use);
+    ``clock="cpu"`` uses this thread's CPU time instead, which leaves out the time the thread waited
+    for a core: for comparing shapes on a busy machine, with 1 torch thread only.
+
+    Returns:
+        ``{"layers": {(h, w): median ms}, "iqr": {(h, w): ms}, "fixed_ms": median ms of the model with
+        no layers, "fixed_iqr": ms}``.
+    """
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock={clock!r}: must be 'wall' or 'cpu'")
+    cpu = clock == "cpu"
+    if cpu and torch.get_num_threads() != 1:
+        raise ValueError("clock='cpu' measures one thread: call torch.set_num_threads(1) first")
+    adapter = get_adapter(model)
+    dims = adapter.dims(model.config)
     small = _dense_one_layer(model)
     template = adapter.layers(small)[0]
     inputs = make_bench_inputs(small, batch_size, seq_len, seed=0)
-    hidden = adapter.embed(small, inputs["input_ids"], inputs.get("token_type_ids"))
+    hidden = adapter.embed(small, inputs["input_ids"], inputs.get("token_type_ids"))  # (B, T, d)
     mask = adapter.layer_mask(small, hidden, inputs["attention_mask"])
     layerless = copy.deepcopy(small)
     layerless.set_submodule(adapter.paths["layers"], torch.nn.ModuleList())
     setattr(layerless.config, adapter.paths["n_layers"], 0)
 
-    points = [(h, w) for h in heads for w in ffn]
+    points: list[Any] = list(dict.fromkeys((int(h), int(w)) for h, w in shapes))
     times: dict[Any, list[float]] = {p: [] for p in [*points, "fixed"]}
-    bar = tqdm(total=rounds * len(times), desc="latency table", disable=not progress, leave=False)
+    bar = tqdm(total=rounds * len(times), desc="layer latency", disable=not progress, leave=False)
     try:
         for r in range(rounds):
-            order = [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]  # cancels slow drift
+            order = [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]
             for p in order:
                 if p == "fixed":
                     fn = lambda: layerless(**inputs)  # noqa: E731
                 else:
                     layer = copy.deepcopy(template)
-                    reshape_layer(layer, adapter.paths, heads=p[0], ffn=p[1], head_size=dims.head_size, hidden=dims.hidden)
+                    reshape_layer(
+                        layer, adapter.paths, heads=p[0], ffn=p[1], head_size=dims.head_size, hidden=dims.hidden
+                    )
                     layer.eval()
                     fn = lambda layer=layer: adapter.run_layer(layer, hidden, mask)  # noqa: E731
-                gc.collect()
-                times[p] += time_callable(fn, warmup=warmup, repeats=repeats)["times_ms"]
+                gc.collect()  # a collection inside the timed calls would land on one unlucky point
+                times[p] += (
+                    _cpu_times(fn, warmup, repeats)
+                    if cpu
+                    else time_callable(fn, warmup=warmup, repeats=repeats)["times_ms"]
+                )
                 bar.update()
     finally:
         bar.close()
-    med = {p: float(np.median(t)) for p, t in times.items()}
-    table = LatencyTable(
-        dims=dims,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        heads=heads,
-        ffn=ffn,
-        layer_ms=tuple(tuple(med[(h, w)] for w in ffn) for h in heads),
-        fixed_ms=med["fixed"],
-        environment=environment(),
-        info={
-            "rounds": rounds,
-            "repeats": repeats,
-            "warmup": warmup,
-            "measure_s": round(time.perf_counter() - start, 2),
-            "what": "median wall-clock ms of one standalone layer per grid point; fixed = model with no layers",
-        },
-    )
-    return table
+
+    def iqr(t: list[float]) -> float:
+        q1, q3 = np.percentile(t, [25, 75])
+        return float(q3 - q1)
+
+    return {
+        "layers": {p: float(np.median(times[p])) for p in points},
+        "iqr": {p: iqr(times[p]) for p in points},
+        "fixed_ms": float(np.median(times["fixed"])),
+        "fixed_iqr": iqr(times["fixed"]),
+    }

@@ -204,7 +204,8 @@ def apply_plan(model: nn.Module, plan: KeepPlan) -> nn.Module:
 def masked(model: nn.Module, head_masks=None, ffn_masks=None, layer_mask=None):
     """Run the model with units masked (zeroed at their contribution), without removing them.
 
-    Masks are per-layer tensors (1 = keep, 0 = mask; fractional values scale). A masked head's
+    Masks are per-layer tensors (1 = keep, 0 = mask; fractional values scale), either ``(H,)`` /
+    ``(F,)`` for the whole batch or ``(B, 1, H)`` / ``(B, 1, F)`` per example. A masked head's
     output is zeroed before the output projection, a masked neuron's activation before the second
     FFN projection, and a masked layer returns its input unchanged. Removing the masked units with
     :func:`apply_plan` gives the same outputs.
@@ -216,7 +217,8 @@ def masked(model: nn.Module, head_masks=None, ffn_masks=None, layer_mask=None):
     def head_hook(mask: torch.Tensor, head_size: int):
         def hook(module, args):
             x = args[0]  # (B, T, H * s)
-            scale = mask.to(x.dtype).repeat_interleave(head_size)  # (H * s,)
+            # (H,) -> (H * s,), or per example (B, 1, H) -> (B, 1, H * s)
+            scale = mask.to(x.dtype).repeat_interleave(head_size, dim=-1)
             return (x * scale, *args[1:])
 
         return hook

@@ -48,7 +48,7 @@ def score_optin(
     seed: int = 0,
     progress: bool = True,
     trajectory_weight: float = 1.0,
-    head_examples: int | None = 128,
+    head_examples: int | None = 64,
     neuron_examples: int | None = None,
     probes: int = 1,
 ) -> Importance:
@@ -61,7 +61,8 @@ def score_optin(
         progress: show tqdm progress bars.
         trajectory_weight: weight ``w`` of the hidden-state distillation term next to the KL term.
         head_examples: heads are masked one by one on a seeded sample of this many examples
-            (None: all); exact head scoring costs about ``heads * layers / 2`` forward passes.
+            (None: all); exact head scoring costs about ``heads * layers / 2`` forward passes of
+            it. The trajectory normaliser ``mean_t ||h_j||^2`` is measured on the same sample.
         neuron_examples: the neuron estimate uses a seeded sample of this many examples (None: all).
         probes: Hutchinson probes per batch for the trajectory part of the neuron estimate.
 
@@ -70,6 +71,8 @@ def score_optin(
     """
     if trajectory_weight < 0 or probes < 0:
         raise ValueError(f"trajectory_weight and probes must be >= 0, got {trajectory_weight}, {probes}")
+    if not batches:
+        raise ValueError("OPTIN needs at least one calibration batch")
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -80,8 +83,8 @@ def score_optin(
     units: list[Unit] = [("head", i, h) for i, layer in enumerate(layers) for h in range(_heads(adapter, layer))]
 
     start = time.perf_counter()
-    kl, err, norms = _masking_terms(model, head_batches, units, progress=progress, desc="optin heads")
-    flat = _combine(kl, err, norms, trajectory_weight)
+    terms = masking_terms(model, head_batches, units, progress=progress, desc="optin heads")
+    flat, norms = terms.scores(trajectory_weight), terms.norms()
     head_s = time.perf_counter() - start
     heads, k = [], 0
     for layer in layers:
@@ -92,9 +95,8 @@ def score_optin(
     start = time.perf_counter()
     neuron_idx = _sample(total, neuron_examples, seed + 1)
     neuron_batches = pack_examples(batches, indices=neuron_idx, batch_size=size, pad_id=pad_id)
-    _, ffn = gauss_newton(
-        model, neuron_batches, norms=norms, trajectory_weight=trajectory_weight, probes=probes, seed=seed, progress=progress
-    )
+    options = {"trajectory_weight": trajectory_weight, "probes": probes, "seed": seed, "progress": progress}
+    _, ffn = gauss_newton(model, neuron_batches, norms=norms, **options)
     neuron_s = time.perf_counter() - start
     info = {
         "method": "optin",
@@ -106,7 +108,8 @@ def score_optin(
         "head_seconds": round(head_s, 3),
         "neuron_seconds": round(neuron_s, 3),
     }
-    logger.info("optin: heads %.1fs on %d examples, neurons %.1fs on %d", head_s, len(head_idx), neuron_s, total)
+    n_head, n_neuron = len(head_idx), len(neuron_idx)
+    logger.info("optin: heads %.1fs (%d examples), neurons %.1fs (%d)", head_s, n_head, neuron_s, n_neuron)
     return Importance(tuple(heads), tuple(ffn), comparable=True, info=info)
 
 
@@ -118,8 +121,7 @@ def masking_scores(
     Returns:
         ``(len(units),)`` float32 scores, in the order of ``units``.
     """
-    kl, err, norms = _masking_terms(model, batches, list(units), progress=progress, desc="optin exact")
-    return _combine(kl, err, norms, trajectory_weight)
+    return masking_terms(model, batches, list(units), progress=progress).scores(trajectory_weight)
 
 
 def gauss_newton(
@@ -168,16 +170,16 @@ def gauss_newton(
         for k in range(cols.shape[-1]):
             grads = torch.autograd.grad((logits * cols[:, :, k]).sum(), leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
-                acc[i] += 0.5 / n_ex * g.double().pow(2).sum(0)  # per-example squares, (H,) or (F,)
-        keep = batch["attention_mask"].to(logits.dtype)[..., None]  # (B, T, 1)
+                acc[i] += 0.5 / n_ex * g.double().pow(2).sum(0).cpu()  # per-example squares, (H,) or (F,)
+        keep = batch["attention_mask"].to(logits)[..., None]  # (B, T, 1)
         for _ in range(probes if trajectory_weight > 0 else 0):
             target = logits.new_zeros(())
             for j, h in enumerate(dense.states[1:]):
-                v = torch.randint(0, 2, h.shape, generator=gen).to(h.dtype) * 2 - 1  # (B, T, d) Rademacher
+                v = torch.randint(0, 2, h.shape, generator=gen).to(h) * 2 - 1  # (B, T, d) Rademacher
                 target = target + (v * keep * h).sum() * float(coef[j].sqrt())
             grads = torch.autograd.grad(target, leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
-                acc[i] += g.double().pow(2).sum(0) / probes
+                acc[i] += g.double().pow(2).sum(0).cpu() / probes
         del dense, logits
     n = len(layers)
     return tuple(a.float() for a in acc[:n]), tuple(a.float() for a in acc[n:])
@@ -188,37 +190,21 @@ def example_masks(model, batch_size: int):
     """Mask variables per example (ones, requiring grad): ``(B, H_l)`` for heads, ``(B, F_l)`` for neurons.
 
     Example ``b`` of a batch is masked by row ``b`` only, so one backward pass of a sum of
-    per-example losses leaves each example's gradient in its own row. Neurons go through
-    :func:`slimformer.surgery.masked` (its FFN hook broadcasts a ``(B, 1, F)`` mask); its head hook
-    flattens a batched mask, so heads get an equivalent pre-hook on the output projection here.
+    per-example losses leaves each example's gradient in its own row (through
+    :func:`slimformer.surgery.masked`, which takes per-example masks).
 
     Yields:
         ``(head_masks, ffn_masks)``, one leaf tensor per layer each.
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    heads = [torch.ones(batch_size, _heads(adapter, layer), requires_grad=True) for layer in layers]
-    ffn = [torch.ones(batch_size, adapter.ffn(layer).width, requires_grad=True) for layer in layers]
+    device = adapter.ffn(layers[0]).fc_out.weight.device if len(layers) else None
+    heads = [torch.ones(batch_size, _heads(adapter, layer), device=device, requires_grad=True) for layer in layers]
+    ffn = [torch.ones(batch_size, adapter.ffn(layer).width, device=device, requires_grad=True) for layer in layers]
 
-    def head_hook(mask: torch.Tensor, head_size: int):
-        def hook(module, args):
-            x = args[0]  # (B, T, H * s)
-            scale = mask.to(x.dtype).repeat_interleave(head_size, dim=-1)[:, None, :]  # (B, 1, H * s)
-            return (x * scale, *args[1:])
-
-        return hook
-
-    handles = []
-    try:
-        for layer, mask in zip(layers, heads, strict=True):
-            att = adapter.attention(layer)
-            if att.num_heads:
-                handles.append(att.o.register_forward_pre_hook(head_hook(mask, att.head_size)))
-        with masked(model, ffn_masks=[m[:, None, :] for m in ffn]):  # (B, 1, F) each
-            yield heads, ffn
-    finally:
-        for handle in handles:
-            handle.remove()
+    # (B, 1, H) / (B, 1, F) views broadcast over tokens; gradients flow back to the leaves
+    with masked(model, head_masks=[m[:, None, :] for m in heads], ffn_masks=[m[:, None, :] for m in ffn]):
+        yield heads, ffn
 
 
 @torch.no_grad()
@@ -310,33 +296,49 @@ def _sample(total: int, n: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(total, generator=g)[:n].tolist())
 
 
-def _combine(kl: torch.Tensor, err: torch.Tensor, norms: torch.Tensor, weight: float) -> torch.Tensor:
-    """``kl (U,) + weight / L * sum_j err (U, L) / norms (L,)`` as float32."""
-    traj = (err / norms.clamp_min(1e-12)).sum(-1) / max(err.shape[-1], 1)  # (U,)
-    return (kl + weight * traj).float()
+@dataclass
+class MaskingTerms:
+    """Per-example pieces of the exact damage of masking each unit, so any subset can be scored.
+
+    Attributes:
+        kl: ``(U, N)`` KL(dense || masked) of each example.
+        err: ``(U, N, L)`` squared error of each layer's output, summed over the example's tokens.
+        sq: ``(N, L)`` dense squared norm of each layer's output, summed over the example's tokens.
+        tokens: ``(N,)`` non-padding tokens of each example.
+    """
+
+    kl: torch.Tensor
+    err: torch.Tensor
+    sq: torch.Tensor
+    tokens: torch.Tensor
+
+    def norms(self, idx: Sequence[int] | None = None) -> torch.Tensor:
+        """``(L,)`` dense ``mean_t ||h_j||^2`` over the chosen examples' tokens (float64)."""
+        pick = slice(None) if idx is None else list(idx)
+        return self.sq[pick].sum(0) / self.tokens[pick].sum().clamp_min(1)
+
+    def scores(self, weight: float, idx: Sequence[int] | None = None) -> torch.Tensor:
+        """``(U,)`` float32 damage ``D`` on the chosen examples (all by default)."""
+        pick = slice(None) if idx is None else list(idx)
+        kl, err, sq = self.kl[:, pick], self.err[:, pick], self.sq[pick]
+        traj = (err.sum(1) / sq.sum(0).clamp_min(1e-12)).sum(-1) / max(sq.shape[-1], 1)  # (U,)
+        return (kl.mean(1) + weight * traj).float()
 
 
 @torch.no_grad()
-def _masking_terms(
-    model, batches: Batches, units: list[Unit], *, progress: bool, desc: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mask each unit alone and rerun from its layer's cached dense input.
-
-    Returns:
-        ``kl`` (U,): mean KL over examples; ``err`` (U, L): mean squared error per non-padding
-        token of each layer's output; ``norms`` (L,): dense mean squared norm per token.
-    """
+def masking_terms(
+    model, batches: Batches, units: Sequence[Unit], *, progress: bool = True, desc: str = "optin exact"
+) -> MaskingTerms:
+    """Mask each unit alone and rerun from its layer's cached dense input; examples in batch order."""
     from tqdm.auto import tqdm
 
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     n_layers = len(layers)
-    head_masks = [torch.ones(_heads(adapter, layer)) for layer in layers]
-    ffn_masks = [torch.ones(adapter.ffn(layer).width) for layer in layers]
-    kl = torch.zeros(len(units), dtype=torch.float64)
-    err = torch.zeros(len(units), n_layers, dtype=torch.float64)
-    sq = torch.zeros(n_layers, dtype=torch.float64)
-    n_ex = n_tok = 0
+    device = adapter.ffn(layers[0]).fc_out.weight.device if len(layers) else None
+    head_masks = [torch.ones(_heads(adapter, layer), device=device) for layer in layers]
+    ffn_masks = [torch.ones(adapter.ffn(layer).width, device=device) for layer in layers]
+    kl, err, sq, tokens = [], [], [], []  # per batch: (U, B), (U, B, L), (B, L), (B,)
     bar = tqdm(total=len(batches) * len(units), desc=desc, disable=not progress, leave=False)
     # Dense and masked passes both run under the hooks, so an unmasked unit computes bit-identically.
     with masked(model, head_masks, ffn_masks):
@@ -344,9 +346,10 @@ def _masking_terms(
             dense = _forward(adapter, model, batch)
             keep = batch["attention_mask"].to(torch.float64)  # (B, T)
             logp = F.log_softmax(dense.logits.double(), -1)  # (B, C)
-            sq += torch.stack([(h.double().pow(2).sum(-1) * keep).sum() for h in dense.states[1:]])
-            n_ex += len(keep)
-            n_tok += int(keep.sum())
+            sq.append(torch.stack([(h.double().pow(2).sum(-1) * keep).sum(-1) for h in dense.states[1:]], -1))
+            tokens.append(keep.sum(-1))
+            b_kl = torch.zeros(len(units), len(keep), dtype=torch.float64)
+            b_err = torch.zeros(len(units), len(keep), n_layers, dtype=torch.float64)
             for u, (kind, li, idx) in enumerate(units):
                 mask = (head_masks if kind == "head" else ffn_masks)[li]
                 mask[idx] = 0.0
@@ -355,11 +358,13 @@ def _masking_terms(
                     for j in range(li, n_layers):
                         hidden = adapter.run_layer(layers[j], hidden, dense.mask)
                         diff = (hidden - dense.states[j + 1]).double().pow(2).sum(-1)  # (B, T)
-                        err[u, j] += (diff * keep).sum()
+                        b_err[u, :, j] = (diff * keep).sum(-1)
                     logq = F.log_softmax(adapter.classify(model, hidden).double(), -1)  # (B, C)
-                    kl[u] += F.kl_div(logq, logp, log_target=True, reduction="sum")
+                    b_kl[u] = (logp.exp() * (logp - logq)).sum(-1)
                 finally:
                     mask[idx] = 1.0
                 bar.update(1)
+            kl.append(b_kl)
+            err.append(b_err)
     bar.close()
-    return kl / max(n_ex, 1), err / max(n_tok, 1), sq / max(n_tok, 1)
+    return MaskingTerms(torch.cat(kl, 1), torch.cat(err, 1), torch.cat(sq, 0), torch.cat(tokens, 0))

@@ -102,7 +102,7 @@ class OptinConfig(PruneConfig):
         default=1.0, metadata={"help": "weight of the later-layer feature distillation term next to the logit KL"}
     )
     head_examples: int | None = field(
-        default=128, metadata={"help": "calibration examples for the exact per-head masking scores (None = all)"}
+        default=64, metadata={"help": "calibration examples for the exact per-head masking scores (None = all)"}
     )
     neuron_examples: int | None = field(
         default=None, metadata={"help": "calibration examples for the neuron estimate (None = all)"}

@@ -22,6 +22,10 @@ towards zero, so a badly determined direction keeps its original weight and ``ri
 back the unrepaired model. The bias is not regularised. A sublayer with no units left (0 heads /
 0 neurons) has only its bias refit, to the mean residual. The normal equations are accumulated
 batch by batch in float64 and solved by Cholesky (least squares if singular).
+
+Cost: per layer, one dense pass and about 2.3 pruned passes over the calibration batches plus the
+float64 products, about 3x one dense forward in all (MiniLM-L6, 512 examples: ~25 s on one
+thread). Memory: both models' hidden states at the current layer and the dense FFN targets.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ class _NormalEquations:
         self.gram += xa.T @ xa
         self.cross += xa.T @ y
         self.yy += float(y.square().sum())
-        self.target += float(target.to(torch.float64).square().sum())
+        self.target += _sq_norm(target)
 
     def rel_error(self, w: torch.Tensor) -> float:
         """``||Y - [X,1] w|| / ||target||`` from the sums alone; ``w`` is (k+1, hidden)."""
@@ -96,6 +100,11 @@ class _NormalEquations:
             return torch.cholesky_solve(rhs, chol), lam
         logger.debug("normal equations singular (k=%d, lam=%g); using least squares", k, lam)
         return torch.linalg.lstsq(gram.cpu(), rhs.cpu(), driver="gelsd").solution.to(gram.device), lam
+
+
+def _sq_norm(x: torch.Tensor) -> float:
+    """Squared Frobenius norm, accumulated in float64 without a float64 copy."""
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
 
 
 def _augmented(linear: nn.Linear) -> torch.Tensor:
@@ -227,8 +236,8 @@ def _repair_layer(adapter: ArchAdapter, layer_p: nn.Module, layer_d: nn.Module, 
     err = ref = 0.0
     for b in data:
         b.x_p = adapter.run_layer(layer_p, b.x_p, b.mask_p)  # (B, T, hidden)
-        err += float((b.x_p - b.x_d)[b.keep].double().square().sum())
-        ref += float(b.x_d[b.keep].double().square().sum())
+        err += _sq_norm((b.x_p - b.x_d)[b.keep])
+        ref += _sq_norm(b.x_d[b.keep])
     return {"attention": att, "ffn": ffn, "output_error": (err / max(ref, 1e-30)) ** 0.5}
 
 
@@ -272,7 +281,8 @@ def repair(pruned, dense, batches: Batches, *, ridge: float = 1e-2, progress: bo
     layers_p, layers_d = adapter.layers(pruned), adapter.layers(dense)
     by_origin = dict(zip(origins_p, layers_p, strict=True))
     modes = (pruned.training, dense.training)
-    pruned.eval(), dense.eval()  # no dropout: the fit must see the deterministic forward
+    pruned.eval()  # no dropout: the fit must see the deterministic forward
+    dense.eval()
     try:
         data = _prepare(adapter, pruned, dense, batches)
         tokens = int(sum(int(b.keep.sum()) for b in data))
@@ -305,7 +315,8 @@ def repair(pruned, dense, batches: Batches, *, ridge: float = 1e-2, progress: bo
             bar.update()
         bar.close()
     finally:
-        pruned.train(modes[0]), dense.train(modes[1])
+        pruned.train(modes[0])
+        dense.train(modes[1])
     seconds = time.perf_counter() - start
     logger.info("repair: %d layers refit on %d tokens in %.1f s", len(stats), tokens, seconds)
     return {"layers": stats, "skipped": skipped, "tokens": tokens, "seconds": seconds, "ridge": ridge}
