@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import make_inputs, make_tiny_model
 
+from conftest import make_inputs, make_tiny_model
 from slimformer.budget import Budget, InfeasibleBudget
 from slimformer.cost import cost_of
 from slimformer.static import METHODS, OptinConfig, PruneConfig, prune, score
