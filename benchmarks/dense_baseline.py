@@ -17,16 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimformer.data import load_task
-from slimformer.pipeline import baseline
+from slimformer.pipeline import RECIPES, baseline
 from slimformer.report import markdown_table, write_json
-from slimformer.train import FinetuneConfig
 
-#: Fine-tuning recipe per task. BBC articles are long (median ~420 tokens) and few (1,699 to
-#: train on), so they get a longer max length, smaller batches, a higher rate and one more epoch.
-RECIPES = {
-    "rotten_tomatoes": FinetuneConfig(),  # the main job's recipe (shares its cache)
-    "bbc_news": FinetuneConfig(epochs=3, lr=8e-5, batch_size=16, max_length=256),
-}
 OUT = Path(__file__).parent / "results"
 
 

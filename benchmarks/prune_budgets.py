@@ -1,0 +1,211 @@
+"""One-shot pruning of the fine-tuned MiniLM-L6 at MACs budgets: OPTIN against its baselines.
+
+For each task: the dense model (fine-tuned with the built-in recipe, cached) is evaluated on the
+TEST split and timed; then every method prunes it at every budget, for each calibration seed
+(importance scored once per method and seed, reused across budgets). Reported per
+(method, budget): test accuracy (mean, std, min, max over seeds), achieved MACs and params
+relative to dense, the method's time (scoring + selection + surgery + repair), and for the first
+seed the wall-clock latency at batch 1 and 32 x 128 tokens against dense measured in the same
+run, with the speedup and its ratio to the MACs reduction. Writes
+benchmarks/results/prune_budgets.{json,md} (updated after every task).
+
+    .venv/bin/python benchmarks/prune_budgets.py [--tasks rotten_tomatoes,bbc_news] \
+        [--methods optin,fisher,magnitude,random] [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] \
+        [--calibration 1024] [--no-repair-row]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from slimformer.bench import BenchConfig, bench_model, environment
+from slimformer.budget import Budget
+from slimformer.cost import cost_of
+from slimformer.data import load_task
+from slimformer.evaluate import evaluate
+from slimformer.models import load_model
+from slimformer.pipeline import RECIPES, finetune_cached
+from slimformer.report import write_json
+from slimformer.static import PruneConfig, calibration_batches, prune, score
+from slimformer.structure import Structure
+
+OUT = Path(__file__).parent / "results"
+BENCH = dict(batch_sizes=(1, 32), seq_len=128, repeats=10, warmup=2)
+
+
+def timed(model) -> dict[int, float]:
+    result = bench_model(model, BenchConfig(**BENCH), progress=False)
+    return {r["batch_size"]: r["median_ms"] for r in result["results"]}
+
+
+def run_task(name: str, args, log) -> dict:
+    recipe = RECIPES[name]
+    task = load_task(name)
+    folder, _ = finetune_cached(args.model, task, recipe)
+    model, tokenizer = load_model(str(folder))
+    test = task.split("test")
+    dense_metrics = evaluate(model, tokenizer, test, max_length=recipe.max_length, progress=False)
+    dense_cost = cost_of(Structure.from_model(model), BENCH["seq_len"])
+    dense_ms = timed(model)
+    log.info("%s dense: acc %.4f, %s", name, dense_metrics["accuracy"], dense_ms)
+
+    variants = [(m, True) for m in args.methods]
+    if not args.no_repair_row and "optin" in args.methods:
+        variants.append(("optin", False))
+    runs = []
+    for seed in args.seeds:
+        batches = calibration_batches(
+            task.split("train"), tokenizer, size=args.calibration, seed=seed, max_length=recipe.max_length
+        )
+        for method, repair in variants:
+            base_cfg = PruneConfig.from_dict({"method": method, "budget": "macs=0.5", "seed": seed})
+            importance = score(model, base_cfg, batches, progress=False)
+            for value in args.budgets:
+                budget = Budget(kind="macs", value=value, relative=True, seq_len=BENCH["seq_len"])
+                cfg = PruneConfig.from_dict({"method": method, "budget": budget, "seed": seed, "repair": repair})
+                result = prune(model, cfg, batches, importance=importance, progress=False)
+                metrics = evaluate(result.model, tokenizer, test, max_length=recipe.max_length, progress=False)
+                run = {
+                    "method": method if repair else f"{method} (no repair)",
+                    "budget": value,
+                    "seed": seed,
+                    "accuracy": metrics["accuracy"],
+                    "f1_macro": metrics["f1_macro"],
+                    "macs_rel": result.report["relative"]["macs"],
+                    "params_rel": result.report["relative"]["params"],
+                    "seconds": result.report["seconds"]["total"],
+                    "layers": result.report["layers"],
+                }
+                if seed == args.seeds[0]:
+                    ms = timed(result.model)
+                    run["latency_ms"] = ms
+                    run["speedup"] = {b: dense_ms[b] / ms[b] for b in ms}
+                    run["speedup_vs_macs"] = {b: run["speedup"][b] * run["macs_rel"] for b in ms}
+                runs.append(run)
+                log.info(
+                    "%s %s %s seed %d: acc %.4f, MACs %.3f, %.1fs",
+                    name,
+                    run["method"],
+                    value,
+                    seed,
+                    run["accuracy"],
+                    run["macs_rel"],
+                    run["seconds"],
+                )
+    return {
+        "task": name,
+        "content_hash": task.content_hash,
+        "dense": {
+            "accuracy": dense_metrics["accuracy"],
+            "latency_ms": dense_ms,
+            "macs": dense_cost.macs,
+            "params": dense_cost.params,
+        },
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    out = []
+    for (method, budget), rs in groups.items():
+        accs = [r["accuracy"] for r in rs]
+        timed_run = next((r for r in rs if "latency_ms" in r), {})
+        out.append(
+            {
+                "method": method,
+                "budget": budget,
+                "seeds": len(rs),
+                "acc_mean": statistics.mean(accs),
+                "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "acc_min": min(accs),
+                "acc_max": max(accs),
+                "macs_rel": statistics.mean(r["macs_rel"] for r in rs),
+                "params_rel": statistics.mean(r["params_rel"] for r in rs),
+                "seconds": statistics.mean(r["seconds"] for r in rs),
+                "speedup": timed_run.get("speedup"),
+                "speedup_vs_macs": timed_run.get("speedup_vs_macs"),
+            }
+        )
+    return out
+
+
+def markdown(results: list[dict], args, env: dict) -> str:
+    lines = [
+        "# One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)",
+        "",
+        f"Test split; {args.calibration} calibration examples from train; seeds {args.seeds}; MACs and latency at "
+        f"{BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, {env['processor']}, "
+        f"{env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. Speedup = dense / pruned "
+        "wall clock (first seed); 'x MACs' = speedup x (pruned MACs / dense MACs), 1.0 is the physical limit.",
+    ]
+    for res in results:
+        d = res["dense"]
+        lines += [
+            "",
+            f"## {res['task']} (dense test accuracy {d['accuracy']:.4f}, "
+            f"{d['latency_ms'][1]:.1f} ms @b1, {d['latency_ms'][32]:.0f} ms @b32)",
+            "",
+            "| method | MACs budget | test acc (mean ± std) | min-max | MACs | params | speedup b1 / b32 "
+            "| x MACs b1 / b32 | time (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in sorted(res["summary"], key=lambda s: (-s["budget"], s["method"])):
+            sp, ef = s["speedup"] or {}, s["speedup_vs_macs"] or {}
+            lines.append(
+                f"| {s['method']} | {s['budget']:.1f} | {s['acc_mean']:.4f} ± {s['acc_std']:.4f} | "
+                f"{s['acc_min']:.4f}-{s['acc_max']:.4f} | {s['macs_rel']:.3f} | {s['params_rel']:.3f} | "
+                f"{sp.get(1, float('nan')):.2f} / {sp.get(32, float('nan')):.2f} | "
+                f"{ef.get(1, float('nan')):.2f} / {ef.get(32, float('nan')):.2f} | {s['seconds']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="rotten_tomatoes,bbc_news")
+    parser.add_argument("--methods", default="optin,fisher,magnitude,random")
+    parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--calibration", type=int, default=1024)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--no-repair-row", action="store_true", help="skip the optin-without-repair rows")
+    parser.add_argument("--out", default="prune_budgets", help="file stem under benchmarks/results")
+    args = parser.parse_args(argv)
+    args.methods = args.methods.split(",")
+    args.budgets = [float(x) for x in args.budgets.split(",")]
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    log = logging.getLogger("prune_budgets")
+    torch.manual_seed(0)
+
+    t0, results = time.perf_counter(), []
+    for name in args.tasks.split(","):
+        results.append(run_task(name, args, log))
+        env = environment()
+        report = {
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "python benchmarks/prune_budgets.py " + " ".join(argv or sys.argv[1:]),
+            "results": results,
+            "environment": env,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+        }
+        write_json(OUT / f"{args.out}.json", report)
+        (OUT / f"{args.out}.md").write_text(markdown(results, args, env))
+    print((OUT / f"{args.out}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
