@@ -19,6 +19,7 @@ Writes benchmarks/results/shape_latency.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -29,10 +30,13 @@ import numpy as np
 import torch
 
 from slimformer.bench import environment, make_bench_inputs, parse_int_list, time_callable
+from slimformer.budget import Budget
 from slimformer.cost import layer_macs
-from slimformer.latency import LatencyTable, default_grid, measure_latency_table, time_layer_shapes
+from slimformer.latency import LatencyTable, auto_stack, default_grid, measure_latency_table, time_layer_shapes
 from slimformer.models import load_model
 from slimformer.report import write_json
+from slimformer.static.importance import Importance
+from slimformer.static.select import select
 from slimformer.structure import LayerShape, Structure
 from slimformer.surgery import KeepPlan, apply_plan
 
@@ -127,9 +131,9 @@ def cpu_table(model, batch: int, seq: int, rounds: int) -> LatencyTable:
     """The default-grid table, timed with this thread's CPU time instead of wall clock."""
     dims = Structure.from_model(model).dims
     heads, ffn = default_grid(dims)
-    t = time_layer_shapes(
-        model, [(h, w) for h in heads for w in ffn], batch_size=batch, seq_len=seq, rounds=3, repeats=3, clock="cpu"
-    )
+    stack = auto_stack(dims, batch, seq)
+    shapes = [(h, w) for h in heads for w in ffn]
+    t = time_layer_shapes(model, shapes, batch_size=batch, seq_len=seq, stack=stack, rounds=3, repeats=2, clock="cpu")
     rows = tuple(tuple(t["layers"][(h, w)] for w in ffn) for h in heads)
     return LatencyTable(
         dims=dims, batch_size=batch, seq_len=seq, heads=heads, ffn=ffn, layer_ms=rows, fixed_ms=t["fixed_ms"]
@@ -143,11 +147,22 @@ def table_check(batch: int, seq: int, rounds: int) -> dict:
     wall_table = measure_latency_table(model, batch_size=batch, seq_len=seq, cache=False, progress=False)
     measure_s = time.perf_counter() - start
     tables = {"wall": wall_table, "cpu": cpu_table(model, batch, seq, rounds)}
-    pruned = {}
-    for name, heads, ffn in MODELS:
-        m, _ = load_model("minilm-l6")
-        plan = KeepPlan(tuple(tuple(range(h)) for h in heads), tuple(tuple(range(f)) for f in ffn), (True,) * 6)
-        pruned[name] = apply_plan(m, plan).eval()
+    plans = {
+        name: KeepPlan(tuple(tuple(range(h)) for h in heads), tuple(tuple(range(f)) for f in ffn), (True,) * 6)
+        for name, heads, ffn in MODELS
+    }
+    # What selection makes from random scores under a latency budget (default shape rounding).
+    dense = Structure.from_model(model)
+    g = torch.Generator().manual_seed(0)
+    scores = Importance(
+        tuple(torch.rand(s.heads, generator=g) for s in dense.layers),
+        tuple(torch.rand(s.ffn, generator=g) for s in dense.layers),
+    )
+    for text in ("latency=0.5", "latency=0.3"):
+        plans[f"select {text}"] = select(
+            dense, scores, Budget.parse(f"{text},batch={batch},seq={seq}"), latency_table=wall_table
+        )
+    pruned = {name: apply_plan(load_model("minilm-l6")[0], plan).eval() for name, plan in plans.items()}
     times = {clock: {name: [] for name in pruned} for clock in tables}
     with torch.inference_mode():
         for r in range(rounds):  # interleaved, so load changes hit every model alike
@@ -180,7 +195,8 @@ def markdown(report: dict) -> str:
     out = [
         "# Layer shape vs latency (MiniLM-L6 layer: hidden 384, 12 heads x 32, FFN 1536)",
         "",
-        f"Standalone layers of the built-in MiniLM's architecture, {report['seq_len']} tokens per sequence, "
+        f"Shape sweeps: one standalone layer of the built-in MiniLM's architecture at a time (the latency "
+        f"table chains layers, see its section), {report['seq_len']} tokens per sequence, "
         f"{report['rounds']} interleaved rounds x 3 calls, medians. {env['processor']}, {env['torch_threads']} torch "
         f"thread(s) of {env['logical_cores']} cores, torch {env['torch']}, {env['datetime_utc']}. The machine is "
         "shared with other jobs, so the shape sweeps use this thread's CPU time (`clock=cpu`: leaves out time spent "
@@ -250,7 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="ffn,rounding,heads,table", help="which parts to run")
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="clock of the shape sweeps")
     parser.add_argument("--conclusion", default=None, help="file whose text ends the markdown report")
+    parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the saved JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads((OUT / "shape_latency.json").read_text())
+        if args.conclusion:
+            report["conclusion"] = Path(args.conclusion).read_text().strip()
+            write_json(OUT / "shape_latency.json", report)
+        (OUT / "shape_latency.md").write_text(markdown(report) + "\n")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     model, _ = load_model("minilm-l6")

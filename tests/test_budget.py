@@ -138,9 +138,10 @@ def test_limit_measure_fits_match_the_cost_model(tiny_structure):
     full, small = cost_of(dense, 32), cost_of(pruned, 32)
     b = Budget.parse("macs=0.5,seq=32")
     assert b.limit(dense) == 0.5 * full.macs
-    assert b.limit(pruned) == 0.5 * full.macs  # relative to the unpruned architecture, always
+    assert b.limit(pruned) == 0.5 * small.macs  # relative to the model being compressed
     assert b.measure(pruned) == small.macs
-    assert b.fits(pruned) == (small.macs <= 0.5 * full.macs)
+    assert b.fits(pruned) == (small.macs <= 0.5 * full.macs)  # default reference: the unpruned architecture
+    assert not b.fits(pruned, dense=pruned)
     assert Budget.parse("params=0.9").measure(pruned) == cost_of(pruned).params
     for dtype in ("fp32", "fp16", "int8"):
         m = Budget.parse(f"memory=0.5,dtype={dtype}")

@@ -138,3 +138,80 @@ def test_public_api_names_resolve():
         assert getattr(slimformer, name) is not None
     with pytest.raises(AttributeError, match="nope"):
         slimformer.nope  # noqa: B018
+
+
+def test_prune_saves_a_smaller_model_that_loads(saved_model, csv_task, tmp_path):
+    folder, model = saved_model
+    out = tmp_path / "pruned"
+    result = run(
+        "prune",
+        folder,
+        "--task",
+        csv_task,
+        "--method",
+        "optin",
+        "--budget",
+        "macs=0.5,seq=16",
+        "--calibration",
+        32,
+        "--set",
+        "head_examples=8",
+        "--evaluate",
+        "test",
+        "--out",
+        out,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "optin" and report["relative"]["macs"] <= 0.5
+    assert report["metrics"]["n"] == 6 and report["calibration_examples"] == 32
+    assert json.loads((out / "slimformer.json").read_text())["budget"] == "macs=0.5,seq=16"
+    info = json.loads(run("info", out, "--seq-len", 16, "--json").stdout)
+    assert info["params"] == report["params"] < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "unknown pruning method 'nope'"),
+        (["--budget", "macs=2"], "macs=2"),
+        (["--budget", "params=10"], "infeasible"),
+        (["--set", "head_examples"], "FIELD=VALUE"),
+        (["--set", "bogus=1"], "bogus"),
+    ],
+)
+def test_prune_bad_input(saved_model, csv_task, tmp_path, args, message):
+    result = run("prune", saved_model[0], "--task", csv_task, "--calibration", 16, "--out", tmp_path / "o", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, monkeypatch):
+    from slimformer.pipeline import DemoConfig, run_demo
+    from slimformer.train import FinetuneConfig
+
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
+    config = DemoConfig(
+        model=str(saved_model[0]),
+        task=str(csv_task),
+        repeats=2,
+        batch_sizes=(1, 2),
+        finetune=FinetuneConfig(epochs=1, batch_size=8, max_length=16),
+        calibration=16,
+        budgets=("macs=0.7", "macs=0.4"),
+    )
+    report = run_demo(config, tmp_path / "run", progress=False)
+    assert not report["finetune_reused"]
+    seq = report["seq_len"]
+    assert [r["name"] for r in report["rows"]] == [
+        f"{saved_model[0]} (dense)",
+        f"optin macs=0.7,seq={seq}",
+        f"optin macs=0.4,seq={seq}",
+    ]
+    assert report["rows"][2]["macs"] < report["rows"][1]["macs"] < report["rows"][0]["macs"]
+    for name in ("report.json", "report.md", "accuracy_vs_macs.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    again = run_demo(config, tmp_path / "run2", progress=False)
+    assert again["finetune_reused"]
+    with pytest.raises(FileExistsError):
+        run_demo(config, tmp_path / "run", progress=False)

@@ -12,11 +12,16 @@ from slimformer.budget import Budget, InfeasibleBudget, smallest_structure
 from slimformer.cost import cost_of, marginal_costs
 from slimformer.latency import LatencyTable
 from slimformer.static.importance import Importance
-from slimformer.static.select import select
+from slimformer.static.select import select as _select
 from slimformer.structure import LayerShape, Structure
 from slimformer.surgery import KeepPlan, apply_plan
 
 SEQ = 32
+
+
+def select(*args, **kwargs):
+    """Unit-by-unit selection (no shape rounding) unless a test asks for rounding."""
+    return _select(*args, **{"ffn_multiple": 1, "min_ffn": 0, **kwargs})
 
 
 def random_importance(structure: Structure, seed: int = 0, comparable: bool = True) -> Importance:
@@ -193,7 +198,10 @@ def test_starting_from_a_pruned_structure():
     budget = Budget.parse("macs=0.5,seq=32")
     plan = select(st, random_importance(st), budget)
     pruned = Structure.from_model(apply_plan(model, plan))
-    assert budget.measure(pruned) <= budget.limit(Structure.dense(st.dims))
+    # relative to the model being compressed, not to the architecture it was pruned from
+    assert budget.measure(pruned) <= budget.limit(st) < budget.limit(Structure.dense(st.dims))
+    for bigger in _one_more(plan, st):
+        assert budget.measure(bigger) > budget.limit(st)
 
 
 def synthetic_table(st: Structure) -> LatencyTable:
@@ -233,3 +241,20 @@ def test_bad_arguments(st):
     nan = Importance((imp.heads[0] * float("nan"), *imp.heads[1:]), imp.ffn)
     with pytest.raises(ValueError, match="NaN"):
         select(st, nan, b)
+
+
+def test_default_rounding_is_a_multiple_of_8_never_below_32(st):
+    dims = dataclasses.replace(st.dims, hidden=384, num_heads=12, head_size=32, ffn=1536, num_layers=6)
+    big = Structure.dense(dims)
+    imp = random_importance(big, seed=5)
+    imp = Importance(imp.heads, (*imp.ffn[:5], imp.ffn[5] * 1e-3))  # layer 5's neurons nearly worthless
+    neuron = marginal_costs(big)["neuron"]["macs"]
+    for text in ("macs=0.3", "macs=0.6", "params=0.6"):
+        budget = Budget.parse(text)
+        plan = _select(big, imp, budget)
+        widths = [len(f) for f in plan.ffn]
+        assert all(w in (0, 1536) or (w % 8 == 0 and w >= 32) for w in widths), widths
+        result = structure_of(plan, big)
+        assert budget.fits(result)
+        if budget.kind == "macs":  # leftover is less than one more 8-neuron chunk (or a first 32)
+            assert budget.limit(big) - budget.measure(result) < 32 * neuron

@@ -11,8 +11,10 @@ Text forms (:meth:`Budget.parse`), modifiers after commas::
     macs=0.5   macs=300M   macs=1.2G,seq=256   params=12M   params=0.6
     memory=40MB   memory=35MiB,dtype=int8   memory=0.5   latency=8ms,batch=32,seq=128   latency=0.6
 
-Memory units: ``B``, decimal ``kB``/``MB``/``GB`` (powers of 1000) and binary ``KiB``/``MiB``/
-``GiB`` (powers of 1024). Count suffixes ``k``/``M``/``G``/``T`` are powers of 1000.
+``seq`` is accepted by every kind (params and memory do not depend on it); ``batch`` only by
+latency and ``dtype`` only by memory budgets. Memory units: ``B``, decimal ``kB``/``MB``/``GB``
+(powers of 1000) and binary ``KiB``/``MiB``/``GiB`` (powers of 1024). Count suffixes
+``k``/``M``/``G``/``T`` are powers of 1000.
 """
 
 from __future__ import annotations
@@ -205,24 +207,29 @@ class Budget:
     def limit(self, dense: Structure, *, latency_table: LatencyTable | None = None) -> float:
         """The absolute limit in this budget's unit.
 
-        A relative budget is a fraction of the cost of ``Structure.dense(dense.dims)``, the unpruned
-        architecture, whatever structure is passed.
+        Args:
+            dense: the reference a relative budget is a fraction of: the model being compressed
+                (usually unpruned; an already-pruned model is compressed relative to its own size).
+            latency_table: required for latency budgets.
         """
         if not self.relative:
             if self.kind == "latency":
                 self._table(dense, latency_table)  # same checks as measure(), so mistakes show early
             return float(self.value)
-        return self.limit_of(self.measure(Structure.dense(dense.dims), latency_table=latency_table))
+        return self.limit_of(self.measure(dense, latency_table=latency_table))
 
     def limit_of(self, dense_cost: float) -> float:
-        """The limit given the dense model's cost (in this budget's unit)."""
+        """The limit given the reference model's cost (in this budget's unit)."""
         return float(self.value) * dense_cost if self.relative else float(self.value)
 
-    def fits(self, structure: Structure, *, latency_table: LatencyTable | None = None) -> bool:
-        """Whether ``structure`` costs at most :meth:`limit`."""
-        return self.measure(structure, latency_table=latency_table) <= self.limit(
-            structure, latency_table=latency_table
-        )
+    def fits(
+        self, structure: Structure, *, dense: Structure | None = None, latency_table: LatencyTable | None = None
+    ) -> bool:
+        """Whether ``structure`` costs at most :meth:`limit` of ``dense`` (default: the unpruned
+        architecture, ``Structure.dense(structure.dims)``)."""
+        reference = Structure.dense(structure.dims) if dense is None else dense
+        limit = self.limit(reference, latency_table=latency_table)
+        return self.measure(structure, latency_table=latency_table) <= limit
 
     def _table(self, structure: Structure, table: LatencyTable | None) -> LatencyTable:
         if table is None:

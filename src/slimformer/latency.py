@@ -1,17 +1,23 @@
 """Measured latency lookup table: wall-clock ms of one encoder layer as a function of its shape.
 
 Latency budgets need to know what a pruned model will cost before it exists. The table holds the
-median time of one standalone encoder layer (built from the model's own architecture and
-config, attention implementation included) on a grid of (heads kept, FFN width) at a fixed
+median wall-clock time per layer of fresh layers of the model's own architecture and config
+(attention implementation included) on a grid of (heads kept, FFN width) at a fixed
 (batch, seq_len), plus the fixed cost of everything else (a forward pass of the model with no
 layers: embeddings, mask, pooler and classifier). Between grid points times are interpolated
 bilinearly; a structure's prediction is the sum of its layers' times plus the fixed cost.
 
-Timings are wall clock on this machine with the current torch thread count, so tables are cached
-per (dims, batch, seq, threads, CPU model, torch version, grid) under
-``$SLIMFORMER_CACHE/latency/`` (default ``~/.cache/slimformer/latency/``). Points are measured in
-several interleaved rounds (each round visits the grid in alternating order) and the median over
-rounds is kept, so a burst of background load spreads over many points instead of biasing a few.
+With few tokens, layers are timed as a chain of as many distinct layers as the model has, so their
+weights are as cold in cache as inside the real model (see :func:`auto_stack`). The default grid's
+widths are multiples of 8 (given a full width that is): other widths ran up to ~15-25% slower at
+batch 32 (``benchmarks/results/shape_latency.md``), which the table does not model, and which
+:func:`slimformer.static.select.select` avoids by rounding widths to multiples of 8.
+
+Timings depend on the machine, so tables are cached per (dims, batch, seq, torch threads, CPU
+model, torch version, grid and measurement settings) under ``$SLIMFORMER_CACHE/latency/``
+(default ``~/.cache/slimformer/latency/``). Points are measured in several interleaved rounds
+(each visiting the grid in alternating order) and the median of all calls is kept, so a burst of
+background load spreads over many points instead of biasing a few.
 """
 
 from __future__ import annotations
@@ -131,10 +137,11 @@ def _cell(grid: tuple[int, ...], x: float) -> tuple[int, float]:
 
 
 def default_grid(dims: ModelDims) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Grid of (heads, ffn): heads 0, 1 and every ~1/6 of H; FFN 0, small widths, and every ~1/8 of F.
+    """Grid of (heads, ffn): heads 0, 1 and every ~1/6 of H; FFN 0, 32, 64, 128 and every ~1/8 of F.
 
     The points at 1 head and at small widths catch the step from "sublayer absent" to "sublayer
-    present" (a few extra kernel launches), which a straight line from 0 would smear out.
+    present" (fixed work per sublayer: 32 neurons cost 1.2-1.3x their share of the MACs), which a
+    straight line from 0 would smear out. MiniLM-L6 (12 heads, FFN 1536): 8 x 12 = 96 points.
     """
     h, f = dims.num_heads, dims.ffn
     step_h = max(1, -(-h // 6))
@@ -149,7 +156,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SLIMFORMER_CACHE", Path.home() / ".cache" / "slimformer")) / "latency"
 
 
-def _cache_path(dims: ModelDims, batch: int, seq: int, heads, ffn, attn: str) -> Path:
+def _cache_path(dims: ModelDims, batch: int, seq: int, heads, ffn, setup: dict) -> Path:
     env = environment()
     key = {
         "dims": dataclasses.asdict(dims),
@@ -158,7 +165,7 @@ def _cache_path(dims: ModelDims, batch: int, seq: int, heads, ffn, attn: str) ->
         "threads": torch.get_num_threads(),
         "cpu": env["processor"],
         "torch": env["torch"],
-        "attn": attn,
+        "setup": setup,
         "heads": list(heads),
         "ffn": list(ffn),
         "format": FORMAT,
@@ -178,6 +185,18 @@ def _dense_one_layer(model: torch.nn.Module) -> torch.nn.Module:
     return small.to(dtype=next(model.parameters()).dtype)
 
 
+def auto_stack(dims: ModelDims, batch_size: int, seq_len: int) -> int:
+    """How many distinct layers to chain per timed call (see :func:`time_layer_shapes`).
+
+    With few tokens a layer's time is dominated by streaming its weights: one layer timed alone
+    keeps them in cache and ran 6-11% faster than the same layer inside MiniLM-L6 at batch 1 x 128.
+    Chaining as many distinct layers as the model has took the table's errors on real pruned MiniLMs
+    from -3..-15% to -4..+2% (``benchmarks/shape_latency.py``). With many tokens activations
+    dominate and chaining changed nothing measurable (32 x 128), at 6x the measuring time.
+    """
+    return dims.num_layers if batch_size * seq_len <= 2048 else 1
+
+
 def measure_latency_table(
     model: torch.nn.Module,
     *,
@@ -185,8 +204,9 @@ def measure_latency_table(
     seq_len: int = 128,
     heads: tuple[int, ...] | None = None,
     ffn: tuple[int, ...] | None = None,
+    stack: int | None = None,
     rounds: int = 3,
-    repeats: int = 3,
+    repeats: int = 2,
     warmup: int = 1,
     threads: int | None = None,
     cache: bool = True,
@@ -198,10 +218,11 @@ def measure_latency_table(
         model: a supported sequence classifier (pruned or not; only its architecture matters).
         batch_size, seq_len: the input the times are for (random ids, no padding).
         heads, ffn: the grid (must include 0 and the full size); default :func:`default_grid`.
-        rounds: interleaved passes over the grid; each point's value is the median over all its timed calls.
+        stack: distinct layers chained per timed call; default :func:`auto_stack`.
+        rounds: interleaved passes over the grid; each point's value is the median of all its calls.
         repeats, warmup: timed and untimed calls per point and round.
         threads: torch intra-op threads while measuring (None = current); use the count you will run
-            the model with. On a shared or busy machine 1 thread gives far steadier times.
+            the model with. On a shared, busy machine 1 thread gives far steadier times.
         cache: read and write ``$SLIMFORMER_CACHE/latency/``.
         progress: show a progress bar.
 
@@ -212,53 +233,48 @@ def measure_latency_table(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, cache, progress)
+        adapter = get_adapter(model)
+        dims = adapter.dims(model.config)
+        g_heads, g_ffn = default_grid(dims)
+        heads = tuple(heads) if heads is not None else g_heads
+        ffn = tuple(ffn) if ffn is not None else g_ffn
+        stack = auto_stack(dims, batch_size, seq_len) if stack is None else stack
+        attn = str(getattr(model.config, "_attn_implementation", None))
+        setup = {"stack": stack, "rounds": rounds, "repeats": repeats, "warmup": warmup, "attn_implementation": attn}
+        path = _cache_path(dims, batch_size, seq_len, heads, ffn, setup)
+        if cache and path.exists():
+            try:
+                table = LatencyTable.load(path)
+                logger.info("latency table from cache %s", path)
+                return table
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+                logger.warning("ignoring unreadable latency cache %s: %s", path, e)
+        start = time.perf_counter()
+        timed = time_layer_shapes(
+            model, [(h, w) for h in heads for w in ffn], batch_size=batch_size, seq_len=seq_len, stack=stack,
+            rounds=rounds, repeats=repeats, warmup=warmup, progress=progress,
+        )  # fmt: skip
+        table = LatencyTable(
+            dims=dims,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            heads=heads,
+            ffn=ffn,
+            layer_ms=tuple(tuple(timed["layers"][(h, w)] for w in ffn) for h in heads),
+            fixed_ms=timed["fixed_ms"],
+            environment=environment(),
+            info={
+                **setup,
+                "measure_s": round(time.perf_counter() - start, 2),
+                "what": "median wall-clock ms per layer of a chain of `stack` layers of each grid shape; "
+                "fixed = the model with no layers (embeddings, mask, pooler, classifier)",
+            },
+        )
     finally:
         torch.set_num_threads(old_threads)
-
-
-def _measure(model, batch_size, seq_len, heads, ffn, rounds, repeats, warmup, cache, progress) -> LatencyTable:
-    adapter = get_adapter(model)
-    dims = adapter.dims(model.config)
-    g_heads, g_ffn = default_grid(dims)
-    heads = tuple(heads) if heads is not None else g_heads
-    ffn = tuple(ffn) if ffn is not None else g_ffn
-    attn = str(getattr(model.config, "_attn_implementation", None))
-    path = _cache_path(dims, batch_size, seq_len, heads, ffn, attn)
-    if cache and path.exists():
-        try:
-            table = LatencyTable.load(path)
-            logger.info("latency table from cache %s", path)
-            return table
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            logger.warning("ignoring unreadable latency cache %s: %s", path, e)
-
-    start = time.perf_counter()
-    timed = time_layer_shapes(
-        model, [(h, w) for h in heads for w in ffn], batch_size=batch_size, seq_len=seq_len,
-        rounds=rounds, repeats=repeats, warmup=warmup, progress=progress,
-    )  # fmt: skip
-    table = LatencyTable(
-        dims=dims,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        heads=heads,
-        ffn=ffn,
-        layer_ms=tuple(tuple(timed["layers"][(h, w)] for w in ffn) for h in heads),
-        fixed_ms=timed["fixed_ms"],
-        environment=environment(),
-        info={
-            "rounds": rounds,
-            "repeats": repeats,
-            "warmup": warmup,
-            "attn_implementation": attn,
-            "measure_s": round(time.perf_counter() - start, 2),
-            "what": "median wall-clock ms of one standalone layer per grid point; fixed = model with no layers",
-        },
-    )
     logger.info(
         "latency table for %s (batch %d x %d, %d threads): %d points in %.1f s; dense %.2f ms predicted",
-        dims.family, batch_size, seq_len, torch.get_num_threads(), len(heads) * len(ffn) + 1,
+        dims.family, batch_size, seq_len, table.environment["torch_threads"], len(heads) * len(ffn) + 1,
         table.info["measure_s"], table.predict(Structure.dense(dims)),
     )  # fmt: skip
     if cache:
@@ -285,31 +301,35 @@ def time_layer_shapes(
     *,
     batch_size: int,
     seq_len: int,
+    stack: int = 1,
     rounds: int = 3,
     repeats: int = 3,
     warmup: int = 1,
     clock: str = "wall",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Time standalone layers of ``model``'s architecture with the given (heads, ffn) shapes.
+    """Time layers of ``model``'s architecture with the given (heads, ffn) shapes.
 
-    Each shape gets a fresh dense layer reshaped with the same code that loads pruned models, and
-    is called on ``(batch_size, seq_len, hidden)`` hidden states with the model's own attention
-    mask path. Shapes are visited ``rounds`` times in alternating order (drift cancels out).
+    Each visit of a shape builds ``stack`` fresh layers of that shape (reshaped by the same code that
+    loads pruned models) and times them chained on ``(batch_size, seq_len, hidden)`` hidden states,
+    with the model's own attention-mask path; the time per layer is the call's time / ``stack``.
+    Shapes are visited ``rounds`` times in alternating order (slow drift cancels out).
     ``clock="wall"`` times with :func:`slimformer.bench.time_callable` (what budgets use);
     ``clock="cpu"`` uses this thread's CPU time instead, which leaves out the time the thread waited
     for a core: for comparing shapes on a busy machine, with 1 torch thread only.
 
     Returns:
-        ``{"layers": {(h, w): median ms}, "iqr": {(h, w): ms}, "fixed_ms": median ms of the model with
-        no layers, "fixed_iqr": ms}``.
+        ``{"layers": {(h, w): median ms per layer}, "iqr": {(h, w): ms}, "fixed_ms": median ms of the
+        model with no layers, "fixed_iqr": ms}``.
+
+    Raises:
+        ValueError: an unknown clock, or ``clock="cpu"`` with more than one torch thread.
     """
     from tqdm.auto import tqdm
 
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock={clock!r}: must be 'wall' or 'cpu'")
-    cpu = clock == "cpu"
-    if cpu and torch.get_num_threads() != 1:
+    if clock == "cpu" and torch.get_num_threads() != 1:
         raise ValueError("clock='cpu' measures one thread: call torch.set_num_threads(1) first")
     adapter = get_adapter(model)
     dims = adapter.dims(model.config)
@@ -322,30 +342,41 @@ def time_layer_shapes(
     layerless.set_submodule(adapter.paths["layers"], torch.nn.ModuleList())
     setattr(layerless.config, adapter.paths["n_layers"], 0)
 
+    def build(h: int, w: int) -> torch.nn.Module:
+        layer = copy.deepcopy(template)
+        reshape_layer(layer, adapter.paths, heads=h, ffn=w, head_size=dims.head_size, hidden=dims.hidden)
+        return layer.eval()
+
+    def chain(layers: list[torch.nn.Module]) -> torch.Tensor:
+        x = hidden
+        for layer in layers:
+            x = adapter.run_layer(layer, x, mask)
+        return x
+
     points: list[Any] = list(dict.fromkeys((int(h), int(w)) for h, w in shapes))
     times: dict[Any, list[float]] = {p: [] for p in [*points, "fixed"]}
     bar = tqdm(total=rounds * len(times), desc="layer latency", disable=not progress, leave=False)
+    was_enabled = gc.isenabled()
     try:
         for r in range(rounds):
-            order = [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]
-            for p in order:
+            gc.collect()
+            gc.disable()  # a collection inside a timed call would land on one unlucky point
+            for p in [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]:
                 if p == "fixed":
-                    fn = lambda: layerless(**inputs)  # noqa: E731
+                    fn, per = (lambda: layerless(**inputs)), 1
                 else:
-                    layer = copy.deepcopy(template)
-                    reshape_layer(
-                        layer, adapter.paths, heads=p[0], ffn=p[1], head_size=dims.head_size, hidden=dims.hidden
-                    )
-                    layer.eval()
-                    fn = lambda layer=layer: adapter.run_layer(layer, hidden, mask)  # noqa: E731
-                gc.collect()  # a collection inside the timed calls would land on one unlucky point
-                times[p] += (
-                    _cpu_times(fn, warmup, repeats)
-                    if cpu
-                    else time_callable(fn, warmup=warmup, repeats=repeats)["times_ms"]
-                )
+                    built = [build(*p) for _ in range(stack)]
+                    fn, per = (lambda built=built: chain(built)), stack
+                if clock == "cpu":
+                    calls = _cpu_times(fn, warmup, repeats)
+                else:
+                    calls = time_callable(fn, warmup=warmup, repeats=repeats)["times_ms"]
+                times[p] += [t / per for t in calls]
                 bar.update()
+            gc.enable()
     finally:
+        if was_enabled:
+            gc.enable()
         bar.close()
 
     def iqr(t: list[float]) -> float:

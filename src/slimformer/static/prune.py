@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from slimformer.budget import Budget
 from slimformer.static.importance import Batches, Importance
+from slimformer.static.select import FFN_MULTIPLE, MIN_FFN
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,12 @@ class PruneConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of sampling inside the method (and of random scores)"})
     ffn_multiple: int = field(
-        default=1, metadata={"help": "round each layer's kept FFN width to a multiple of this (latency-aware)"}
+        default=FFN_MULTIPLE,
+        metadata={"help": "round each layer's kept FFN width to a multiple of this (measured: odd widths are slow)"},
     )
-    min_ffn: int = field(default=0, metadata={"help": "a layer keeps 0 or at least this many FFN neurons"})
+    min_ffn: int = field(
+        default=MIN_FFN, metadata={"help": "a layer keeps 0 or at least this many FFN neurons (narrow FFNs are slow)"}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, str):
@@ -226,7 +230,7 @@ def prune(
 
         latency_table = measure_latency_table(
             model, batch_size=config.budget.batch_size, seq_len=config.budget.seq_len, progress=progress
-        )
+        )  # cached under $SLIMFORMER_CACHE/latency after the first measurement
     reused = importance is not None
     if importance is None:
         importance = score(model, config, calibration, progress=progress)

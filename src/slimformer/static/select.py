@@ -19,8 +19,20 @@ goes first. The result is deterministic.
 
 Shape rounding (``ffn_multiple``, ``min_ffn``): kept FFN widths other than the full width are
 multiples of ``ffn_multiple`` and at least ``min_ffn`` (or 0); each layer keeps its top-scored
-neurons. The rule and its numbers come from ``benchmarks/shape_latency.py``:
-RULE_PLACEHOLDER
+neurons and the result stays within the budget. The defaults, "a multiple of 8 neurons, never 1-31",
+come from ``benchmarks/shape_latency.py`` (MiniLM-L6 layer, 128 tokens, 1 thread, AMD EPYC; see
+``benchmarks/results/shape_latency.md``):
+
+* alignment: at batch 32, FFN widths in 512..1024 that are odd or 2 mod 4 ran 10-12% above the
+  trend and multiples of 8 ran 6% below it, ~19% slower for the same MACs (767 vs 768 neurons:
+  +22%, 1535 vs 1536: +18%); multiples of 16, 32, 64 or 128 gained nothing more than 8. At batch 1
+  the difference was within noise (1.5%). Rounding costs at most 7 neurons per layer.
+* small widths: a narrow FFN costs more than its share of the full FFN's time (fixed work per
+  sublayer, ~15 neurons' worth): 8 neurons cost 3.2x (batch 1) / 2.5x (batch 32) their share,
+  16 cost 2.0x / 1.3x, 32 cost 1.5x / 1.1x, 64 cost 1.1x / 1.0x. Below 32 the sublayer is better
+  removed (or widened).
+
+Pass ``ffn_multiple=1, min_ffn=0`` for unconstrained, unit-by-unit selection.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import heapq
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,8 +51,14 @@ from slimformer.static.importance import Importance
 from slimformer.structure import LayerShape, Structure
 from slimformer.surgery import KeepPlan
 
+if TYPE_CHECKING:
+    from slimformer.latency import LatencyTable
+
 logger = logging.getLogger(__name__)
 
+#: Default shape rounding, from benchmarks/shape_latency.py (see the module docstring).
+FFN_MULTIPLE = 8
+MIN_FFN = 32
 #: What every head and neuron removed still leaves behind, for the infeasibility message.
 KEPT_ANYWAY = "(every head and FFN neuron removed) keeps the embeddings, LayerNorms and classifier"
 
@@ -70,19 +89,19 @@ def select(
     importance: Importance,
     budget: Budget,
     *,
-    latency_table=None,
-    ffn_multiple: int = 1,
-    min_ffn: int = 0,
+    latency_table: LatencyTable | None = None,
+    ffn_multiple: int = FFN_MULTIPLE,
+    min_ffn: int = MIN_FFN,
 ) -> KeepPlan:
     """The highest-importance set of heads and neurons of ``structure`` that fits ``budget``.
 
     Args:
         structure: the model's current structure (``Structure.from_model``).
         importance: per-layer scores for exactly those heads and neurons (higher = keep).
-        budget: the bound; relative budgets refer to the unpruned architecture.
+        budget: the bound; a relative budget is a fraction of ``structure``'s own cost.
         latency_table: a :class:`slimformer.latency.LatencyTable`, required for latency budgets.
-        ffn_multiple: kept FFN widths (except the full width) are multiples of this.
-        min_ffn: kept FFN widths between 1 and ``min_ffn - 1`` become 0.
+        ffn_multiple: kept FFN widths (except the layer's full width) are multiples of this.
+        min_ffn: no layer keeps between 1 and ``min_ffn - 1`` neurons (0 or at least ``min_ffn``).
 
     Returns:
         a :class:`KeepPlan` (sorted indices, every layer kept) for :func:`slimformer.surgery.apply_plan`.
@@ -93,8 +112,7 @@ def select(
             or a latency budget without a (matching) table.
     """
     _check(structure, importance, ffn_multiple, min_ffn)
-    dense = Structure.dense(structure.dims)
-    dense_cost = budget.measure(dense, latency_table=latency_table)
+    total = dense_cost = budget.measure(structure, latency_table=latency_table)
     limit = budget.limit_of(dense_cost)
     smallest = budget.measure(smallest_structure(structure), latency_table=latency_table)
     if smallest > limit:
@@ -102,7 +120,6 @@ def select(
 
     layer_cost = _layer_cost_fn(structure, budget, latency_table)
     layers = _init_layers(structure, importance)
-    total = budget.measure(structure, latency_table=latency_table)
     # Latency predictions are sums of floats: aim a hair under the limit so that rounding in the
     # running total cannot leave the final prediction a hair over it. Other costs are exact ints.
     target = limit - 1e-9 * abs(limit) if budget.kind == "latency" else limit
@@ -193,7 +210,7 @@ def select(
     if final > limit:  # the running total and the cost model disagree: a bug, never a silent overshoot
         raise RuntimeError(f"selection overshot {budget}: {final} > {limit} (running total {total})")
     logger.info(
-        "select %s: heads %d -> %d, ffn %d -> %d, %s %.6g of %.6g allowed (dense %.6g)",
+        "select %s: heads %d -> %d, ffn %d -> %d, %s %.6g of %.6g allowed (input %.6g)",
         budget, structure.total_heads, result.total_heads, structure.total_ffn, result.total_ffn,
         budget.kind, final, limit, dense_cost,
     )  # fmt: skip
@@ -217,7 +234,7 @@ def _check(structure: Structure, importance: Importance, ffn_multiple: int, min_
             raise ValueError(f"layer {i}: importance scores contain NaN")
 
 
-def _layer_cost_fn(structure: Structure, budget: Budget, table):
+def _layer_cost_fn(structure: Structure, budget: Budget, table: LatencyTable | None):
     """``cost(layer index, heads, ffn)`` in the budget's unit, up to a per-layer constant."""
     if budget.kind == "latency":
         return lambda i, h, w: table.layer_time(h, w)
