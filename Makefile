@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.10+ (3.11 here):
-#   make demo   set up .venv and run the main job (fine-tune, evaluate, measure) on the built-in model and task
+#   make demo   set up .venv and run the main job (fine-tune, prune, evaluate, measure) on the built-in model and task
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
