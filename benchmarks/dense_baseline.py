@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimformer.data import load_task
-from slimformer.pipeline import RECIPES, baseline
+from slimformer.pipeline import RECIPES, add_latency, baseline
 from slimformer.report import markdown_table, write_json
 
 OUT = Path(__file__).parent / "results"
@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
         recipe = RECIPES[name]
         task = load_task(name)
-        base = baseline(args.model, task, recipe, repeats=args.repeats)
-        row = base.pop("row")
+        base = baseline(args.model, task, recipe)
+        row, model = base.pop("row"), base.pop("model")
         row["name"] = f"{args.model} / {name}"
+        environment = add_latency([row], [model], seq_len=base["seq_len"], repeats=args.repeats)
         rows.append(row)
-        environment = base.pop("environment")
         details[name] = base
 
     report = {

@@ -10,7 +10,7 @@ run, with the speedup and its ratio to the MACs reduction. Writes
 benchmarks/results/prune_budgets.{json,md} (updated after every task).
 
     .venv/bin/python benchmarks/prune_budgets.py [--tasks rotten_tomatoes,bbc_news] \
-        [--methods optin,fisher,magnitude,random] [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] \
+        [--methods optin,fisher,magnitude,random,torch-pruning] [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] \
         [--calibration 1024] [--no-repair-row]
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from slimformer.bench import BenchConfig, bench_model, environment
+from slimformer.bench import BenchConfig, bench_models, environment
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
 from slimformer.data import load_task
@@ -38,12 +38,31 @@ from slimformer.static import PruneConfig, calibration_batches, prune, score
 from slimformer.structure import Structure
 
 OUT = Path(__file__).parent / "results"
-BENCH = dict(batch_sizes=(1, 32), seq_len=128, repeats=10, warmup=2)
+BENCH = dict(batch_sizes=(1, 32), seq_len=128, repeats=15, warmup=2)
+OUTSIDE = "torch-pruning"  # outside baseline, from benchmarks/torch_pruning_baseline.py
 
 
-def timed(model) -> dict[int, float]:
-    result = bench_model(model, BenchConfig(**BENCH), progress=False)
-    return {r["batch_size"]: r["median_ms"] for r in result["results"]}
+def timed(models: dict[str, torch.nn.Module]) -> dict[str, dict[int, float]]:
+    """Median ms per batch size of every model, all timed interleaved (dense included)."""
+    results = bench_models(models, BenchConfig(**BENCH), progress=True)
+    return {name: {r["batch_size"]: r["median_ms"] for r in res["results"]} for name, res in results.items()}
+
+
+def outside_prune(model, value: float, batches, seed: int):
+    """Torch-Pruning at a MACs ratio; returns (model, report) shaped like ours."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from torch_pruning_baseline import torch_pruning_prune
+
+    t0 = time.perf_counter()
+    pruned, info = torch_pruning_prune(model, value, batches, seed=seed, seq_len=BENCH["seq_len"])
+    dense, small = cost_of(Structure.from_model(model)), cost_of(Structure.from_model(pruned), BENCH["seq_len"])
+    dense_macs = cost_of(Structure.from_model(model), BENCH["seq_len"]).macs
+    return pruned, {
+        "relative": {"macs": small.macs / dense_macs, "params": small.params / dense.params},
+        "seconds": {"total": time.perf_counter() - t0},
+        "layers": [{"heads": x["heads"], "ffn": x["ffn"]} for x in small.layers],
+        "info": info,
+    }
 
 
 def run_task(name: str, args, log) -> dict:
@@ -54,17 +73,18 @@ def run_task(name: str, args, log) -> dict:
     test = task.split("test")
     dense_metrics = evaluate(model, tokenizer, test, max_length=recipe.max_length, progress=False)
     dense_cost = cost_of(Structure.from_model(model), BENCH["seq_len"])
-    dense_ms = timed(model)
-    log.info("%s dense: acc %.4f, %s", name, dense_metrics["accuracy"], dense_ms)
+    log.info("%s dense: acc %.4f", name, dense_metrics["accuracy"])
 
-    variants = [(m, True) for m in args.methods]
-    if not args.no_repair_row and "optin" in args.methods:
+    ours = [m for m in args.methods if m != OUTSIDE]
+    variants = [(m, True) for m in ours]
+    if not args.no_repair_row and "optin" in ours:
         variants.append(("optin", False))
-    runs = []
+    runs, timed_models = [], {"dense": model}
     for seed in args.seeds:
         batches = calibration_batches(
             task.split("train"), tokenizer, size=args.calibration, seed=seed, max_length=recipe.max_length
         )
+        results = []  # (method label, budget, model, report)
         for method, repair in variants:
             base_cfg = PruneConfig.from_dict({"method": method, "budget": "macs=0.5", "seed": seed})
             importance = score(model, base_cfg, batches, progress=False)
@@ -72,34 +92,43 @@ def run_task(name: str, args, log) -> dict:
                 budget = Budget(kind="macs", value=value, relative=True, seq_len=BENCH["seq_len"])
                 cfg = PruneConfig.from_dict({"method": method, "budget": budget, "seed": seed, "repair": repair})
                 result = prune(model, cfg, batches, importance=importance, progress=False)
-                metrics = evaluate(result.model, tokenizer, test, max_length=recipe.max_length, progress=False)
-                run = {
-                    "method": method if repair else f"{method} (no repair)",
-                    "budget": value,
-                    "seed": seed,
-                    "accuracy": metrics["accuracy"],
-                    "f1_macro": metrics["f1_macro"],
-                    "macs_rel": result.report["relative"]["macs"],
-                    "params_rel": result.report["relative"]["params"],
-                    "seconds": result.report["seconds"]["total"],
-                    "layers": result.report["layers"],
-                }
-                if seed == args.seeds[0]:
-                    ms = timed(result.model)
-                    run["latency_ms"] = ms
-                    run["speedup"] = {b: dense_ms[b] / ms[b] for b in ms}
-                    run["speedup_vs_macs"] = {b: run["speedup"][b] * run["macs_rel"] for b in ms}
-                runs.append(run)
-                log.info(
-                    "%s %s %s seed %d: acc %.4f, MACs %.3f, %.1fs",
-                    name,
-                    run["method"],
-                    value,
-                    seed,
-                    run["accuracy"],
-                    run["macs_rel"],
-                    run["seconds"],
-                )
+                label = method if repair else f"{method} (no repair)"
+                results.append((label, value, result.model, result.report))
+        if OUTSIDE in args.methods:
+            for value in args.budgets:
+                pruned, report = outside_prune(model, value, batches, seed)
+                results.append((OUTSIDE, value, pruned, report))
+        for label, value, pruned, report in results:
+            metrics = evaluate(pruned, tokenizer, test, max_length=recipe.max_length, progress=False)
+            run = {
+                "method": label,
+                "budget": value,
+                "seed": seed,
+                "accuracy": metrics["accuracy"],
+                "f1_macro": metrics["f1_macro"],
+                "macs_rel": report["relative"]["macs"],
+                "params_rel": report["relative"]["params"],
+                "seconds": report["seconds"]["total"],
+                "layers": report["layers"],
+            }
+            if seed == args.seeds[0]:
+                timed_models[f"{label}@{value}"] = pruned
+            runs.append(run)
+            log.info(
+                "%s %s %s seed %d: acc %.4f, MACs %.3f, %.1fs",
+                name, label, value, seed, run["accuracy"], run["macs_rel"], run["seconds"],
+            )  # fmt: skip
+    # Latency last, all models of the first seed and dense in alternating calls: a speedup is a ratio of
+    # two medians taken under the same machine conditions.
+    log.info("%s: timing %d models interleaved", name, len(timed_models))
+    ms = timed(timed_models)
+    dense_ms = ms["dense"]
+    for run in runs:
+        key = f"{run['method']}@{run['budget']}"
+        if run["seed"] == args.seeds[0] and key in ms:
+            run["latency_ms"] = ms[key]
+            run["speedup"] = {b: dense_ms[b] / ms[key][b] for b in ms[key]}
+            run["speedup_vs_macs"] = {b: run["speedup"][b] * run["macs_rel"] for b in ms[key]}
     return {
         "task": name,
         "content_hash": task.content_hash,
@@ -146,7 +175,8 @@ def markdown(results: list[dict], args, env: dict) -> str:
         "# One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)",
         "",
         f"Test split; {args.calibration} calibration examples from train; seeds {args.seeds}; MACs and latency at "
-        f"{BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, {env['processor']}, "
+        f"{BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, dense and every pruned model "
+        f"timed in alternating calls, {env['processor']}, "
         f"{env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. Speedup = dense / pruned "
         "wall clock (first seed); 'x MACs' = speedup x (pruned MACs / dense MACs), 1.0 is the physical limit.",
     ]
@@ -175,7 +205,11 @@ def markdown(results: list[dict], args, env: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="rotten_tomatoes,bbc_news")
-    parser.add_argument("--methods", default="optin,fisher,magnitude,random")
+    parser.add_argument(
+        "--methods",
+        default="optin,fisher,magnitude,random",
+        help=f"ours, plus '{OUTSIDE}' (Torch-Pruning, needs `pip install torch-pruning`)",
+    )
     parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--calibration", type=int, default=1024)

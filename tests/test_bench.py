@@ -13,6 +13,7 @@ from conftest import FAMILIES, make_tiny_model
 from slimformer.bench import (
     BenchConfig,
     bench_model,
+    bench_models,
     compare,
     environment,
     format_table,
@@ -206,6 +207,27 @@ def test_compare_detects_real_slowdown():
     double = bench_model(_TwiceForward(model), cfg, progress=False)
     for row in compare(single, double):
         assert row["speedup"] > 1.3, row
+
+
+def test_bench_models_interleaved_detects_slowdown_and_restores_state():
+    model = make_tiny_model("bert")
+    twice = _TwiceForward(model)
+    model.train()
+    cfg = BenchConfig(batch_sizes=(1, 4), seq_len=16, warmup=1, repeats=15, threads=1)
+    out = bench_models({"single": model, "double": twice}, cfg, progress=False)
+    assert set(out) == {"single", "double"}
+    assert out["single"]["interleaved_with"] == ["double"]
+    for row in compare(out["single"], out["double"]):
+        assert row["speedup"] > 1.3, row
+    for result in out.values():
+        assert [r["batch_size"] for r in result["results"]] == [1, 4]
+        assert all(r["repeats"] == 15 for r in result["results"])
+    assert model.training, "bench_models must restore each model's train/eval mode"
+
+
+def test_bench_models_needs_a_model():
+    with pytest.raises(ValueError, match="empty"):
+        bench_models({}, BenchConfig(), progress=False)
 
 
 def test_format_table_lists_batch_sizes():

@@ -296,6 +296,84 @@ def bench_model(model: torch.nn.Module, config: BenchConfig, *, progress: bool =
     }
 
 
+def bench_models(
+    models: dict[str, torch.nn.Module], config: BenchConfig, *, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Time several models interleaved: each round calls every model once, in turn.
+
+    Timing models one after another lets drift (CPU frequency, a background job starting) land on
+    one model and not the others; a speedup of a pruned model over dense measured that way can be
+    off by 10% or more on a shared machine. Interleaving spreads any drift over all models, so the
+    ratios of their medians are what to report. The order alternates between rounds so no model is
+    always first after another. Each model gets ``config.warmup`` untimed calls per batch size.
+
+    Returns:
+        ``{name: result}`` with each result shaped like :func:`bench_model`'s.
+    """
+    from tqdm.auto import tqdm
+
+    if not models:
+        raise ValueError("models is empty: need at least one model to time")
+    old_threads = torch.get_num_threads()
+    modes = {name: m.training for name, m in models.items()}
+    names = list(models)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    total = len(config.batch_sizes) * len(names) * (config.warmup + config.repeats)
+    bar = tqdm(total=total, desc="bench", disable=not progress, leave=False)
+    try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        env = environment()
+        with torch.inference_mode():
+            for batch_size in config.batch_sizes:
+                inputs = {}
+                for name in names:
+                    models[name].eval()
+                    inputs[name] = make_bench_inputs(models[name], batch_size, config.seq_len, config.seed)
+                    for _ in range(config.warmup):
+                        models[name](**inputs[name])
+                        bar.update()
+                gc.collect()
+                times: dict[str, list[float]] = {name: [] for name in names}
+                spent = 0.0
+                rnd = 0
+                while rnd < config.repeats or spent < config.min_time_s * len(names):
+                    order = names if rnd % 2 == 0 else names[::-1]
+                    for name in order:
+                        start = time.perf_counter()
+                        models[name](**inputs[name])
+                        elapsed = time.perf_counter() - start
+                        times[name].append(elapsed * 1e3)
+                        spent += elapsed
+                        bar.update()
+                    rnd += 1
+                for name in names:
+                    stats = summarize_times(times[name])
+                    median_s = stats["median_ms"] / 1e3
+                    row = {"batch_size": batch_size, "seq_len": config.seq_len, **stats}
+                    row["throughput_seq_per_s"] = batch_size / median_s if median_s > 0 else float("inf")
+                    row["ms_per_seq"] = stats["median_ms"] / batch_size
+                    rows[name].append(row)
+    finally:
+        bar.close()
+        torch.set_num_threads(old_threads)
+        for name, mode in modes.items():
+            models[name].train(mode)
+    return {
+        name: {
+            "config": config.to_dict(),
+            "results": rows[name],
+            "environment": env,
+            "interleaved_with": [n for n in names if n != name],
+            "model": {
+                "params": sum(p.numel() for p in models[name].parameters()),
+                "class": f"{type(models[name]).__module__}.{type(models[name]).__qualname__}",
+            },
+        }
+        for name in names
+    }
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """Speedup of candidate ``a`` over reference ``b`` (the ``--vs`` run), per batch size.
 

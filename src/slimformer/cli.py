@@ -196,8 +196,12 @@ def bench(
     vs: Annotated[str | None, typer.Option("--vs", help="a reference model to compare against")] = None,
     as_json: JsonOpt = False,
 ):
-    """Wall-clock latency and throughput per batch size (median and spread), optionally vs another model."""
-    from slimformer.bench import BenchConfig, bench_model, compare, format_table, parse_int_list
+    """Wall-clock latency and throughput per batch size (median and spread), optionally vs another model.
+
+    With --vs the two models are timed in alternating calls, so the speedup is not skewed by the machine
+    getting busier or quieter between the two runs.
+    """
+    from slimformer.bench import BenchConfig, bench_model, bench_models, compare, format_table, parse_int_list
     from slimformer.models import load_model
 
     try:
@@ -209,11 +213,14 @@ def bench(
             threads=threads,
         )
         m, _ = load_model(model)
-        result = bench_model(m, config, progress=not as_json)
         other = None
-        if vs is not None:
+        if vs is None:
+            result = bench_model(m, config, progress=not as_json)
+        else:
+            # Interleaved: both models share any drift of the machine, so their ratio is trustworthy.
             ref, _ = load_model(vs)
-            other = bench_model(ref, config, progress=not as_json)
+            both = bench_models({"model": m, "vs": ref}, config, progress=not as_json)
+            result, other = both["model"], both["vs"]
     except USER_ERRORS as exc:
         _fail(exc)
     if as_json:

@@ -70,30 +70,18 @@ def finetune_cached(model_name: str, task, config: FinetuneConfig, *, progress: 
     return folder, False
 
 
-def measure(
-    model,
-    tokenizer,
-    task,
-    *,
-    name: str,
-    seq_len: int,
-    batch_sizes: tuple[int, ...] = (1, 32),
-    repeats: int = 10,
-    max_length: int = 128,
-    progress: bool = True,
-) -> dict:
-    """One report row: test metrics, params/MACs/bytes from the cost model, wall-clock latency."""
-    from slimformer.bench import BenchConfig, bench_model
+def measure(model, tokenizer, task, *, name: str, seq_len: int, max_length: int = 128, progress: bool = True) -> dict:
+    """One report row without latency: test metrics and params/MACs/bytes from the cost model.
+
+    Latency is added afterwards by :func:`add_latency`, for all rows at once, interleaved.
+    """
     from slimformer.cost import cost_of
     from slimformer.evaluate import evaluate
     from slimformer.structure import Structure
 
     metrics = evaluate(model, tokenizer, task.split("test"), max_length=max_length, progress=progress)
     cost = cost_of(Structure.from_model(model), seq_len)
-    bench = bench_model(
-        model, BenchConfig(batch_sizes=batch_sizes, seq_len=seq_len, repeats=repeats), progress=progress
-    )
-    row = {
+    return {
         "name": name,
         "params": cost.params,
         "encoder_params": cost.encoder_params,
@@ -103,13 +91,34 @@ def measure(
         **{k: metrics[k] for k in ("accuracy", "f1_macro", "mcc", "n") if k in metrics},
         "layers": [{"heads": x["heads"], "ffn": x["ffn"]} for x in cost.layers],
     }
-    for r in bench["results"]:
-        b = r["batch_size"]
-        row[f"latency_b{b}_ms"] = r["median_ms"]
-        row[f"latency_b{b}_iqr_ms"] = r["iqr_ms"]
-        row[f"throughput_b{b}"] = r["throughput_seq_per_s"]
-    row["environment"] = bench["environment"]
-    return row
+
+
+def add_latency(
+    rows: list[dict],
+    models: list,
+    *,
+    seq_len: int,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 10,
+    progress: bool = True,
+) -> dict:
+    """Time ``models`` interleaved (see :func:`slimformer.bench.bench_models`) and fill each row's latency.
+
+    Returns the environment the timings were taken in.
+    """
+    from slimformer.bench import BenchConfig, bench_models
+
+    if len(rows) != len(models):
+        raise ValueError(f"{len(rows)} rows but {len(models)} models: need one model per row")
+    config = BenchConfig(batch_sizes=batch_sizes, seq_len=seq_len, repeats=repeats)
+    results = bench_models({str(i): m for i, m in enumerate(models)}, config, progress=progress)
+    for i, row in enumerate(rows):
+        for r in results[str(i)]["results"]:
+            b = r["batch_size"]
+            row[f"latency_b{b}_ms"] = r["median_ms"]
+            row[f"latency_b{b}_iqr_ms"] = r["iqr_ms"]
+            row[f"throughput_b{b}"] = r["throughput_seq_per_s"]
+    return results["0"]["environment"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,14 +155,12 @@ def baseline(
     config: FinetuneConfig,
     *,
     seq_len: int | None = None,
-    batch_sizes: tuple[int, ...] = (1, 32),
-    repeats: int = 10,
     progress: bool = True,
 ) -> dict:
-    """Fine-tune (cached) and measure the dense model: the row every compressed model is compared with.
+    """Fine-tune (cached) and evaluate the dense model: the row every compressed model is compared with.
 
     ``seq_len`` defaults to the task's typical length (p90 of the training texts), capped at the
-    fine-tuning max length. Returns the row, the run's details and the environment.
+    fine-tuning max length. Returns the row (without latency), the loaded model and the run's details.
     """
     from slimformer.data import token_length_stats, typical_seq_len
     from slimformer.models import load_model
@@ -163,19 +170,12 @@ def baseline(
     stats = token_length_stats(task.split("train"), tokenizer)
     seq_len = seq_len or min(typical_seq_len(stats), config.max_length)
     row = measure(
-        model,
-        tokenizer,
-        task,
-        name=f"{model_name} (dense)",
-        seq_len=seq_len,
-        batch_sizes=batch_sizes,
-        repeats=repeats,
-        max_length=config.max_length,
+        model, tokenizer, task, name=f"{model_name} (dense)", seq_len=seq_len, max_length=config.max_length,
         progress=progress,
-    )
-    environment = row.pop("environment")
+    )  # fmt: skip
     return {
         "row": row,
+        "model": model,
         "finetuned_model": str(folder),
         "finetune_reused": reused,
         "finetune": json.loads((folder / "finetune_report.json").read_text()),
@@ -187,7 +187,6 @@ def baseline(
             "token_lengths": stats,
         },
         "seq_len": seq_len,
-        "environment": environment,
     }
 
 
@@ -201,22 +200,22 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
     t0 = time.perf_counter()
     task = load_task(config.task)
     recipe = config.finetune or recipe_for(task.name)
-    base = baseline(
-        config.model,
-        task,
-        recipe,
-        seq_len=config.seq_len,
-        batch_sizes=config.batch_sizes,
-        repeats=config.repeats,
-        progress=progress,
-    )
-    row, environment, seq_len = base.pop("row"), base["environment"], base["seq_len"]
+    base = baseline(config.model, task, recipe, seq_len=config.seq_len, progress=progress)
+    row, model, seq_len = base.pop("row"), base.pop("model"), base["seq_len"]
     folder, reused = base["finetuned_model"], base["finetune_reused"]
-    rows = [row]
+    rows, models = [row], [model]
     pruning = []
     if config.budgets:
-        pruned_rows, pruning = compress_step(config, task, folder, seq_len, recipe.max_length, progress=progress)
+        pruned_rows, pruned_models, pruning = compress_step(
+            config, task, folder, seq_len, recipe.max_length, progress=progress
+        )
         rows += pruned_rows
+        models += pruned_models
+    logger.info("timing %d models interleaved at %d tokens", len(models), seq_len)
+    environment = add_latency(
+        rows, models, seq_len=seq_len, batch_sizes=config.batch_sizes, repeats=config.repeats, progress=progress
+    )
+    base["environment"] = environment
     report = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": config.model,
@@ -237,7 +236,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
         "",
         f"Test split: {task.sizes()['test']} examples (content hash {task.content_hash}). "
         f"MACs and latency at {seq_len} tokens (p90 of the training texts); latency is the median "
-        f"wall clock of {config.repeats} runs on {environment.get('processor')}, "
+        f"wall clock of {config.repeats} runs, all models timed in alternating calls, on "
+        f"{environment.get('processor')}, "
         f"{environment.get('torch_threads')} threads, torch {environment.get('torch')}.",
         "",
         markdown_table(report["rows"]),
@@ -252,7 +252,10 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
 
 
 def compress_step(config: DemoConfig, task, folder: Path, seq_len: int, max_length: int, *, progress: bool = True):
-    """Prune the fine-tuned model at each budget (scores computed once) and measure every result."""
+    """Prune the fine-tuned model at each budget (scores computed once); evaluate every result.
+
+    Returns the rows (without latency), the pruned models and the pruning reports.
+    """
     from slimformer.budget import Budget
     from slimformer.models import load_model
     from slimformer.static import PruneConfig, calibration_batches, prune, score
@@ -268,22 +271,16 @@ def compress_step(config: DemoConfig, task, folder: Path, seq_len: int, max_leng
     importance = score(
         model, PruneConfig.from_dict({"method": config.method, "budget": budgets[0]}), batches, progress=progress
     )
-    rows, reports = [], []
+    rows, models, reports = [], [], []
     for budget in budgets:
         cfg = PruneConfig.from_dict({"method": config.method, "budget": budget})
         result = prune(model, cfg, batches, importance=importance, progress=progress)
-        row = measure(
-            result.model,
-            tokenizer,
-            task,
-            name=f"{config.method} {budget}",
-            seq_len=seq_len,
-            batch_sizes=config.batch_sizes,
-            repeats=config.repeats,
-            max_length=max_length,
-            progress=progress,
-        )
-        row.pop("environment")
-        rows.append(row)
+        rows.append(
+            measure(
+                result.model, tokenizer, task, name=f"{config.method} {budget}", seq_len=seq_len,
+                max_length=max_length, progress=progress,
+            )
+        )  # fmt: skip
+        models.append(result.model)
         reports.append({k: v for k, v in result.report.items() if k != "repair"})
-    return rows, reports
+    return rows, models, reports
