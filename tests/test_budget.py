@@ -140,8 +140,10 @@ def test_limit_measure_fits_match_the_cost_model(tiny_structure):
     assert b.limit(dense) == 0.5 * full.macs
     assert b.limit(pruned) == 0.5 * small.macs  # relative to the model being compressed
     assert b.measure(pruned) == small.macs
-    assert b.fits(pruned) == (small.macs <= 0.5 * full.macs)  # default reference: the unpruned architecture
-    assert not b.fits(pruned, dense=pruned)
+    assert b.fits(pruned, reference=dense) == (small.macs <= 0.5 * full.macs)
+    assert not b.fits(pruned, reference=pruned)
+    with pytest.raises(ValueError, match="relative: pass reference"):
+        b.fits(pruned)  # a fraction of what? refused rather than guessed
     assert Budget.parse("params=0.9").measure(pruned) == cost_of(pruned).params
     for dtype in ("fp32", "fp16", "int8"):
         m = Budget.parse(f"memory=0.5,dtype={dtype}")
@@ -173,7 +175,7 @@ def test_latency_budget_uses_the_table(tiny_structure):
     dense_ms = 0.5 + 3 * (0.1 + 0.05 * 4 + 0.01 * 37)
     assert b.measure(tiny_structure, latency_table=table) == pytest.approx(dense_ms)
     assert b.limit(tiny_structure, latency_table=table) == pytest.approx(0.6 * dense_ms)
-    assert not b.fits(tiny_structure, latency_table=table)
+    assert not b.fits(tiny_structure, reference=tiny_structure, latency_table=table)
     assert Budget.parse("latency=5ms").fits(tiny_structure, latency_table=table)
 
 

@@ -188,7 +188,7 @@ def test_rounding_to_multiples(st, multiple, min_ffn):
             assert w in (0, 37) or (w % multiple == 0 and w >= min_ffn), (w, multiple, min_ffn)
             top = sorted(range(37), key=lambda j, s=scores: -float(s[j]))[:w]
             assert sorted(top) == list(kept)  # the layer's top-scored neurons
-        assert budget.fits(structure_of(plan, st))
+        assert budget.fits(structure_of(plan, st), reference=st)
 
 
 def test_starting_from_a_pruned_structure():
@@ -255,6 +255,6 @@ def test_default_rounding_is_a_multiple_of_8_never_below_32(st):
         widths = [len(f) for f in plan.ffn]
         assert all(w in (0, 1536) or (w % 8 == 0 and w >= 32) for w in widths), widths
         result = structure_of(plan, big)
-        assert budget.fits(result)
+        assert budget.fits(result, reference=big)
         if budget.kind == "macs":  # leftover is less than one more 8-neuron chunk (or a first 32)
             assert budget.limit(big) - budget.measure(result) < 32 * neuron

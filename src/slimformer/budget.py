@@ -223,11 +223,28 @@ class Budget:
         return float(self.value) * dense_cost if self.relative else float(self.value)
 
     def fits(
-        self, structure: Structure, *, dense: Structure | None = None, latency_table: LatencyTable | None = None
+        self,
+        structure: Structure,
+        *,
+        reference: Structure | None = None,
+        latency_table: LatencyTable | None = None,
     ) -> bool:
-        """Whether ``structure`` costs at most :meth:`limit` of ``dense`` (default: the unpruned
-        architecture, ``Structure.dense(structure.dims)``)."""
-        reference = Structure.dense(structure.dims) if dense is None else dense
+        """Whether ``structure`` costs at most :meth:`limit` of ``reference``.
+
+        A relative budget is a fraction of the model being compressed (which may itself be pruned
+        already), the same meaning :func:`~slimformer.static.prune` gives it, so it needs that model's
+        structure as ``reference``; an absolute budget ignores it.
+
+        Raises:
+            ValueError: a relative budget without ``reference``.
+        """
+        if reference is None:
+            if self.relative:
+                raise ValueError(
+                    f"{self} is relative: pass reference=Structure.from_model(model being compressed), "
+                    "the structure the fraction is of"
+                )
+            reference = structure
         limit = self.limit(reference, latency_table=latency_table)
         return self.measure(structure, latency_table=latency_table) <= limit
 

@@ -63,6 +63,15 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def load_task_option(task: str, text_column: str, text_pair_column: str | None, label_column: str, seed: int = 0):
+    """The task named by ``--task`` with the user-file column options (one place for every command)."""
+    from slimformer.data import load_task
+
+    return load_task(
+        task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, seed=seed
+    )
+
+
 def _ft_field(name: str):
     from slimformer.train import FinetuneConfig
 
@@ -155,18 +164,11 @@ def evaluate(
     as_json: JsonOpt = False,
 ):
     """Task metrics (accuracy, macro F1, MCC for binary tasks) of a model on one split."""
-    from slimformer.data import load_task
     from slimformer.evaluate import evaluate as run_eval
     from slimformer.models import load_model
 
     try:
-        data = load_task(
-            task,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            label_column=label_column,
-            seed=seed,
-        )
+        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
         examples = data.split(split)
         m, tok = load_model(model)
         if m.config.num_labels != data.num_labels:
@@ -254,7 +256,6 @@ def finetune(
     as_json: JsonOpt = False,
 ):
     """Fine-tune a model on a task (runs on Accelerate: `accelerate launch -m slimformer.cli finetune ...`)."""
-    from slimformer.data import load_task
     from slimformer.models import load_model
     from slimformer.train import FinetuneConfig
     from slimformer.train import finetune as run_finetune
@@ -270,13 +271,7 @@ def finetune(
             seed=seed,
             max_steps=max_steps,
         )
-        data = load_task(
-            task,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            label_column=label_column,
-            seed=seed,
-        )
+        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
         if out.exists() and any(out.iterdir()) and not (overwrite or resume):
             raise FileExistsError(f"output folder {str(out)!r} is not empty; pass --overwrite or --resume")
         m, tok = load_model(model, label_names=data.label_names)
@@ -330,7 +325,6 @@ def prune(
     as_json: JsonOpt = False,
 ):
     """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
-    from slimformer.data import load_task
     from slimformer.evaluate import evaluate as run_eval
     from slimformer.export import save_model
     from slimformer.models import load_model
@@ -343,7 +337,7 @@ def prune(
         )
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
-        data = load_task(task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+        data = load_task_option(task, text_column, text_pair_column, label_column)
         m, tok = load_model(model)
         batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
         result = run_prune(m, config, batches, progress=not as_json)
