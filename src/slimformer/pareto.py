@@ -1,0 +1,254 @@
+"""Accuracy-latency and accuracy-memory frontiers: every available method over a sweep of budgets.
+
+:func:`sweep` compresses one fine-tuned model with each method at each budget (importance scored
+once per method), evaluates every result on the test split, measures its memory (fp32 bytes from
+the cost model, or the real bytes of an int8 model's weights) and times all of them *interleaved*
+with the dense model (:func:`slimformer.bench.bench_models`), so latencies are comparable.
+:func:`pareto_front` marks the points no other point beats on both axes; :func:`plot_frontier`
+draws them. Methods are variant producers registered in :data:`PRODUCERS`: each one-shot pruning
+method, and ``int8`` suffixes (``optin+int8``: the pruned model, then dynamic int8).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParetoConfig:
+    """Which methods and budgets to sweep, and how to measure the results."""
+
+    methods: tuple[str, ...] = field(
+        default=("optin", "fisher", "magnitude"),
+        metadata={"help": "pruning methods; append +int8 (e.g. optin+int8) for the int8 version of each"},
+    )
+    budgets: tuple[float, ...] = field(
+        default=(0.8, 0.6, 0.5, 0.4, 0.3), metadata={"help": "relative budgets in (0, 1], one result per method each"}
+    )
+    kind: str = field(default="macs", metadata={"help": "budget kind of the sweep: macs, params or memory"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence for MACs and latency"})
+    batch_size: int = field(default=1, metadata={"help": "batch size of the latency axis"})
+    repeats: int = field(default=10, metadata={"help": "timed calls per model (interleaved)"})
+    calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
+    max_length: int = field(default=128, metadata={"help": "truncation length for evaluation and calibration"})
+    seed: int = field(default=0, metadata={"help": "calibration sample seed"})
+
+    def __post_init__(self) -> None:
+        for name in ("methods", "budgets"):
+            value = getattr(self, name)
+            if isinstance(value, (list, str)):
+                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+                object.__setattr__(self, name, value)
+            if not value:
+                raise ValueError(f"{name} is empty: give at least one")
+        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+        for b in self.budgets:
+            if not 0 < b <= 1:
+                raise ValueError(f"budgets={list(self.budgets)}: each must be a fraction in (0, 1], got {b}")
+        if self.kind not in ("macs", "params", "memory"):
+            raise ValueError(f"kind={self.kind!r}: allowed are macs, params, memory")
+        for name in ("seq_len", "batch_size", "repeats", "calibration", "max_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+        for m in self.methods:
+            base = m.removesuffix("+int8")
+            if base not in available_methods():
+                raise ValueError(
+                    f"methods: unknown method {m!r}; available: {', '.join(available_methods())} (each also +int8)"
+                )
+
+
+def available_methods() -> list[str]:
+    """Methods :func:`sweep` can run (the registered one-shot pruning methods)."""
+    from slimformer.static.prune import METHODS
+
+    return list(METHODS)
+
+
+def pareto_front(points: Sequence[dict], x: str, y: str) -> list[bool]:
+    """For each point, whether no other point has ``x`` <= and ``y`` >= with one strictly better.
+
+    Lower ``x`` (latency, bytes) and higher ``y`` (accuracy) are better.
+    """
+    flags = []
+    for p in points:
+        dominated = any(q is not p and q[x] <= p[x] and q[y] >= p[y] and (q[x] < p[x] or q[y] > p[y]) for q in points)
+        flags.append(not dominated)
+    return flags
+
+
+def _int8(model):
+    from slimformer.quantize import quantize_dynamic_int8
+
+    return quantize_dynamic_int8(model)
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of the weights as stored: the real size of int8 packed weights, not the fp32 shapes."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def sweep(
+    model,
+    tokenizer,
+    task,
+    config: ParetoConfig,
+    *,
+    name: str = "dense",
+    progress: bool = True,
+    on_point: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Run every method at every budget; return the points (dense first) with frontier flags.
+
+    Each point: method, budget, accuracy, params, macs, bytes (serialized weights), latency_ms at
+    ``config.batch_size``, seconds (compression time), and ``front_latency`` / ``front_memory``.
+    """
+    from slimformer.bench import BenchConfig, bench_models
+    from slimformer.budget import Budget
+    from slimformer.cost import cost_of
+    from slimformer.evaluate import evaluate
+    from slimformer.static import PruneConfig, calibration_batches, prune, score
+    from slimformer.structure import Structure
+
+    test = task.split("test")
+    batches = calibration_batches(
+        task.split("train"), tokenizer, size=config.calibration, seed=config.seed, max_length=config.max_length
+    )
+    models: dict[str, Any] = {name: model}
+    dense_cost = cost_of(Structure.from_model(model), config.seq_len)
+    points = [_point(name, "dense", 1.0, model, tokenizer, test, config, evaluate, dense_cost, 0.0)]
+    if on_point:
+        on_point(points[-1])
+    for method in dict.fromkeys(m.removesuffix("+int8") for m in config.methods):
+        want_fp32 = method in config.methods
+        want_int8 = f"{method}+int8" in config.methods
+        t0 = time.perf_counter()
+        first = Budget(kind=config.kind, value=config.budgets[0], relative=True, seq_len=config.seq_len)
+        importance = score(model, PruneConfig.from_dict({"method": method, "budget": first}), batches, progress=False)
+        score_s = time.perf_counter() - t0
+        for value in config.budgets:
+            budget = dataclasses.replace(first, value=value)
+            t1 = time.perf_counter()
+            result = prune(
+                model,
+                PruneConfig.from_dict({"method": method, "budget": budget, "seed": config.seed}),
+                batches,
+                importance=importance,
+                progress=False,
+            )
+            seconds = score_s + time.perf_counter() - t1
+            cost = cost_of(Structure.from_model(result.model), config.seq_len)
+            variants = ([(method, result.model)] if want_fp32 else []) + (
+                [(f"{method}+int8", _int8(copy.deepcopy(result.model)))] if want_int8 else []
+            )
+            for label, m in variants:
+                key = f"{label}@{value}"
+                points.append(_point(key, label, value, m, tokenizer, test, config, evaluate, cost, seconds))
+                models[key] = m
+                if on_point:
+                    on_point(points[-1])
+        if want_int8:
+            key = "dense+int8@1.0"
+            if key not in models:
+                m = _int8(copy.deepcopy(model))
+                points.append(_point(key, "dense+int8", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
+                models[key] = m
+    logger.info("timing %d models interleaved at batch %d", len(models), config.batch_size)
+    bench = BenchConfig(batch_sizes=(config.batch_size,), seq_len=config.seq_len, repeats=config.repeats)
+    timed = bench_models(models, bench, progress=progress)
+    for p in points:
+        p["latency_ms"] = timed[p["key"]]["results"][0]["median_ms"]
+    for axis, x in (("front_latency", "latency_ms"), ("front_memory", "bytes")):
+        for p, flag in zip(points, pareto_front(points, x, "accuracy"), strict=True):
+            p[axis] = flag
+    return {"points": points, "config": _config_dict(config), "environment": next(iter(timed.values()))["environment"]}
+
+
+def _config_dict(config: ParetoConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _point(key, method, budget, model, tokenizer, test, config, evaluate, cost, seconds) -> dict[str, Any]:
+    metrics = evaluate(model, tokenizer, test, max_length=config.max_length, progress=False)
+    point = {
+        "key": key,
+        "method": method,
+        "budget": budget,
+        "accuracy": metrics["accuracy"],
+        "params": cost.params,
+        "macs": cost.macs,
+        "bytes": _weight_bytes(model),
+        "seconds": round(seconds, 2),
+    }
+    logger.info("%s: accuracy %.4f, %.1f MB", key, point["accuracy"], point["bytes"] / 1e6)
+    return point
+
+
+def plot_frontier(points: Sequence[dict], x: str, path: str | Path, *, xlabel: str, title: str = "") -> Path:
+    """PNG of accuracy against ``x`` per method; Pareto-optimal points ringed and joined by a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    scale = 1e6 if x == "bytes" else 1.0
+    flags = pareto_front(points, x, "accuracy")
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=120)
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p["method"], []).append(p)
+    for method, ps in groups.items():
+        ps = sorted(ps, key=lambda p: p[x])
+        style = {"marker": "*", "s": 140, "color": "black"} if method == "dense" else {"marker": "o", "s": 28}
+        ax.scatter([p[x] / scale for p in ps], [p["accuracy"] for p in ps], label=method, zorder=3, **style)
+        if method != "dense":
+            ax.plot([p[x] / scale for p in ps], [p["accuracy"] for p in ps], alpha=0.5, linewidth=1)
+    front = sorted((p for p, f in zip(points, flags, strict=True) if f), key=lambda p: p[x])
+    ax.step([p[x] / scale for p in front], [p["accuracy"] for p in front], where="post", color="red", linewidth=1.2)
+    ax.scatter(
+        [p[x] / scale for p in front], [p["accuracy"] for p in front], s=110, facecolors="none", edgecolors="red",
+        label="Pareto-optimal", zorder=4,
+    )  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown(points: Sequence[dict], *, batch_size: int) -> str:
+    """Table of every point; * marks the latency frontier, † the memory frontier."""
+    lines = [
+        f"| method | budget | test acc | params | MACs | weights MB | latency b{batch_size} ms | frontier | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        marks = ("*" if p.get("front_latency") else "") + ("†" if p.get("front_memory") else "")
+        lines.append(
+            f"| {p['method']} | {p['budget']:.2f} | {p['accuracy']:.4f} | {p['params'] / 1e6:.2f}M | "
+            f"{p['macs'] / 1e6:.0f}M | {p['bytes'] / 1e6:.1f} | {p['latency_ms']:.2f} | {marks} | {p['seconds']:.1f} |"
+        )
+    return "\n".join(lines)

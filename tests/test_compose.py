@@ -1,0 +1,99 @@
+"""Recipes: every mistake caught before any work, relative budgets of the input, a real chained run."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from slimformer.compose import STEPS, RecipeContext, RecipeError, compress, load_recipe, parse_recipe
+from slimformer.cost import cost_of
+from slimformer.data import load_task
+from slimformer.structure import Structure
+
+
+@pytest.fixture
+def csv_task(tmp_path):
+    rows = ["text,label"]
+    words = ["good", "bad", "fun", "dull", "movie", "plot", "great", "awful"]
+    for i in range(80):
+        rows.append(f"{words[i % 8]} {words[(i * 3) % 8]} {words[(i * 5) % 8]} {i},{'pos' if i % 2 else 'neg'}")
+    path = tmp_path / "task.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return load_task(str(path))
+
+
+def test_parse_recipe_accepts_list_and_file_forms(tmp_path):
+    steps = [{"step": "prune", "method": "fisher", "budget": "macs=0.5"}, {"step": "prune", "budget": "macs=0.3"}]
+    parsed = parse_recipe(steps)
+    assert [s.kind for s in parsed] == ["prune", "prune"]
+    assert parsed[0].config.method == "fisher" and parsed[1].config.method == "optin"  # optin is the default
+    (tmp_path / "r.json").write_text(json.dumps({"steps": steps}))
+    (tmp_path / "r.yaml").write_text(
+        "steps:\n  - {step: prune, method: fisher, budget: macs=0.5}\n  - step: prune\n    budget: macs=0.3\n"
+    )
+    for name in ("r.json", "r.yaml"):
+        assert [s.to_dict() for s in load_recipe(tmp_path / name)] == [s.to_dict() for s in parsed]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ([], "non-empty list"),
+        ({"stepz": []}, "unknown top-level key"),
+        ([{"method": "optin"}], "step 1: need a mapping with a 'step' key"),
+        ([{"step": "prune", "budget": "macs=0.5"}, {"step": "distill"}], "step 2: unknown step 'distill'"),
+        ([{"step": "prune", "method": "optim", "budget": "macs=0.5"}], "step 1 \\(prune\\): unknown pruning method"),
+        ([{"step": "prune", "budget": "macs=0.5", "repiar": False}], "step 1 \\(prune\\): .*unknown field.*repiar"),
+        ([{"step": "prune", "budget": "macs=1.5"}], "step 1 \\(prune\\)"),
+        ([{"step": "prune"}], "step 1 \\(prune\\): field 'budget' is required"),
+        (
+            [{"step": "prune", "budget": "macs=0.5"}, {"step": "prune", "budget": "macs=0.6"}],
+            "step 2 \\(prune\\): budget .* is not tighter than step 1",
+        ),
+    ],
+)
+def test_bad_recipes_fail_before_any_work(recipe, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(recipe)
+
+
+def test_terminal_step_must_be_last():
+    terminal = [k for k in STEPS.values() if k.terminal]
+    if not terminal:
+        pytest.skip("no terminal step kind registered")
+    with pytest.raises(RecipeError, match="must be the last step"):
+        parse_recipe([{"step": terminal[0].name}, {"step": "prune", "budget": "macs=0.5"}])
+
+
+def test_load_recipe_errors(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "r.txt").write_text("steps: []")
+    with pytest.raises(RecipeError, match="expected a .yaml"):
+        load_recipe(tmp_path / "r.txt")
+    (tmp_path / "bad.yaml").write_text("steps: [ {step: prune\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_chained_budgets_are_fractions_of_the_input(csv_task, tiny_tokenizer):
+    model = make_tiny_model("bert", num_labels=2)
+    dense = cost_of(Structure.from_model(model), 128)
+    steps = parse_recipe(
+        [
+            {"step": "prune", "method": "magnitude", "budget": "macs=0.6", "ffn_multiple": 1, "min_ffn": 0},
+            {"step": "prune", "method": "magnitude", "budget": "macs=0.4", "ffn_multiple": 1, "min_ffn": 0},
+        ]
+    )
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=32, progress=False)
+    out, report = compress(model, steps, context)
+    final = cost_of(Structure.from_model(out), 128)
+    assert 0.3 * dense.macs < final.macs <= 0.4 * dense.macs  # of the input: not 0.6 * 0.4 = 0.24
+    assert [(e["index"], e["step"]) for e in report["steps"]] == [(1, "prune"), (2, "prune")]
+    assert report["steps"][0]["macs"] > report["steps"][1]["macs"]
+    # the input model is untouched, the output really changed
+    assert cost_of(Structure.from_model(model), 128).macs == dense.macs
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, out(input_ids=ids).logits)
