@@ -215,3 +215,18 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
     assert again["finetune_reused"]
     with pytest.raises(FileExistsError):
         run_demo(config, tmp_path / "run", progress=False)
+
+
+def test_pareto_writes_frontiers(saved_model, csv_task, tmp_path):
+    out = tmp_path / "front"
+    args = ["--task", csv_task, "--out", out, "--methods", "magnitude", "--budgets", "0.7,0.4", "--seq-len", 8]
+    result = run("pareto", saved_model[0], *args, "--repeats", 1, "--calibration", 8, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [p["method"] for p in data["points"]] == ["dense", "magnitude", "magnitude"]
+    for name in ("frontier_latency.png", "frontier_memory.png", "pareto.json", "pareto.md"):
+        assert (out / name).is_file(), name
+    again = run("pareto", saved_model[0], *args, "--repeats", 1)
+    assert again.exit_code != 0 and "not empty" in again.output  # nothing overwritten without --overwrite
+    bad = run("pareto", saved_model[0], "--task", csv_task, "--out", tmp_path / "x", "--methods", "optim")
+    assert bad.exit_code != 0 and "unknown method 'optim'" in bad.output

@@ -363,6 +363,64 @@ def prune(
 
 
 @app.command()
+def pareto(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the plots and tables (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    methods: Annotated[
+        str, typer.Option(help="comma-separated pruning methods; METHOD+int8 adds its int8 version")
+    ] = "optin,fisher,magnitude,optin+int8",
+    budgets: Annotated[str, typer.Option(help="comma-separated relative budgets in (0, 1]")] = "0.8,0.6,0.5,0.4,0.3",
+    kind: Annotated[str, typer.Option(help="budget kind of the sweep: macs, params or memory")] = "macs",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs and latency")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="batch size of the latency axis")] = 1,
+    repeats: Annotated[int, typer.Option(help="timed calls per model (all models interleaved)")] = 10,
+    calibration: Annotated[int, typer.Option(help="calibration examples sampled from the train split")] = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
+    from slimformer.export import prepare_output_dir
+    from slimformer.models import load_model
+    from slimformer.pareto import ParetoConfig, markdown, plot_frontier, sweep
+    from slimformer.report import write_json
+
+    try:
+        config = ParetoConfig(
+            methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_size=batch_size, repeats=repeats,
+            calibration=calibration, max_length=max_length,
+        )  # fmt: skip
+        folder = prepare_output_dir(out, overwrite=overwrite)
+        data = load_task_option(task, text_column, text_pair_column, label_column)
+        m, tok = load_model(model)
+        result = sweep(m, tok, data, config, name="dense", progress=not as_json)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    points = result["points"]
+    title = f"{model} on {data.name} (test split)"
+    result["plots"] = {
+        "latency": str(plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
+                                     xlabel=f"latency at batch {batch_size} x {seq_len} tokens (ms)", title=title)),
+        "memory": str(plot_frontier(points, "bytes", folder / "frontier_memory.png",
+                                    xlabel="weights (MB, as stored)", title=title)),
+    }  # fmt: skip
+    result.update(model=model, task=data.name)
+    write_json(folder / "pareto.json", result)
+    table = markdown(points, batch_size=batch_size)
+    (folder / "pareto.md").write_text(f"# Frontier: {title}\n\n{table}\n")
+    if as_json:
+        _emit_json(result)
+        return
+    typer.echo(table)
+    typer.echo("* = on the accuracy-latency frontier, † = on the accuracy-memory frontier")
+    typer.echo(f"plots: {result['plots']['latency']}, {result['plots']['memory']}; table: {folder / 'pareto.md'}")
+
+
+@app.command()
 def demo(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<model>-<task>-<time>)")
