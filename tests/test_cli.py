@@ -220,10 +220,12 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
 def test_pareto_writes_frontiers(saved_model, csv_task, tmp_path):
     out = tmp_path / "front"
     args = ["--task", csv_task, "--out", out, "--methods", "magnitude", "--budgets", "0.7,0.4", "--seq-len", 8]
+    args += ["--batch-sizes", "1,2"]
     result = run("pareto", saved_model[0], *args, "--repeats", 1, "--calibration", 8, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [p["method"] for p in data["points"]] == ["dense", "magnitude", "magnitude"]
+    assert all(p["latency_b2_ms"] > 0 and p["latency_ms"] == p["latency_b1_ms"] for p in data["points"])
     for name in ("frontier_latency.png", "frontier_memory.png", "pareto.json", "pareto.md"):
         assert (out / name).is_file(), name
     again = run("pareto", saved_model[0], *args, "--repeats", 1)

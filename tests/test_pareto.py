@@ -26,6 +26,7 @@ def test_pareto_front_by_hand():
         ({"budgets": (0.5, 1.2)}, "fraction in \\(0, 1\\]"),
         ({"kind": "latency"}, "kind='latency'"),
         ({"repeats": 0}, "repeats=0"),
+        ({"batch_sizes": (1, 0)}, "batch_sizes"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, message):
@@ -44,6 +45,7 @@ def test_sweep_tiny_model(tmp_path, tiny_tokenizer):
     task = load_task(str(tmp_path / "t.csv"))
     model = make_tiny_model("bert", num_labels=2)
     config = ParetoConfig(methods=("magnitude", "random"), budgets=(0.7, 0.4), seq_len=16, repeats=2, calibration=16)
+    assert config.batch_sizes == (1,)
     seen = []
     out = sweep(model, tiny_tokenizer, task, config, progress=False, on_point=seen.append)
     points = out["points"]
@@ -57,5 +59,5 @@ def test_sweep_tiny_model(tmp_path, tiny_tokenizer):
         assert any(p[axis] for p in points)
     png = plot_frontier(points, "latency_ms", tmp_path / "f.png", xlabel="ms")
     assert png.stat().st_size > 1000
-    table = markdown(points, batch_size=1)
+    table = markdown(points, batch_sizes=(1,))
     assert table.count("\n") == len(points) + 1 and "magnitude" in table

@@ -373,7 +373,9 @@ def pareto(
     budgets: Annotated[str, typer.Option(help="comma-separated relative budgets in (0, 1]")] = "0.8,0.6,0.5,0.4,0.3",
     kind: Annotated[str, typer.Option(help="budget kind of the sweep: macs, params or memory")] = "macs",
     seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs and latency")] = 128,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="batch size of the latency axis")] = 1,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time; the first is the plot's axis")
+    ] = "1,32",
     repeats: Annotated[int, typer.Option(help="timed calls per model (all models interleaved)")] = 10,
     calibration: Annotated[int, typer.Option(help="calibration examples sampled from the train split")] = 1024,
     max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
@@ -384,6 +386,7 @@ def pareto(
     as_json: JsonOpt = False,
 ):
     """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
+    from slimformer.bench import parse_int_list
     from slimformer.export import prepare_output_dir
     from slimformer.models import load_model
     from slimformer.pareto import ParetoConfig, markdown, plot_frontier, sweep
@@ -391,8 +394,8 @@ def pareto(
 
     try:
         config = ParetoConfig(
-            methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_size=batch_size, repeats=repeats,
-            calibration=calibration, max_length=max_length,
+            methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_sizes=parse_int_list(batch_sizes),
+            repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
         folder = prepare_output_dir(out, overwrite=overwrite)
         data = load_task_option(task, text_column, text_pair_column, label_column)
@@ -400,7 +403,9 @@ def pareto(
         result = sweep(m, tok, data, config, name="dense", progress=not as_json)
     except USER_ERRORS as exc:
         _fail(exc)
+    result.pop("models")
     points = result["points"]
+    batch_size = config.batch_sizes[0]
     title = f"{model} on {data.name} (test split)"
     result["plots"] = {
         "latency": str(plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
@@ -410,7 +415,7 @@ def pareto(
     }  # fmt: skip
     result.update(model=model, task=data.name)
     write_json(folder / "pareto.json", result)
-    table = markdown(points, batch_size=batch_size)
+    table = markdown(points, batch_sizes=config.batch_sizes)
     (folder / "pareto.md").write_text(f"# Frontier: {title}\n\n{table}\n")
     if as_json:
         _emit_json(result)

@@ -36,14 +36,18 @@ class ParetoConfig:
     )
     kind: str = field(default="macs", metadata={"help": "budget kind of the sweep: macs, params or memory"})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence for MACs and latency"})
-    batch_size: int = field(default=1, metadata={"help": "batch size of the latency axis"})
+    batch_sizes: tuple[int, ...] = field(
+        default=(1,), metadata={"help": "batch sizes to time; the first is the latency axis of the frontier"}
+    )
     repeats: int = field(default=10, metadata={"help": "timed calls per model (interleaved)"})
     calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
     max_length: int = field(default=128, metadata={"help": "truncation length for evaluation and calibration"})
     seed: int = field(default=0, metadata={"help": "calibration sample seed"})
 
     def __post_init__(self) -> None:
-        for name in ("methods", "budgets"):
+        if isinstance(self.batch_sizes, int):
+            object.__setattr__(self, "batch_sizes", (self.batch_sizes,))
+        for name in ("methods", "budgets", "batch_sizes"):
             value = getattr(self, name)
             if isinstance(value, (list, str)):
                 value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
@@ -56,10 +60,13 @@ class ParetoConfig:
                 raise ValueError(f"budgets={list(self.budgets)}: each must be a fraction in (0, 1], got {b}")
         if self.kind not in ("macs", "params", "memory"):
             raise ValueError(f"kind={self.kind!r}: allowed are macs, params, memory")
-        for name in ("seq_len", "batch_size", "repeats", "calibration", "max_length"):
+        object.__setattr__(self, "batch_sizes", tuple(int(b) for b in self.batch_sizes))
+        for name in ("seq_len", "repeats", "calibration", "max_length"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+        if min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes={list(self.batch_sizes)}: each must be >= 1")
         for m in self.methods:
             base = m.removesuffix("+int8")
             if base not in available_methods():
@@ -116,8 +123,9 @@ def sweep(
 ) -> dict[str, Any]:
     """Run every method at every budget; return the points (dense first) with frontier flags.
 
-    Each point: method, budget, accuracy, params, macs, bytes (serialized weights), latency_ms at
-    ``config.batch_size``, seconds (compression time), and ``front_latency`` / ``front_memory``.
+    Each point: method, budget, accuracy, params, macs, bytes (serialized weights), ``latency_b{B}_ms``
+    per batch size and ``latency_ms`` at the first, seconds (compression time), and ``front_latency`` /
+    ``front_memory``; plus ``models``: every model by point key (dense included), for export or reuse.
     """
     from slimformer.bench import BenchConfig, bench_models
     from slimformer.budget import Budget
@@ -169,15 +177,22 @@ def sweep(
                 m = _int8(copy.deepcopy(model))
                 points.append(_point(key, "dense+int8", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
                 models[key] = m
-    logger.info("timing %d models interleaved at batch %d", len(models), config.batch_size)
-    bench = BenchConfig(batch_sizes=(config.batch_size,), seq_len=config.seq_len, repeats=config.repeats)
+    logger.info("timing %d models interleaved at batch sizes %s", len(models), list(config.batch_sizes))
+    bench = BenchConfig(batch_sizes=config.batch_sizes, seq_len=config.seq_len, repeats=config.repeats)
     timed = bench_models(models, bench, progress=progress)
     for p in points:
-        p["latency_ms"] = timed[p["key"]]["results"][0]["median_ms"]
+        for r in timed[p["key"]]["results"]:
+            p[f"latency_b{r['batch_size']}_ms"] = r["median_ms"]
+        p["latency_ms"] = p[f"latency_b{config.batch_sizes[0]}_ms"]
     for axis, x in (("front_latency", "latency_ms"), ("front_memory", "bytes")):
         for p, flag in zip(points, pareto_front(points, x, "accuracy"), strict=True):
             p[axis] = flag
-    return {"points": points, "config": _config_dict(config), "environment": next(iter(timed.values()))["environment"]}
+    return {
+        "points": points,
+        "config": _config_dict(config),
+        "environment": next(iter(timed.values()))["environment"],
+        "models": models,
+    }
 
 
 def _config_dict(config: ParetoConfig) -> dict[str, Any]:
@@ -239,16 +254,22 @@ def plot_frontier(points: Sequence[dict], x: str, path: str | Path, *, xlabel: s
     return path
 
 
-def markdown(points: Sequence[dict], *, batch_size: int) -> str:
-    """Table of every point; * marks the latency frontier, † the memory frontier."""
+def markdown(points: Sequence[dict], *, batch_sizes: Sequence[int]) -> str:
+    """Table of every point; * marks the latency frontier (first batch size), † the memory frontier."""
+    lat = [f"b{b} ms (x dense)" for b in batch_sizes]
     lines = [
-        f"| method | budget | test acc | params | MACs | weights MB | latency b{batch_size} ms | frontier | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| method | budget | test acc | params | MACs | weights MB | {' | '.join(lat)} | frontier | time (s) |",
+        "|---|---|---|---|---|---|" + "---|" * len(lat) + "---|---|",
     ]
+    dense = points[0]
     for p in points:
         marks = ("*" if p.get("front_latency") else "") + ("†" if p.get("front_memory") else "")
+        cells = [
+            f"{p[f'latency_b{b}_ms']:.2f} ({dense[f'latency_b{b}_ms'] / p[f'latency_b{b}_ms']:.2f}x)"
+            for b in batch_sizes
+        ]
         lines.append(
             f"| {p['method']} | {p['budget']:.2f} | {p['accuracy']:.4f} | {p['params'] / 1e6:.2f}M | "
-            f"{p['macs'] / 1e6:.0f}M | {p['bytes'] / 1e6:.1f} | {p['latency_ms']:.2f} | {marks} | {p['seconds']:.1f} |"
+            f"{p['macs'] / 1e6:.0f}M | {p['bytes'] / 1e6:.1f} | {' | '.join(cells)} | {marks} | {p['seconds']:.1f} |"
         )
     return "\n".join(lines)
