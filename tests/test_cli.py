@@ -232,3 +232,26 @@ def test_pareto_writes_frontiers(saved_model, csv_task, tmp_path):
     assert again.exit_code != 0 and "not empty" in again.output  # nothing overwritten without --overwrite
     bad = run("pareto", saved_model[0], "--task", csv_task, "--out", tmp_path / "x", "--methods", "optim")
     assert bad.exit_code != 0 and "unknown method 'optim'" in bad.output
+
+
+def test_compress_recipe_then_evaluate(saved_model, csv_task, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("steps:\n  - {step: prune, method: magnitude, budget: params=0.9}\n  - {step: int8}\n")
+    out = tmp_path / "small"
+    result = run("compress", saved_model[0], "--recipe", recipe, "--task", csv_task, "--out", out,
+                 "--calibration", 8, "--evaluate", "test", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [s["step"] for s in report["steps"]] == ["prune", "int8"] and "accuracy" in report["metrics"]
+    evaluated = run("evaluate", out, "--task", csv_task, "--split", "test", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["accuracy"] == report["metrics"]["accuracy"]  # the saved int8 model
+
+
+def test_compress_bad_recipe_fails_before_work(saved_model, csv_task, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"steps": [{"step": "int8"}, {"step": "prune", "budget": "macs=0.5"}]}')
+    result = run("compress", saved_model[0], "--recipe", recipe, "--task", "no_such_task", "--out", tmp_path / "o")
+    assert result.exit_code != 0
+    assert "step 1 (int8) must be the last step" in result.output  # before the unknown task is even looked up
+    assert not (tmp_path / "o").exists()

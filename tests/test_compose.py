@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from slimformer.compose import STEPS, RecipeContext, RecipeError, compress, load_recipe, parse_recipe
+from slimformer.compose import (
+    STEPS,
+    RecipeContext,
+    RecipeError,
+    compress,
+    load_recipe,
+    parse_recipe,
+    save_result,
+)
 from slimformer.cost import cost_of
 from slimformer.data import load_task
 from slimformer.structure import Structure
@@ -58,12 +66,13 @@ def test_bad_recipes_fail_before_any_work(recipe, message):
         parse_recipe(recipe)
 
 
-def test_terminal_step_must_be_last():
-    terminal = [k for k in STEPS.values() if k.terminal]
-    if not terminal:
-        pytest.skip("no terminal step kind registered")
-    with pytest.raises(RecipeError, match="must be the last step"):
-        parse_recipe([{"step": terminal[0].name}, {"step": "prune", "budget": "macs=0.5"}])
+def test_int8_must_be_last():
+    parse_recipe([{"step": "prune", "budget": "macs=0.5"}, {"step": "int8"}])
+    assert STEPS["int8"].terminal
+    with pytest.raises(RecipeError, match="step 1 \\(int8\\) must be the last step: step 2 \\(prune\\)"):
+        parse_recipe([{"step": "int8"}, {"step": "prune", "budget": "macs=0.5"}])
+    with pytest.raises(RecipeError, match="step 1 \\(int8\\): .*unknown field.*bits"):
+        parse_recipe([{"step": "int8", "bits": 4}])
 
 
 def test_load_recipe_errors(tmp_path):
@@ -97,3 +106,22 @@ def test_chained_budgets_are_fractions_of_the_input(csv_task, tiny_tokenizer):
     ids = torch.tensor([[2, 10, 11, 12, 3]])
     with torch.no_grad():
         assert not torch.allclose(model(input_ids=ids).logits, out(input_ids=ids).logits)
+
+
+def test_prune_then_int8_saves_and_loads(csv_task, tiny_tokenizer, tmp_path):
+    from slimformer.models import load_model
+    from slimformer.quantize import is_quantized
+
+    model = make_tiny_model("bert", num_labels=2)
+    steps = parse_recipe([{"step": "prune", "method": "magnitude", "budget": "params=0.8"}, {"step": "int8"}])
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=32, progress=False)
+    out, report = compress(model, steps, context)
+    assert is_quantized(out) and not is_quantized(model)
+    assert [e["step"] for e in report["steps"]] == ["prune", "int8"]
+    folder = save_result(out, tiny_tokenizer, tmp_path / "m", extra=report)
+    loaded, _ = load_model(str(folder))
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, out(input_ids=ids).logits, rtol=0, atol=0)
+    with pytest.raises(FileExistsError):
+        save_result(out, tiny_tokenizer, tmp_path / "m")

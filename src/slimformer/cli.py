@@ -363,6 +363,65 @@ def prune(
 
 
 @app.command()
+def compress(
+    model: ModelArg,
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="YAML or JSON file with a list of steps")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the compressed model (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    calibration: Annotated[int, typer.Option(help="calibration examples sampled from the train split")] = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate calibration and validation inputs")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of the calibration sample")] = 0,
+    evaluate_split: Annotated[
+        str | None, typer.Option("--evaluate", help="also report metrics of the result on this split (e.g. test)")
+    ] = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """Run a recipe (e.g. prune to macs=0.5, then int8) and save the result with one report.
+
+    The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
+    fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
+    Steps: prune (optin, fisher, magnitude, random), axformer, int8 (last).
+    """
+    from slimformer.compose import RecipeContext, load_recipe, save_result
+    from slimformer.compose import compress as run_compress
+    from slimformer.evaluate import evaluate as run_eval
+    from slimformer.models import load_model
+
+    try:
+        steps = load_recipe(recipe)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
+        data = load_task_option(task, text_column, text_pair_column, label_column)
+        m, tok = load_model(model)
+        context = RecipeContext(
+            tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
+        )
+        result, report = run_compress(m, steps, context)
+        report = {"model": model, "task": data.name, "recipe": str(recipe), **report}
+        if evaluate_split:
+            report["metrics"] = {
+                "split": evaluate_split,
+                **run_eval(result, tok, data.split(evaluate_split), max_length=max_length, progress=not as_json),
+            }
+        save_result(result, tok, out, overwrite=overwrite, extra=report)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    for e in report["steps"]:
+        shape = f", params {e['params'] / 1e6:.2f}M, MACs {e['macs'] / 1e6:.0f}M" if "params" in e else ""
+        typer.echo(f"step {e['index']} {e['step']}: {e['seconds']:.1f}s{shape}")
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+    typer.echo(f"saved to {out}")
+
+
+@app.command()
 def pareto(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the plots and tables (must be empty or new)")],

@@ -245,9 +245,39 @@ def _run_prune(model, config, context: RecipeContext):
     return prune(model, config, context.calibration_batches(), progress=context.progress).model
 
 
+def _parse_int8(fields: dict[str, Any]):
+    from slimformer.quantize import Int8Config
+
+    return Int8Config.from_dict(fields)
+
+
+def _run_int8(model, config, context: RecipeContext):
+    from slimformer.quantize import quantize_dynamic_int8
+
+    return quantize_dynamic_int8(model, config, inplace=True)
+
+
+def save_result(model, tokenizer, folder: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Save a recipe's output: int8 models with :func:`slimformer.quantize.save_quantized`, others as slim folders."""
+    from slimformer.export import save_model
+    from slimformer.quantize import is_quantized, save_quantized
+
+    save = save_quantized if is_quantized(model) else save_model
+    return save(model, tokenizer, folder, overwrite=overwrite, extra=extra)
+
+
 def _register_builtin() -> None:
     if "prune" in STEPS:
         return
+    register_step(
+        StepKind(
+            name="int8",
+            parse=_parse_int8,
+            run=_run_int8,
+            terminal=True,
+            help="dynamic int8 quantization of every Linear (and the word embeddings); must be the last step",
+        )
+    )
     register_step(
         StepKind(
             name="prune",

@@ -71,7 +71,8 @@ def load_model(
 ):
     """Load a sequence classifier and its tokenizer.
 
-    A folder saved by slimformer (pruned, uneven shapes) is rebuilt with its saved structure.
+    A folder saved by slimformer (pruned, uneven shapes) is rebuilt with its saved structure; an
+    int8 folder (:func:`slimformer.quantize.save_quantized`) comes back quantized.
     A base model without a classifier gets a new, randomly initialised head with ``num_labels``
     outputs (or ``len(label_names)``).
 
@@ -91,9 +92,12 @@ def load_model(
 
     from slimformer.arch import get_adapter_for_config
     from slimformer.export import is_slim_folder, load_slim
+    from slimformer.quantize import is_quantized_folder, load_quantized
 
     path = resolve_model_path(name)
-    if is_slim_folder(path):
+    if is_quantized_folder(path):
+        model = load_quantized(path)
+    elif is_slim_folder(path):
         model = load_slim(path)
     else:
         config = AutoConfig.from_pretrained(path)
