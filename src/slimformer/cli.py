@@ -527,6 +527,16 @@ def demo(
         console.print(f"plot: {report['plot']}")
 
 
+def _register_command_modules() -> None:
+    """Commands that live in their own modules (thin wrappers over a library function each)."""
+    from slimformer.commands.export import export_command
+
+    app.command("export")(export_command)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     app()
 

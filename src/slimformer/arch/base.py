@@ -82,7 +82,8 @@ class ArchAdapter:
         p = self.paths
         core = layer.get_submodule(p["core"])
         out = layer.get_submodule(p["o"])
-        if isinstance(core, HeadlessAttention):
+        # By name too: a folder loaded with trust_remote_code has its own copy of the class.
+        if isinstance(core, HeadlessAttention) or type(core).__name__ == HeadlessAttention.__name__:
             return AttentionView(None, None, None, out, 0, 0)
         head_size = core.attention_head_size  # BERT, RoBERTa and DistilBERT cores all record it
         q, k, v = (layer.get_submodule(p[n]) for n in ("q", "k", "v"))
