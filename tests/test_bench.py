@@ -240,3 +240,20 @@ def test_format_table_lists_batch_sizes():
     assert "median" in text and "wall clock" in text
     both = format_table(out, out)
     assert "speedup" in both and "1.00x" in both
+
+
+def test_bench_models_times_a_non_torch_runtime_beside_pytorch():
+    model = make_tiny_model("roberta")
+
+    class Runtime:  # e.g. an ONNX Runtime session: callable with **inputs, has a config, no parameters
+        config = model.config
+        calls = 0
+
+        def __call__(self, **inputs):
+            Runtime.calls += 1
+            return model(**inputs)
+
+    cfg = BenchConfig(batch_sizes=(2,), seq_len=8, warmup=1, repeats=3, threads=1)
+    out = bench_models({"torch": model, "runtime": Runtime()}, cfg, progress=False)
+    assert Runtime.calls == 4 and out["runtime"]["model"]["params"] is None
+    assert out["runtime"]["results"][0]["median_ms"] > 0

@@ -200,7 +200,7 @@ def make_bench_inputs(model: torch.nn.Module, batch_size: int, seq_len: int, see
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if _accepts_token_type_ids(model):
         inputs["token_type_ids"] = torch.zeros_like(ids)
-    param = next(model.parameters(), None)
+    param = next(model.parameters(), None) if hasattr(model, "parameters") else None
     if param is not None:
         inputs = {k: v.to(param.device) for k, v in inputs.items()}
     return inputs
@@ -307,6 +307,9 @@ def bench_models(
     ratios of their medians are what to report. The order alternates between rounds so no model is
     always first after another. Each model gets ``config.warmup`` untimed calls per batch size.
 
+    A "model" may be anything called as ``model(**inputs)`` with a transformers ``config`` (e.g. an
+    ONNX Runtime session wrapper), so other runtimes are timed in the same rounds as PyTorch.
+
     Returns:
         ``{name: result}`` with each result shaped like :func:`bench_model`'s.
     """
@@ -315,7 +318,7 @@ def bench_models(
     if not models:
         raise ValueError("models is empty: need at least one model to time")
     old_threads = torch.get_num_threads()
-    modes = {name: m.training for name, m in models.items()}
+    modes = {name: getattr(m, "training", None) for name, m in models.items()}
     names = list(models)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     total = len(config.batch_sizes) * len(names) * (config.warmup + config.repeats)
@@ -328,7 +331,8 @@ def bench_models(
             for batch_size in config.batch_sizes:
                 inputs = {}
                 for name in names:
-                    models[name].eval()
+                    if hasattr(models[name], "eval"):
+                        models[name].eval()
                     inputs[name] = make_bench_inputs(models[name], batch_size, config.seq_len, config.seed)
                     for _ in range(config.warmup):
                         models[name](**inputs[name])
@@ -358,7 +362,8 @@ def bench_models(
         bar.close()
         torch.set_num_threads(old_threads)
         for name, mode in modes.items():
-            models[name].train(mode)
+            if mode is not None:
+                models[name].train(mode)
     return {
         name: {
             "config": config.to_dict(),
@@ -366,7 +371,9 @@ def bench_models(
             "environment": env,
             "interleaved_with": [n for n in names if n != name],
             "model": {
-                "params": sum(p.numel() for p in models[name].parameters()),
+                "params": sum(p.numel() for p in models[name].parameters())
+                if hasattr(models[name], "parameters")
+                else None,
                 "class": f"{type(models[name]).__module__}.{type(models[name]).__qualname__}",
             },
         }

@@ -127,7 +127,25 @@ def sweep(
     per batch size and ``latency_ms`` at the first, seconds (compression time), and ``front_latency`` /
     ``front_memory``; plus ``models``: every model by point key (dense included), for export or reuse.
     """
-    from slimformer.bench import BenchConfig, bench_models
+    points, models = compress_points(model, tokenizer, task, config, name=name, progress=progress, on_point=on_point)
+    environment = time_points(points, models, config, progress=progress)
+    mark_fronts(points)
+    return {"points": points, "config": _config_dict(config), "environment": environment, "models": models}
+
+
+def compress_points(
+    model,
+    tokenizer,
+    task,
+    config: ParetoConfig,
+    *,
+    name: str = "dense",
+    progress: bool = True,
+    on_point: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], dict[str, Any]]:
+    """The sweep without timing: compress, evaluate on test, measure sizes. Returns (points, models by key)."""
+    from tqdm.auto import tqdm
+
     from slimformer.budget import Budget
     from slimformer.cost import cost_of
     from slimformer.evaluate import evaluate
@@ -143,9 +161,12 @@ def sweep(
     points = [_point(name, "dense", 1.0, model, tokenizer, test, config, evaluate, dense_cost, 0.0)]
     if on_point:
         on_point(points[-1])
-    for method in dict.fromkeys(m.removesuffix("+int8") for m in config.methods):
+    bases = list(dict.fromkeys(m.removesuffix("+int8") for m in config.methods))
+    bar = tqdm(total=len(bases) * len(config.budgets), desc="sweep", disable=not progress, leave=False)
+    for method in bases:
         want_fp32 = method in config.methods
         want_int8 = f"{method}+int8" in config.methods
+        bar.set_postfix(method=method)
         t0 = time.perf_counter()
         first = Budget(kind=config.kind, value=config.budgets[0], relative=True, seq_len=config.seq_len)
         importance = score(model, PruneConfig.from_dict({"method": method, "budget": first}), batches, progress=False)
@@ -171,12 +192,22 @@ def sweep(
                 models[key] = m
                 if on_point:
                     on_point(points[-1])
-        if want_int8:
+            bar.update()
+        if want_int8 and "dense+int8@1.0" not in models:
+            m = _int8(copy.deepcopy(model))
             key = "dense+int8@1.0"
-            if key not in models:
-                m = _int8(copy.deepcopy(model))
-                points.append(_point(key, "dense+int8", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
-                models[key] = m
+            points.append(_point(key, "dense+int8", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
+            models[key] = m
+            if on_point:
+                on_point(points[-1])
+    bar.close()
+    return points, models
+
+
+def time_points(points: list[dict], models: dict[str, Any], config: ParetoConfig, *, progress: bool = True) -> dict:
+    """Time every model interleaved; fill ``latency_b{B}_ms`` and ``latency_ms``. Returns the environment."""
+    from slimformer.bench import BenchConfig, bench_models
+
     logger.info("timing %d models interleaved at batch sizes %s", len(models), list(config.batch_sizes))
     bench = BenchConfig(batch_sizes=config.batch_sizes, seq_len=config.seq_len, repeats=config.repeats)
     timed = bench_models(models, bench, progress=progress)
@@ -184,15 +215,14 @@ def sweep(
         for r in timed[p["key"]]["results"]:
             p[f"latency_b{r['batch_size']}_ms"] = r["median_ms"]
         p["latency_ms"] = p[f"latency_b{config.batch_sizes[0]}_ms"]
+    return next(iter(timed.values()))["environment"]
+
+
+def mark_fronts(points: list[dict]) -> None:
+    """Set ``front_latency`` and ``front_memory`` on every point (see :func:`pareto_front`)."""
     for axis, x in (("front_latency", "latency_ms"), ("front_memory", "bytes")):
         for p, flag in zip(points, pareto_front(points, x, "accuracy"), strict=True):
             p[axis] = flag
-    return {
-        "points": points,
-        "config": _config_dict(config),
-        "environment": next(iter(timed.values()))["environment"],
-        "models": models,
-    }
 
 
 def _config_dict(config: ParetoConfig) -> dict[str, Any]:
