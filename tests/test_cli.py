@@ -1,5 +1,6 @@
 """The command line: JSON a script can parse, clear errors, nothing overwritten."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -198,23 +199,47 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
         batch_sizes=(1, 2),
         finetune=FinetuneConfig(epochs=1, batch_size=8, max_length=16),
         calibration=16,
-        budgets=("macs=0.7", "macs=0.4"),
+        methods=("magnitude", "magnitude+int8"),
+        budgets=(0.7, 0.4),
+        onnx="magnitude@0.4",
     )
     report = run_demo(config, tmp_path / "run", progress=False)
     assert not report["finetune_reused"]
-    seq = report["seq_len"]
-    assert [r["name"] for r in report["rows"]] == [
+    names = [r["name"] for r in report["rows"]]
+    assert names == [
         f"{saved_model[0]} (dense)",
-        f"optin macs=0.7,seq={seq}",
-        f"optin macs=0.4,seq={seq}",
+        "magnitude macs=0.7",
+        "magnitude+int8 macs=0.7",
+        "magnitude macs=0.4",
+        "magnitude+int8 macs=0.4",
+        "dense+int8 macs=1.0",
+        "magnitude macs=0.4 onnx-int8",
     ]
-    assert report["rows"][2]["macs"] < report["rows"][1]["macs"] < report["rows"][0]["macs"]
-    for name in ("report.json", "report.md", "accuracy_vs_macs.png"):
-        assert (tmp_path / "run" / name).stat().st_size > 0
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["magnitude macs=0.4"]["macs"] < rows["magnitude macs=0.7"]["macs"] < report["rows"][0]["macs"]
+    assert rows["magnitude+int8 macs=0.4"]["bytes"] < rows["magnitude macs=0.4"]["bytes"]
+    assert all(r["latency_b1_ms"] > 0 and r["latency_b2_ms"] > 0 for r in report["rows"])
+    assert report["rows"][0]["speedup_b1"] == 1.0
+    assert report["onnx"]["verification"]["fp32"]["passed"]
+    for name in ("report.json", "report.md", "frontier_latency.png", "frontier_memory.png", "onnx/model.int8.onnx"):
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
     again = run_demo(config, tmp_path / "run2", progress=False)
     assert again["finetune_reused"]
     with pytest.raises(FileExistsError):
         run_demo(config, tmp_path / "run", progress=False)
+    dense_only = run_demo(
+        dataclasses.replace(config, methods=(), budgets=(), onnx=None), tmp_path / "run3", progress=False
+    )
+    assert [r["name"] for r in dense_only["rows"]] == names[:1] and not dense_only["plots"]
+
+
+def test_demo_config_errors():
+    from slimformer.pipeline import DemoConfig
+
+    with pytest.raises(ValueError, match="onnx='optin@0.5'"):
+        DemoConfig(methods=("optin",), budgets=(0.6, 0.4), onnx="optin@0.5")
+    with pytest.raises(ValueError, match="budgets is empty"):
+        DemoConfig(methods=("optin",), budgets=(), onnx=None)
 
 
 def test_pareto_writes_frontiers(saved_model, csv_task, tmp_path):

@@ -491,29 +491,39 @@ def demo(
     ] = None,
     model: Annotated[str, typer.Option(help="model to fine-tune and measure")] = "minilm-l6",
     task: TaskOpt = "rotten_tomatoes",
-    repeats: Annotated[int, typer.Option(help="timed runs per batch size")] = 10,
-    method: Annotated[str, typer.Option(help="one-shot pruning method of the compression step")] = "optin",
-    budget: Annotated[
-        list[str] | None,
-        typer.Option("--budget", help="budget of the compression step (repeatable; default macs=0.8/0.6/0.5/0.4)"),
-    ] = None,
-    compress: Annotated[bool, typer.Option(help="run the compression step after the dense baseline")] = True,
+    repeats: Annotated[int, typer.Option(help="timed runs per batch size (all models interleaved)")] = 10,
+    methods: Annotated[
+        str, typer.Option(help="comma-separated methods of the sweep; METHOD+int8 adds its dynamic int8 version")
+    ] = "optin,fisher,optin+int8",
+    budgets: Annotated[str, typer.Option(help="comma-separated MACs budgets of the sweep (fractions)")] = "0.6,0.4",
+    onnx: Annotated[
+        str, typer.Option(help="METHOD@BUDGET of the sweep to export to ONNX (onnxruntime int8); 'none' to skip")
+    ] = "optin@0.4",
+    compress: Annotated[bool, typer.Option(help="run the compression sweep after the dense baseline")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
     as_json: JsonOpt = False,
 ):
-    """The main job: fine-tune (cached), evaluate on test, prune at a few budgets, measure, report, plot."""
+    """The main job: fine-tune (cached), compress several ways, export one model to ONNX, measure, plot.
+
+    Every model is evaluated on the test split and timed in the same interleaved rounds; the table marks
+    the accuracy-latency (*) and accuracy-memory (†) frontiers, and the plots are written next to it.
+    """
     from datetime import datetime
 
     from slimformer.pipeline import DemoConfig, run_demo
-    from slimformer.report import rich_table
+    from slimformer.report import DEMO_COLUMNS, rich_table
 
     if out is None:
         out = Path("runs") / f"{model}-{Path(task).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
-        budgets = {"budgets": tuple(budget)} if budget else {}
-        if not compress:
-            budgets = {"budgets": ()}
-        config = DemoConfig(model=model, task=task, repeats=repeats, method=method, **budgets)
+        sweep: dict = {"methods": (), "budgets": (), "onnx": None}
+        if compress:
+            sweep = {
+                "methods": tuple(m.strip() for m in methods.split(",") if m.strip()),
+                "budgets": tuple(float(b) for b in budgets.split(",") if b.strip()),
+                "onnx": None if onnx.lower() == "none" else onnx,
+            }
+        config = DemoConfig(model=model, task=task, repeats=repeats, **sweep)
         report = run_demo(config, out, overwrite=overwrite, progress=not as_json)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -521,10 +531,12 @@ def demo(
         _emit_json(report)
         return
     console = _console()
-    console.print(rich_table(report["rows"], title=f"{model} on {report['task']['name']} (test split)"))
-    console.print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    if report.get("plot"):
-        console.print(f"plot: {report['plot']}")
+    title = f"{model} on {report['task']['name']} (test split)"
+    console.print(rich_table(report["rows"], title=title, columns=DEMO_COLUMNS))
+    console.print("x = speedup over dense; frontier: * accuracy-latency, † accuracy-memory")
+    console.print(f"report: {out / 'report.md'} (and report.json)")
+    for name, path in report.get("plots", {}).items():
+        console.print(f"plot ({name}): {path}")
 
 
 def _register_command_modules() -> None:

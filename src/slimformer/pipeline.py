@@ -1,12 +1,10 @@
-"""The main job: fine-tune (cached) the built-in model on the built-in task, then measure it.
-
-Later compression methods add rows to the same report: every row is measured the same way by
-:func:`measure` (test-split metrics, cost model, wall-clock latency).
+"""The main job: fine-tune (cached) the built-in model on the built-in task, compress it several
+ways, export one result to ONNX, and report accuracy, size and wall-clock latency of every model
+(all evaluated on the test split, all timed in the same interleaved rounds) with frontier plots.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -131,14 +129,20 @@ class DemoConfig:
         default=None, metadata={"help": "fine-tuning settings; default: the task's built-in recipe (RECIPES)"}
     )
     batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"help": "batch sizes to time"})
-    repeats: int = field(default=10, metadata={"help": "timed repeats per batch size"})
+    repeats: int = field(default=10, metadata={"help": "timed repeats per batch size (all models interleaved)"})
     seq_len: int | None = field(
         default=None, metadata={"help": "length for MACs and latency; default: the task's p90 length"}
     )
-    method: str = field(default="optin", metadata={"help": "one-shot pruning method of the compression step"})
-    budgets: tuple[str, ...] = field(
-        default=("macs=0.8", "macs=0.6", "macs=0.5", "macs=0.4"),
-        metadata={"help": "budgets of the compression step (empty: no compression)"},
+    methods: tuple[str, ...] = field(
+        default=("optin", "fisher", "optin+int8"),
+        metadata={"help": "compression methods of the sweep (METHOD+int8: its dynamic int8 version); empty: none"},
+    )
+    budgets: tuple[float, ...] = field(
+        default=(0.6, 0.4), metadata={"help": "MACs budgets of the sweep, fractions of the dense model's MACs"}
+    )
+    onnx: str | None = field(
+        default="optin@0.4",
+        metadata={"help": "METHOD@BUDGET of the sweep to export as ONNX (onnxruntime int8); None: no export"},
     )
     calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
 
@@ -147,6 +151,21 @@ class DemoConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+        if self.methods and not self.budgets:
+            raise ValueError("budgets is empty: give at least one MACs fraction, or no methods")
+        if self.onnx is not None:
+            method, _, budget = self.onnx.partition("@")
+            try:
+                ok = method in self.methods and float(budget) in self.budgets
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"onnx={self.onnx!r}: must be METHOD@BUDGET of the sweep, i.e. a method of {list(self.methods)} "
+                    f"at a budget of {list(self.budgets)} (or None)"
+                )
 
 
 def baseline(
@@ -176,6 +195,7 @@ def baseline(
     return {
         "row": row,
         "model": model,
+        "tokenizer": tokenizer,
         "finetuned_model": str(folder),
         "finetune_reused": reused,
         "finetune": json.loads((folder / "finetune_report.json").read_text()),
@@ -191,96 +211,151 @@ def baseline(
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Fine-tune (cached), evaluate on test, measure, and write ``report.json`` + ``report.md``."""
+    """The main job: fine-tune (cached), then a short frontier sweep, one ONNX export, plots and a table.
+
+    Every model (dense, each compressed variant, the ONNX one) is evaluated on the test split and
+    timed in the same interleaved rounds. Writes ``report.json``, ``report.md``, the frontier
+    plots and the ONNX folder into ``out_dir``.
+    """
     from slimformer.data import load_task
     from slimformer.export import prepare_output_dir
-    from slimformer.report import markdown_table, write_json
+    from slimformer.pareto import ParetoConfig, compress_points, mark_fronts, plot_frontier, time_points
+    from slimformer.report import write_json
 
     out = prepare_output_dir(out_dir, overwrite=overwrite)
     t0 = time.perf_counter()
     task = load_task(config.task)
     recipe = config.finetune or recipe_for(task.name)
     base = baseline(config.model, task, recipe, seq_len=config.seq_len, progress=progress)
-    row, model, seq_len = base.pop("row"), base.pop("model"), base["seq_len"]
+    dense_row, model, seq_len = base.pop("row"), base.pop("model"), base["seq_len"]
+    tokenizer = base.pop("tokenizer")
     folder, reused = base["finetuned_model"], base["finetune_reused"]
-    rows, models = [row], [model]
-    pruning = []
-    if config.budgets:
-        pruned_rows, pruned_models, pruning = compress_step(
-            config, task, folder, seq_len, recipe.max_length, progress=progress
-        )
-        rows += pruned_rows
-        models += pruned_models
-    logger.info("timing %d models interleaved at %d tokens", len(models), seq_len)
-    environment = add_latency(
-        rows, models, seq_len=seq_len, batch_sizes=config.batch_sizes, repeats=config.repeats, progress=progress
+    sweep_config = ParetoConfig(
+        methods=config.methods or ("optin",),
+        budgets=config.budgets or (1.0,),
+        seq_len=seq_len,
+        batch_sizes=config.batch_sizes,
+        repeats=config.repeats,
+        calibration=config.calibration,
+        max_length=recipe.max_length,
     )
-    base["environment"] = environment
+    dense_name = f"{config.model} (dense)"
+    if config.methods:
+        points, models = compress_points(model, tokenizer, task, sweep_config, name=dense_name, progress=progress)
+    else:
+        points, models = [_dense_point(dense_name, dense_row, model)], {dense_name: model}
+    onnx_report = None
+    if config.onnx is not None:
+        onnx_report = _onnx_point(config.onnx, points, models, tokenizer, task, out / "onnx", recipe.max_length)
+    environment = time_points(points, models, sweep_config, progress=progress)
+    mark_fronts(points)
+    rows = [_row(p, points[0], seq_len, dense_row) for p in points]
+    plots = {}
+    if len(points) > 1:
+        title = f"{config.model} on {task.name} (test split)"
+        b = config.batch_sizes[0]
+        plots["latency"] = str(
+            plot_frontier(points, "latency_ms", out / "frontier_latency.png", title=title,
+                          xlabel=f"latency at batch {b} x {seq_len} tokens (ms)")
+        )  # fmt: skip
+        plots["memory"] = str(
+            plot_frontier(points, "bytes", out / "frontier_memory.png", title=title, xlabel="weights (MB, as stored)")
+        )
     report = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": config.model,
         **base,
+        "environment": environment,
         "rows": rows,
-        "pruning": pruning,
+        "onnx": onnx_report,
+        "plots": plots,
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "report.json", report)
-    plot = None
-    if len(rows) > 1:
-        from slimformer.report import plot_accuracy_vs_macs
-
-        plot = plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png", title=f"{config.model} on {task.name}")
-        report["plot"] = str(plot)
-    md = [
-        f"# slimformer run: {config.model} on {task.name}",
-        "",
-        f"Test split: {task.sizes()['test']} examples (content hash {task.content_hash}). "
-        f"MACs and latency at {seq_len} tokens (p90 of the training texts); latency is the median "
-        f"wall clock of {config.repeats} runs, all models timed in alternating calls, on "
-        f"{environment.get('processor')}, "
-        f"{environment.get('torch_threads')} threads, torch {environment.get('torch')}.",
-        "",
-        markdown_table(report["rows"]),
-        "",
-        f"Fine-tuned model: `{folder}` ({'reused from cache' if reused else 'trained in this run'}).",
-        "",
-    ]
-    if plot is not None:
-        md += [f"![accuracy vs MACs]({plot.name})", ""]
-    (out / "report.md").write_text("\n".join(md))
+    (out / "report.md").write_text(_demo_markdown(report, config, task, seq_len, folder, reused))
     return report
 
 
-def compress_step(config: DemoConfig, task, folder: Path, seq_len: int, max_length: int, *, progress: bool = True):
-    """Prune the fine-tuned model at each budget (scores computed once); evaluate every result.
+def _dense_point(name: str, row: dict, model) -> dict:
+    from slimformer.pareto import _weight_bytes
 
-    Returns the rows (without latency), the pruned models and the pruning reports.
-    """
-    from slimformer.budget import Budget
-    from slimformer.models import load_model
-    from slimformer.static import PruneConfig, calibration_batches, prune, score
+    return {"key": name, "method": "dense", "budget": 1.0, "accuracy": row["accuracy"], "params": row["params"],
+            "macs": row["macs"], "bytes": _weight_bytes(model), "seconds": 0.0}  # fmt: skip
 
-    model, tokenizer = load_model(str(folder))
-    batches = calibration_batches(task.split("train"), tokenizer, size=config.calibration, max_length=max_length)
-    budgets = []
-    for text in config.budgets:
-        budget = Budget.parse(text)
-        if "seq" not in text:  # measure MACs at the length the table reports
-            budget = dataclasses.replace(budget, seq_len=seq_len)
-        budgets.append(budget)
-    importance = score(
-        model, PruneConfig.from_dict({"method": config.method, "budget": budgets[0]}), batches, progress=progress
-    )
-    rows, models, reports = [], [], []
-    for budget in budgets:
-        cfg = PruneConfig.from_dict({"method": config.method, "budget": budget})
-        result = prune(model, cfg, batches, importance=importance, progress=progress)
-        rows.append(
-            measure(
-                result.model, tokenizer, task, name=f"{config.method} {budget}", seq_len=seq_len,
-                max_length=max_length, progress=progress,
-            )
-        )  # fmt: skip
-        models.append(result.model)
-        reports.append({k: v for k, v in result.report.items() if k != "repair"})
-    return rows, models, reports
+
+def _onnx_point(spec: str, points, models, tokenizer, task, folder: Path, max_length: int) -> dict:
+    """Export the sweep's ``spec`` model as ONNX + onnxruntime int8 (verified); add it as a point to time."""
+    from slimformer.onnx_export import ExportConfig, OnnxModel, export_onnx
+
+    source = next(p for p in points if p["key"] == spec)
+    texts = [e.text for e in task.split("validation")[:32]]
+    report = export_onnx(
+        models[spec], tokenizer, folder, ExportConfig(int8=True, max_length=max_length), texts=texts, bench=None,
+        progress=False,
+    )  # fmt: skip
+    onnx = OnnxModel(folder / report["files"]["int8"])
+    onnx.config = models[spec].config  # what bench_models reads to build its inputs
+    metrics = onnx.evaluate(tokenizer, task.split("test"), num_labels=task.num_labels, max_length=max_length)
+    key = f"{spec} onnx-int8"
+    points.append(
+        {**{k: source[k] for k in ("budget", "params", "macs", "seconds")}, "key": key,
+         "method": f"{source['method']} onnx-int8", "accuracy": metrics["accuracy"],
+         "bytes": report["bytes"]["int8"]}
+    )  # fmt: skip
+    models[key] = onnx
+    return {"folder": str(folder), "source": spec, "verification": report["verification"], "bytes": report["bytes"]}
+
+
+def _row(point: dict, dense: dict, seq_len: int, dense_row: dict) -> dict:
+    """A table row (report.COLUMNS keys) from a sweep point, with speedups over dense."""
+    name = point["key"] if point is dense else point["key"].replace("@", " macs=")
+    row = {
+        "name": name,
+        "params": point["params"],
+        "macs": point["macs"],
+        "seq_len": seq_len,
+        "accuracy": point["accuracy"],
+        "bytes": point["bytes"],
+        "front_latency": point.get("front_latency"),
+        "front_memory": point.get("front_memory"),
+        "frontier": ("*" if point.get("front_latency") else "") + ("†" if point.get("front_memory") else ""),
+        "seconds": point["seconds"],
+    }
+    for key in point:
+        if key.startswith("latency_b") and key.endswith("_ms"):
+            row[key] = point[key]
+            b = key[len("latency_b") : -len("_ms")]
+            row[f"speedup_b{b}"] = dense[key] / point[key]
+            row[f"throughput_b{b}"] = int(b) / (point[key] / 1e3)
+    if point is dense:
+        row["f1_macro"] = dense_row.get("f1_macro")
+    return row
+
+
+def _demo_markdown(report: dict, config: DemoConfig, task, seq_len: int, folder, reused: bool) -> str:
+    from slimformer.report import DEMO_COLUMNS, markdown_table
+
+    env = report["environment"]
+    md = [
+        f"# slimformer run: {config.model} on {task.name}",
+        "",
+        f"Test split: {task.sizes()['test']} examples (content hash {task.content_hash}). MACs and latency at "
+        f"{seq_len} tokens (p90 of the training texts); latency is the median wall clock of {config.repeats} "
+        f"runs, all models timed in alternating calls, on {env.get('processor')}, {env.get('torch_threads')} "
+        f"threads, torch {env.get('torch')}. 'x' = speedup over dense; weights = bytes as stored "
+        "(int8 models: the quantized state dict or ONNX file). Frontier: * accuracy-latency, † accuracy-memory.",
+        "",
+        markdown_table(report["rows"], DEMO_COLUMNS),
+        "",
+        f"Fine-tuned model: `{folder}` ({'reused from cache' if reused else 'trained in this run'}).",
+    ]
+    if report.get("onnx"):
+        v = report["onnx"]["verification"]
+        md.append(
+            f"ONNX export of {report['onnx']['source']}: `{report['onnx']['folder']}`; fp32 max |logit diff| vs "
+            f"PyTorch {v['fp32']['max_abs_diff']:.2g}, int8 argmax agreement {v['int8']['argmax_agreement']:.1%}."
+        )
+    md.append("")
+    for name, path in report["plots"].items():
+        md += [f"![accuracy vs {name}]({Path(path).name})", ""]
+    return "\n".join(md)

@@ -29,6 +29,25 @@ COLUMNS: tuple[tuple[str, str, Callable], ...] = (
 )
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+#: Columns of the main job's table: every model against dense, with its frontier marks.
+DEMO_COLUMNS: tuple[tuple[str, str, Callable], ...] = (
+    ("name", "model", str),
+    ("accuracy", "test acc", "{:.4f}".format),
+    ("bytes", "weights MB", _mb),
+    ("params", "params", human),
+    ("macs", "MACs/seq", human),
+    ("latency_b1_ms", "ms @b1", "{:.2f}".format),
+    ("speedup_b1", "x @b1", "{:.2f}".format),
+    ("latency_b32_ms", "ms @b32", "{:.1f}".format),
+    ("speedup_b32", "x @b32", "{:.2f}".format),
+    ("frontier", "frontier", str),  # "*": on the accuracy-latency frontier, "†": accuracy-memory
+)
+
+
 def _cells(row: dict, columns=COLUMNS) -> list[str]:
     return ["-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in columns]
 
@@ -56,36 +75,4 @@ def write_json(path: str | Path, data) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
-
-
-def plot_accuracy_vs_macs(rows: Sequence[dict], path: str | Path, *, title: str = "") -> Path:
-    """PNG of test accuracy against MACs per sequence; the first row is the dense reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    dense, others = rows[0], rows[1:]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.axhline(dense["accuracy"], color="grey", linestyle=":", linewidth=1)
-    ax.scatter(
-        [dense["macs"] / 1e6], [dense["accuracy"]], color="black", marker="*", s=120, label=dense["name"], zorder=3
-    )
-    groups: dict[str, list[dict]] = {}
-    for r in others:
-        groups.setdefault(r["name"].split(" ")[0], []).append(r)
-    for method, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["macs"])
-        ax.plot([r["macs"] / 1e6 for r in rs], [r["accuracy"] for r in rs], marker="o", label=method)
-    ax.set_xlabel(f"MACs per sequence (millions, {dense['seq_len']} tokens)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
     return path
