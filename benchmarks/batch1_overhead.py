@@ -1,0 +1,126 @@
+"""Where batch-1 time goes: matrix products (which pruning shrinks) against everything else.
+
+Pruning removes MACs, and MACs are matrix products. At batch 1 x 128 tokens MiniLM-L6 also spends a
+fixed time per layer on work pruning cannot remove (LayerNorms, residual adds, bias copies, the
+Python and dispatch cost of each module call), which caps the batch-1 speedup below the MACs ratio.
+This script profiles the dense fine-tuned model and OPTIN-shaped pruned models (shapes from
+``benchmarks/results/prune_budgets_rotten.json``, first seed) with ``torch.profiler`` and splits each
+forward into time in ``aten::addmm``/``aten::mm``/attention kernels and the rest, then predicts the
+speedup ceiling that this fixed part leaves. Writes benchmarks/results/batch1_overhead.{json,md}.
+
+    .venv/bin/python benchmarks/batch1_overhead.py [--calls 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from slimformer.bench import environment, make_bench_inputs
+from slimformer.cost import cost_of
+from slimformer.data import load_task
+from slimformer.models import load_model
+from slimformer.pipeline import RECIPES, finetune_cached
+from slimformer.report import write_json
+from slimformer.structure import Structure
+from slimformer.surgery import KeepPlan, apply_plan
+
+OUT = Path(__file__).parent / "results"
+MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def breakdown(model, inputs: dict, calls: int) -> dict:
+    """Wall ms per forward, and the part of it inside matrix-product kernels (profiler self time)."""
+    with torch.inference_mode():
+        for _ in range(5):
+            model(**inputs)
+        walls = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            model(**inputs)
+            walls.append((time.perf_counter() - t0) * 1e3)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                model(**inputs)
+    per_op = {e.key: e.self_cpu_time_total / calls / 1e3 for e in prof.key_averages()}
+    matmul = sum(v for k, v in per_op.items() if k in MATMUL_OPS)
+    walls.sort()
+    wall = walls[len(walls) // 2]
+    top = sorted(((k, v) for k, v in per_op.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])[:6]
+    return {"wall_ms": wall, "matmul_ms": matmul, "other_ms": wall - matmul, "top_other": dict(top)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--shapes", type=Path, default=OUT / "prune_budgets_rotten.json")
+    args = parser.parse_args(argv)
+
+    task = load_task("rotten_tomatoes")
+    folder, _ = finetune_cached("minilm-l6", task, RECIPES["rotten_tomatoes"], progress=False)
+    dense, _ = load_model(str(folder))
+    runs = json.loads(args.shapes.read_text())["results"][0]["runs"]
+    seed = min(r["seed"] for r in runs)
+    rows = []
+    dense_macs = cost_of(Structure.from_model(dense), 128).macs
+    models = [("dense", 1.0, dense)]
+    for r in runs:
+        if r["method"] == "optin" and r["seed"] == seed:
+            plan = KeepPlan(
+                heads=tuple(tuple(range(x["heads"])) for x in r["layers"]),
+                ffn=tuple(tuple(range(x["ffn"])) for x in r["layers"]),
+                layers=(True,) * len(r["layers"]),
+            )
+            models.append((f"optin {r['budget']}", r["budget"], apply_plan(copy.deepcopy(dense), plan)))
+    inputs = make_bench_inputs(dense, 1, 128, 0)
+    for name, _, model in models:
+        b = breakdown(model.eval(), inputs, args.calls)
+        b["name"] = name
+        b["macs_rel"] = cost_of(Structure.from_model(model), 128).macs / dense_macs
+        rows.append(b)
+        print(f"{name}: wall {b['wall_ms']:.2f} ms, matmul {b['matmul_ms']:.2f}, other {b['other_ms']:.2f}", flush=True)
+    d = rows[0]
+    for r in rows:
+        r["speedup"] = d["wall_ms"] / r["wall_ms"]
+        r["speedup_x_macs"] = r["speedup"] * r["macs_rel"]
+        # If matrix products shrank exactly with MACs and the rest stayed as in dense:
+        r["ceiling_x_macs"] = d["wall_ms"] / (d["other_ms"] + d["matmul_ms"] * r["macs_rel"]) * r["macs_rel"]
+    env = environment()
+    report = {
+        "rows": rows,
+        "environment": env,
+        "command": "python benchmarks/batch1_overhead.py " + " ".join(argv or sys.argv[1:]),
+    }
+    write_json(OUT / "batch1_overhead.json", report)
+    lines = [
+        "# Batch-1 time: matrix products vs the rest (MiniLM-L6, 1 x 128 tokens)",
+        "",
+        f"Median wall clock of {args.calls} calls; matmul = profiler self time in addmm/mm/bmm and the SDPA "
+        f"kernel; other = wall - matmul. {env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, "
+        f"{env['datetime_utc']}. 'ceiling' = the speedup x MACs ratio reachable if matrix products shrank exactly "
+        "with MACs and everything else stayed as in dense.",
+        "",
+        "| model | MACs | wall ms | matmul ms | other ms | speedup | x MACs | ceiling x MACs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['macs_rel']:.2f} | {r['wall_ms']:.2f} | {r['matmul_ms']:.2f} | {r['other_ms']:.2f} | "
+            f"{r['speedup']:.2f} | {r['speedup_x_macs']:.2f} | {r['ceiling_x_macs']:.2f} |"
+        )
+    lines += ["", "Largest non-matmul ops in dense (ms per forward): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in d["top_other"].items())]  # fmt: skip
+    (OUT / "batch1_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
