@@ -6,17 +6,23 @@ TEST split and timed; then every method prunes it at every budget, for each cali
 (method, budget): test accuracy (mean, std, min, max over seeds), achieved MACs and params
 relative to dense, the method's time (scoring + selection + surgery + repair), and for the first
 seed the wall-clock latency at batch 1 and 32 x 128 tokens against dense measured in the same
-run, with the speedup and its ratio to the MACs reduction. Writes
-benchmarks/results/prune_budgets.{json,md} (updated after every task).
+run (all models timed in alternating calls), with the speedup and its ratio to the MACs reduction.
+Writes benchmarks/results/<out>.{json,md} (updated after every task).
 
     .venv/bin/python benchmarks/prune_budgets.py [--tasks rotten_tomatoes,bbc_news] \
         [--methods optin,fisher,magnitude,random,torch-pruning] [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] \
-        [--calibration 1024] [--no-repair-row]
+        [--calibration 1024] [--no-repair-row] [--threads 1 --skip-latency] [--out prune_budgets]
+
+On a shared machine, run the accuracy part with ``--threads 1 --skip-latency`` (several at once if
+you like), then time the recorded shapes alone on the quiet machine at the default thread count:
+
+    .venv/bin/python benchmarks/prune_budgets.py --latency-from benchmarks/results/<out>.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -118,29 +124,66 @@ def run_task(name: str, args, log) -> dict:
                 "%s %s %s seed %d: acc %.4f, MACs %.3f, %.1fs",
                 name, label, value, seed, run["accuracy"], run["macs_rel"], run["seconds"],
             )  # fmt: skip
-    # Latency last, all models of the first seed and dense in alternating calls: a speedup is a ratio of
-    # two medians taken under the same machine conditions.
-    log.info("%s: timing %d models interleaved", name, len(timed_models))
-    ms = timed(timed_models)
-    dense_ms = ms["dense"]
-    for run in runs:
+    result = {
+        "task": name,
+        "content_hash": task.content_hash,
+        "dense": {"accuracy": dense_metrics["accuracy"], "macs": dense_cost.macs, "params": dense_cost.params},
+        "runs": runs,
+    }
+    if not args.skip_latency:
+        # All models of the first seed and dense in alternating calls: a speedup is a ratio of two
+        # medians taken under the same machine conditions.
+        log.info("%s: timing %d models interleaved", name, len(timed_models))
+        add_latency(result, timed(timed_models), args.seeds[0])
+    result["summary"] = summarize(runs)
+    return result
+
+
+def add_latency(result: dict, ms: dict[str, dict[int, float]], seed: int) -> None:
+    """Write dense latency and each timed run's latency, speedup and speedup x MACs ratio into ``result``."""
+    dense_ms = result["dense"]["latency_ms"] = ms["dense"]
+    for run in result["runs"]:
         key = f"{run['method']}@{run['budget']}"
-        if run["seed"] == args.seeds[0] and key in ms:
+        if run["seed"] == seed and key in ms:
             run["latency_ms"] = ms[key]
             run["speedup"] = {b: dense_ms[b] / ms[key][b] for b in ms[key]}
             run["speedup_vs_macs"] = {b: run["speedup"][b] * run["macs_rel"] for b in ms[key]}
-    return {
-        "task": name,
-        "content_hash": task.content_hash,
-        "dense": {
-            "accuracy": dense_metrics["accuracy"],
-            "latency_ms": dense_ms,
-            "macs": dense_cost.macs,
-            "params": dense_cost.params,
-        },
-        "runs": runs,
-        "summary": summarize(runs),
-    }
+
+
+def latency_pass(path: Path, log) -> dict:
+    """Time the first seed's pruned shapes of an earlier run, interleaved with dense, on this machine now.
+
+    Latency depends only on the shapes (dense matrix products of the same sizes), so each pruned model
+    is rebuilt from its recorded per-layer (heads, FFN width) by keeping that many leading units of the
+    dense model: the same computation as the pruned model, without redoing the pruning.
+    """
+    import copy
+
+    from slimformer.surgery import KeepPlan, apply_plan
+
+    report = json.loads(path.read_text())
+    for result in report["results"]:
+        name = result["task"]
+        folder, _ = finetune_cached(report.get("model", "minilm-l6"), load_task(name), RECIPES[name])
+        model, _ = load_model(str(folder))
+        seed = min(r["seed"] for r in result["runs"])
+        models = {"dense": model}
+        for run in result["runs"]:
+            if run["seed"] != seed:
+                continue
+            layers = run["layers"]
+            plan = KeepPlan(
+                heads=tuple(tuple(range(x["heads"])) for x in layers),
+                ffn=tuple(tuple(range(x["ffn"])) for x in layers),
+                layers=(True,) * len(layers),
+            )
+            models[f"{run['method']}@{run['budget']}"] = apply_plan(copy.deepcopy(model), plan)
+        log.info("%s: timing %d models interleaved", name, len(models))
+        add_latency(result, timed(models), seed)
+        result["summary"] = summarize(result["runs"])
+    report["latency_environment"] = environment()
+    report["latency_command"] = f"python benchmarks/prune_budgets.py --latency-from {path}"
+    return report
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -170,22 +213,26 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(results: list[dict], args, env: dict) -> str:
+def markdown(results: list[dict], args, env: dict, prune_env: dict) -> str:
+    """``env``: where latency was measured; ``prune_env``: where pruning and evaluation ran."""
     lines = [
         "# One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)",
         "",
-        f"Test split; {args.calibration} calibration examples from train; seeds {args.seeds}; MACs and latency at "
-        f"{BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, dense and every pruned model "
-        f"timed in alternating calls, {env['processor']}, "
+        f"Test split; {args.calibration} calibration examples from train; seeds {args.seeds}. Pruning and "
+        f"evaluation: {prune_env['torch_threads']} torch thread(s), {prune_env['datetime_utc']}; 'time' is the "
+        "method's wall clock there (scoring, selection, surgery, repair) on a machine shared with other jobs.",
+        "",
+        f"MACs and latency at {BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, dense and "
+        f"every pruned model of the first seed timed in alternating calls, {env['processor']}, "
         f"{env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. Speedup = dense / pruned "
-        "wall clock (first seed); 'x MACs' = speedup x (pruned MACs / dense MACs), 1.0 is the physical limit.",
+        "wall clock; 'x MACs' = speedup x (pruned MACs / dense MACs), 1.0 is the physical limit.",
     ]
     for res in results:
         d = res["dense"]
         lines += [
             "",
-            f"## {res['task']} (dense test accuracy {d['accuracy']:.4f}, "
-            f"{d['latency_ms'][1]:.1f} ms @b1, {d['latency_ms'][32]:.0f} ms @b32)",
+            f"## {res['task']} (dense test accuracy {d['accuracy']:.4f}"
+            + (f", {d['latency_ms'][1]:.1f} ms @b1, {d['latency_ms'][32]:.0f} ms @b32)" if "latency_ms" in d else ")"),
             "",
             "| method | MACs budget | test acc (mean ± std) | min-max | MACs | params | speedup b1 / b32 "
             "| x MACs b1 / b32 | time (s) |",
@@ -216,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--no-repair-row", action="store_true", help="skip the optin-without-repair rows")
     parser.add_argument("--out", default="prune_budgets", help="file stem under benchmarks/results")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for pruning and evaluation")
+    parser.add_argument("--skip-latency", action="store_true", help="no timing (run --latency-from later)")
+    parser.add_argument(
+        "--latency-from", type=Path, default=None, help="only time the shapes of this earlier run's JSON, in place"
+    )
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
     args.budgets = [float(x) for x in args.budgets.split(",")]
@@ -224,6 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("prune_budgets")
     torch.manual_seed(0)
 
+    if args.latency_from is not None:
+        report = latency_pass(args.latency_from, log)
+        write_json(args.latency_from, report)
+        env = report["latency_environment"]
+        args.calibration, args.seeds = report.get("calibration", args.calibration), report.get("seeds", args.seeds)
+        args.latency_from.with_suffix(".md").write_text(markdown(report["results"], args, env, report["environment"]))
+        print(args.latency_from.with_suffix(".md").read_text())
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0, results = time.perf_counter(), []
     for name in args.tasks.split(","):
         results.append(run_task(name, args, log))
@@ -231,12 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/prune_budgets.py " + " ".join(argv or sys.argv[1:]),
+            "model": args.model,
+            "calibration": args.calibration,
+            "seeds": args.seeds,
             "results": results,
             "environment": env,
             "wall_time_s": round(time.perf_counter() - t0, 1),
         }
         write_json(OUT / f"{args.out}.json", report)
-        (OUT / f"{args.out}.md").write_text(markdown(results, args, env))
+        (OUT / f"{args.out}.md").write_text(markdown(results, args, env, env))
     print((OUT / f"{args.out}.md").read_text())
     return 0
 
