@@ -71,7 +71,8 @@ def outside_prune(model, value: float, batches, seed: int):
     }
 
 
-def run_task(name: str, args, log) -> dict:
+def run_task(name: str, args, log, save=None) -> dict:
+    """Prune, evaluate (and time) one task; ``save(partial_result)`` runs after every seed."""
     recipe = RECIPES[name]
     task = load_task(name)
     folder, _ = finetune_cached(args.model, task, recipe)
@@ -124,12 +125,15 @@ def run_task(name: str, args, log) -> dict:
                 "%s %s %s seed %d: acc %.4f, MACs %.3f, %.1fs",
                 name, label, value, seed, run["accuracy"], run["macs_rel"], run["seconds"],
             )  # fmt: skip
-    result = {
-        "task": name,
-        "content_hash": task.content_hash,
-        "dense": {"accuracy": dense_metrics["accuracy"], "macs": dense_cost.macs, "params": dense_cost.params},
-        "runs": runs,
-    }
+        result = {
+            "task": name,
+            "content_hash": task.content_hash,
+            "dense": {"accuracy": dense_metrics["accuracy"], "macs": dense_cost.macs, "params": dense_cost.params},
+            "runs": runs,
+            "summary": summarize(runs),
+        }
+        if save is not None:  # a long run killed later still leaves every finished seed on disk
+            save(result)
     if not args.skip_latency:
         # All models of the first seed and dense in alternating calls: a speedup is a ratio of two
         # medians taken under the same machine conditions.
@@ -218,7 +222,8 @@ def markdown(results: list[dict], args, env: dict, prune_env: dict) -> str:
     lines = [
         "# One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)",
         "",
-        f"Test split; {args.calibration} calibration examples from train; seeds {args.seeds}. Pruning and "
+        f"Test split; {args.calibration} calibration examples from train; calibration seeds "
+        f"{sorted({r['seed'] for res in results for r in res['runs']})}. Pruning and "
         f"evaluation: {prune_env['torch_threads']} torch thread(s), {prune_env['datetime_utc']}; 'time' is the "
         "method's wall clock there (scoring, selection, surgery, repair) on a machine shared with other jobs.",
         "",
@@ -287,21 +292,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0, results = time.perf_counter(), []
-    for name in args.tasks.split(","):
-        results.append(run_task(name, args, log))
+
+    def save(done: list[dict]) -> None:
         env = environment()
         report = {
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/prune_budgets.py " + " ".join(argv or sys.argv[1:]),
             "model": args.model,
             "calibration": args.calibration,
-            "seeds": args.seeds,
-            "results": results,
+            "seeds": sorted({r["seed"] for res in done for r in res["runs"]}),
+            "results": done,
             "environment": env,
             "wall_time_s": round(time.perf_counter() - t0, 1),
         }
         write_json(OUT / f"{args.out}.json", report)
-        (OUT / f"{args.out}.md").write_text(markdown(results, args, env, env))
+        (OUT / f"{args.out}.md").write_text(markdown(done, args, env, env))
+
+    for name in args.tasks.split(","):
+        results.append(run_task(name, args, log, save=lambda partial: save([*results, partial])))
+        save(results)
     print((OUT / f"{args.out}.md").read_text())
     return 0
 
