@@ -125,3 +125,18 @@ def test_prune_then_int8_saves_and_loads(csv_task, tiny_tokenizer, tmp_path):
         torch.testing.assert_close(loaded(input_ids=ids).logits, out(input_ids=ids).logits, rtol=0, atol=0)
     with pytest.raises(FileExistsError):
         save_result(out, tiny_tokenizer, tmp_path / "m")
+
+
+def test_axformer_step_parses_and_runs_after_prune(csv_task, tiny_tokenizer):
+    steps = parse_recipe(
+        [{"step": "prune", "method": "magnitude", "budget": "macs=0.8"}, {"step": "axformer", "budget": "macs=0.6"}]
+    )
+    assert steps[1].config.budget.value == 0.6
+    with pytest.raises(RecipeError, match="step 1 \\(axformer\\)"):
+        parse_recipe([{"step": "axformer", "loss_tolerance": -1}])
+    model = make_tiny_model("bert", num_labels=2)
+    dense = cost_of(Structure.from_model(model), 128).macs
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=16, progress=False)
+    out, report = compress(model, steps, context)
+    assert report["steps"][1]["macs"] <= 0.6 * dense * 1.05  # may overshoot the budget by one unit
+    assert "validation" in context.cache

@@ -541,9 +541,11 @@ def demo(
 
 def _register_command_modules() -> None:
     """Commands that live in their own modules (thin wrappers over a library function each)."""
+    from slimformer.axformer.cli import axformer_command
     from slimformer.commands.export import export_command
 
     app.command("export")(export_command)
+    app.command("axformer")(axformer_command)
 
 
 _register_command_modules()

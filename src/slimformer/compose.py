@@ -257,6 +257,22 @@ def _run_int8(model, config, context: RecipeContext):
     return quantize_dynamic_int8(model, config, inplace=True)
 
 
+def _parse_axformer(fields: dict[str, Any]):
+    from slimformer.axformer import AxConfig
+
+    return AxConfig.from_dict(fields)
+
+
+def _run_axformer(model, config, context: RecipeContext):
+    from slimformer.axformer import axformer, validation_batches
+
+    if "validation" not in context.cache:
+        context.cache["validation"] = validation_batches(
+            context.task.split("validation"), context.tokenizer, max_length=context.max_length, seed=context.seed
+        )
+    return axformer(model, config, context.cache["validation"], progress=context.progress).model
+
+
 def save_result(model, tokenizer, folder: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:
     """Save a recipe's output: int8 models with :func:`slimformer.quantize.save_quantized`, others as slim folders."""
     from slimformer.export import save_model
@@ -269,6 +285,15 @@ def save_result(model, tokenizer, folder: str | Path, *, overwrite: bool = False
 def _register_builtin() -> None:
     if "prune" in STEPS:
         return
+    register_step(
+        StepKind(
+            name="axformer",
+            parse=_parse_axformer,
+            run=_run_axformer,
+            data="validation",
+            help="accuracy-driven removal searched on the validation split (+ hard top-k attention where it helps)",
+        )
+    )
     register_step(
         StepKind(
             name="int8",

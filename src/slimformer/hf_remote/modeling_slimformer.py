@@ -12,6 +12,11 @@ The config carries ``config.slimformer = {"format": 1, "layers": [{"heads": h, "
 one entry per layer that is still present (removed layers are gone from ``num_hidden_layers``),
 with the number of attention heads and FFN neurons it keeps. The head size stays
 ``hidden_size / num_attention_heads`` of the original config.
+
+Hard (top-k) attention, when some layers use it, is recorded in ``config.slimformer_topk =
+{"<origin>": k}``, keyed by the layer's index in the original model (``slimformer["origin"]``), so
+that removing layers later does not shift it: ``k`` is a count of keys per query (an int >= 1) or
+a fraction of each sequence's length (a float in (0, 1)). See :class:`TopKSelfAttention`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from transformers import (
 )
 
 SLIM_KEY = "slimformer"
+TOPK_KEY = "slimformer_topk"
 FORMAT_VERSION = 1
 
 #: Where each family keeps its parts, relative to the classifier (``layers``) or to one layer.
@@ -92,6 +98,151 @@ def _linear(n_in: int, n_out: int) -> nn.Linear:
         return nn.Linear(n_in, n_out)
 
 
+def check_topk(k) -> int | float:
+    """``k`` itself when it is a valid top-k setting, else ``ValueError`` saying what is allowed."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"topk={k!r}: must be an int >= 1 (keys per query) or a float in (0, 1) (fraction)")
+    if isinstance(k, int) and k < 1:
+        raise ValueError(f"topk={k!r}: a count of keys per query must be >= 1")
+    if isinstance(k, float) and not 0.0 < k < 1.0:
+        raise ValueError(f"topk={k!r}: a fraction of the sequence must be in (0, 1); use an int for a count")
+    return k
+
+
+def topk_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    topk: int | float,
+    scaling: float,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Softmax attention over only the ``topk`` highest-scoring keys of each query.
+
+    ``topk`` is a count (int, capped at the number of real keys) or a fraction of the real
+    (non-padding) keys of each sequence (float, rounded up, at least one). Keys tied with the
+    k-th score are kept too. Padding never counts, so a sequence gets the same result alone or in
+    a padded batch. The scores are computed densely: this saves no multiply-accumulates, it only
+    changes which keys each query mixes.
+
+    Args:
+        query, key, value: ``(B, H, T, s)``.
+        mask: ``None`` (no padding), a bool mask (True = may attend) or an additive float mask
+            (0 = may attend, very negative = padding), broadcastable to ``(B, 1, T, T)``.
+
+    Returns:
+        ``(B, H, T, s)``.
+    """
+    b, h, t, _ = query.shape
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, T, T)
+    low = torch.finfo(scores.dtype).min
+    if mask is None:
+        n_keys = scores.new_full((1, 1, 1, 1), t)
+    else:
+        allowed = mask if mask.dtype == torch.bool else mask > low / 2  # (B, 1, T|1, T)
+        scores = scores.masked_fill(~allowed, low)
+        n_keys = allowed.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1, T|1, 1) real keys per query
+    if isinstance(topk, float):
+        keep = torch.ceil(n_keys * topk).clamp(min=1)
+    else:
+        keep = n_keys.clamp(max=topk)
+    keep = keep.long().expand(b, h, t, 1)  # (B, H, T, 1) keys each query keeps
+    k_max = int(keep.max())
+    if k_max < t:
+        if bool((keep == k_max).all()):  # one k for every query (no padding): unsorted top-k is cheaper
+            kth = scores.topk(k_max, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, H, T, 1)
+        else:
+            top = scores.topk(k_max, dim=-1).values  # (B, H, T, k_max), descending
+            kth = top.gather(-1, keep - 1)  # (B, H, T, 1): the k-th largest score of each query
+        scores = scores.masked_fill(scores < kth, low)
+    probs = torch.softmax(scores, dim=-1)  # (B, H, T, T), zero outside the kept keys
+    probs = nn.functional.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, value)  # (B, H, T, s)
+
+
+class TopKSelfAttention(nn.Module):
+    """A layer's self-attention computed with hard (top-k) attention.
+
+    It takes over the projections of the attention module it replaces under the same names, so
+    checkpoints keep their keys and surgery still finds ``q``/``k``/``v`` (and, for DistilBERT,
+    the output projection) where the family keeps them. :func:`set_layer_topk` with ``None``
+    hands them back to the original module.
+    """
+
+    def __init__(self, core: nn.Module, names: dict[str, str | None], *, topk: int | float, head_size: int):
+        super().__init__()
+        for name, child in core.named_children():
+            self.add_module(name, child)
+        self.names = dict(names)  # q/k/v/o -> attribute name here (o is None when it lives outside)
+        self.attention_head_size = head_size
+        self.scaling = head_size**-0.5
+        self.topk = check_topk(topk)
+        object.__setattr__(self, "_dense_core", core)  # not a submodule: its children are ours now
+        self.train(core.training)
+
+    def dense_core(self) -> nn.Module:
+        """The original attention module, given back its (possibly reshaped) projections."""
+        core = self._dense_core
+        for name, child in self.named_children():
+            setattr(core, name, child)
+        return core.train(self.training)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        b, t, _ = hidden_states.shape
+        shape = (b, t, -1, self.attention_head_size)
+
+        def heads(name: str) -> torch.Tensor:  # (B, T, H * s) -> (B, H, T, s)
+            return getattr(self, self.names[name])(hidden_states).view(shape).transpose(1, 2)
+
+        dropout = getattr(getattr(self, "dropout", None), "p", 0.0)
+        out = topk_attention(
+            heads("q"),
+            heads("k"),
+            heads("v"),
+            attention_mask,
+            topk=self.topk,
+            scaling=self.scaling,
+            dropout=dropout,
+            training=self.training,
+        )  # (B, H, T, s)
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * s)
+        if self.names.get("o"):
+            out = getattr(self, self.names["o"])(out)
+        return out, None
+
+    def extra_repr(self) -> str:
+        return f"topk={self.topk}"
+
+
+def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | None, *, head_size: int) -> bool:
+    """Switch one layer to hard attention with ``topk`` (``None``: back to dense attention).
+
+    Returns:
+        Whether the layer's attention is now top-k (a layer without heads stays as it is).
+    """
+    core_path = paths["core"]
+    core = layer.get_submodule(core_path)
+    if isinstance(core, HeadlessAttention):
+        return False
+    if isinstance(core, TopKSelfAttention):
+        if topk is not None:
+            core.topk = check_topk(topk)
+            return True
+        layer.set_submodule(core_path, core.dense_core())
+        return False
+    if topk is None:
+        return False
+    prefix = core_path + "."
+    names = {n: paths[n][len(prefix) :] if paths[n].startswith(prefix) else None for n in ("q", "k", "v", "o")}
+    if not all(names[n] for n in ("q", "k", "v")):
+        raise ValueError(f"the q/k/v projections are not inside {core_path!r}; cannot switch to top-k attention")
+    layer.set_submodule(core_path, TopKSelfAttention(core, names, topk=topk, head_size=head_size))
+    return True
+
+
 def reshape_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: int, head_size: int, hidden: int):
     """Give one layer fresh projections for ``heads`` heads and ``ffn`` neurons (weights to be loaded)."""
     if heads == 0:
@@ -128,6 +279,12 @@ def apply_structure(model: nn.Module, family: str) -> None:
         reshape_layer(
             layer, paths, heads=int(shape["heads"]), ffn=int(shape["ffn"]), head_size=head_size, hidden=hidden
         )
+    topk = getattr(model.config, TOPK_KEY, None) or {}
+    origins = spec.get("origin") or list(range(len(layers)))
+    for layer, origin in zip(layers, origins, strict=True):
+        k = topk.get(str(origin))
+        if k is not None:
+            set_layer_topk(layer, paths, k, head_size=head_size)
 
 
 class SlimBertForSequenceClassification(BertForSequenceClassification):

@@ -1,0 +1,163 @@
+"""``slimformer axformer``: a thin command over :func:`slimformer.axformer.axformer`.
+
+Registered in :mod:`slimformer.cli` with ``app.command("axformer")(axformer_command)``. Importing
+this module loads typer only (help texts are spelled out here rather than read from ``AxConfig``,
+whose module loads torch); the work happens in the function.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ModelArg = Annotated[str, typer.Argument(help="built-in model (see `slimformer list`), local folder, or hub id")]
+TaskOpt = Annotated[
+    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`), or a CSV/TSV/JSONL file")
+]
+
+
+def axformer_command(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the compressed model (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    budget: Annotated[
+        str | None,
+        typer.Option(help="stop once this fits: macs=0.5, params=12M, memory=40MB (default: the most accurate model)"),
+    ] = None,
+    loss_tolerance: Annotated[
+        float, typer.Option(help="a removal is kept when the mean validation loss rises by at most this (nats)")
+    ] = 0.0,
+    max_worse_fraction: Annotated[
+        float, typer.Option(help="and when at most this share of the samples whose loss changes get worse")
+    ] = 0.5,
+    topk: Annotated[
+        str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
+    ] = "0.1,0.25,0.5",
+    hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    neuron_groups: Annotated[
+        int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
+    ] = 8,
+    max_passes: Annotated[
+        int, typer.Option(help="passes over the layers, last to first; stops early when a pass changes nothing")
+    ] = 4,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="any other AxConfig field FIELD=VALUE (repeatable)")
+    ] = None,
+    validation_examples: Annotated[
+        int | None, typer.Option(help="search on the first N validation examples only (default: all)")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="truncate inputs to this many tokens (default: the task's fine-tuning recipe)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="validation examples per batch")] = 32,
+    evaluate_split: Annotated[
+        str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")
+    ] = None,
+    int8_out: Annotated[
+        Path | None, typer.Option("--int8-out", help="also save an int8 dynamically quantized copy here")
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="column holding the text (user files)")] = "text",
+    text_pair_column: Annotated[str | None, typer.Option(help="optional second text column (user files)")] = None,
+    label_column: Annotated[str, typer.Option(help="column holding the label (user files)")] = "label",
+    seed: Annotated[int, typer.Option(help="seed of the data split and of the batch order")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out / --int8-out")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")] = False,
+):
+    """AxFormer: remove what does not help the task and switch layers to top-k attention where that helps,
+    searched on the validation split; save the smaller model (its top-k settings load with it)."""
+    from slimformer.axformer.config import AxConfig
+    from slimformer.axformer.search import axformer, validation_batches
+    from slimformer.cli import USER_ERRORS, _emit_json, _fail, _parse_options
+    from slimformer.data import load_task
+    from slimformer.evaluate import evaluate as run_eval
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+    from slimformer.pipeline import recipe_for
+    from slimformer.quantize import quantize_dynamic_int8, save_quantized, size_on_disk
+
+    try:
+        config = AxConfig.from_dict(
+            {
+                "budget": budget,
+                "loss_tolerance": loss_tolerance,
+                "max_worse_fraction": max_worse_fraction,
+                "topk": _parse_topk(topk),
+                "hard_attention": hard_attention,
+                "neuron_groups": neuron_groups,
+                "max_passes": max_passes,
+                **_parse_options(set_ or []),
+            }
+        )
+        for folder in (out, int8_out):
+            if folder is not None and folder.exists() and any(folder.iterdir()) and not overwrite:
+                raise FileExistsError(f"output folder {str(folder)!r} is not empty; choose another or pass --overwrite")
+        data = load_task(
+            task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, seed=seed
+        )
+        m, tok = load_model(model)
+        if m.config.num_labels != data.num_labels:
+            raise ValueError(
+                f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
+            )
+        length = max_length or recipe_for(data.name).max_length
+        batches = validation_batches(
+            data.split("validation"),
+            tok,
+            batch_size=batch_size,
+            max_length=length,
+            seed=seed,
+            limit=validation_examples,
+        )
+        result = axformer(m, config, batches, progress=not as_json)
+        report = {"model": model, "task": data.name, "max_length": length, **result.report}
+        if evaluate_split:
+            test = data.split(evaluate_split)
+            report["metrics"] = {
+                "split": evaluate_split,
+                **run_eval(result.model, tok, test, max_length=length, progress=not as_json),
+            }
+        if int8_out is not None:
+            qmodel = quantize_dynamic_int8(result.model)
+            int8 = {"folder": str(int8_out)}
+            if evaluate_split:
+                metrics = run_eval(qmodel, tok, data.split(evaluate_split), max_length=length, progress=not as_json)
+                int8["metrics"] = {"split": evaluate_split, **metrics}
+            save_quantized(qmodel, tok, int8_out, overwrite=overwrite, extra={**report, "int8": int8})
+            int8["size_on_disk"] = size_on_disk(int8_out)
+            report["int8"] = int8
+        save_model(result.model, tok, out, overwrite=overwrite, extra=report)
+        report["size_on_disk"] = size_on_disk(out)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    rel, val = report["relative"], report["validation"]
+    typer.echo(
+        f"axformer ({report['mode']}{', ' + report['budget'] if report['budget'] else ''}): MACs {rel['macs']:.1%}, "
+        f"params {rel['params']:.1%} of the input model; validation accuracy {val['before']['accuracy']:.4f} -> "
+        f"{val['after']['accuracy']:.4f}, loss {val['before']['loss']:.4f} -> {val['after']['loss']:.4f} "
+        f"({report['seconds']['total']:.1f}s); top-k layers {report['topk'] or 'none'}; saved to {out}"
+    )
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+    if "int8" in report:
+        line = f"int8 copy: {report['int8']['size_on_disk'] / 1e6:.1f} MB on disk in {report['int8']['folder']}"
+        if "metrics" in report["int8"]:
+            line += f", {evaluate_split} accuracy {report['int8']['metrics']['accuracy']:.4f}"
+        typer.echo(line)
+
+
+def _parse_topk(text: str) -> list[int | float]:
+    """``"8,0.25"`` -> ``[8, 0.25]`` (an empty string: no settings)."""
+    out: list[int | float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(int(part) if part.lstrip("+-").isdigit() else float(part))
+        except ValueError:
+            raise ValueError(f"--topk {text!r}: expected comma-separated ints or fractions, e.g. 8,0.25") from None
+    return out

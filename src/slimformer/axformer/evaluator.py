@@ -1,0 +1,288 @@
+"""Fast evaluation of candidate changes on the validation set, for the greedy search.
+
+The hidden states entering every layer are cached once (one forward pass over the validation
+batches). A candidate at layer ``l`` (remove a sublayer, a neuron group or a head; drop the layer;
+switch its attention to top-k) changes nothing before ``l``, so it is evaluated by running layers
+``l..L-1`` and the classifier from the cache. Candidates are masks (see
+:func:`slimformer.surgery.masked`), stacked along the batch dimension so that several are
+evaluated in one forward pass; the search applies real surgery only at the end. A candidate that
+is clearly failing after part of the data is dropped early (a statistical race), so most rejected
+candidates cost a fraction of a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from slimformer.arch import get_adapter
+from slimformer.hf_remote.modeling_slimformer import set_layer_topk
+from slimformer.static.importance import Batches
+from slimformer.structure import LayerShape, Structure
+from slimformer.surgery import masked
+
+logger = logging.getLogger(__name__)
+
+#: Candidates evaluated by masking units (stackable along the batch); the others run one at a time.
+MASK_KINDS = ("ffn", "neurons", "attention", "head")
+#: A race starts once this share of the validation samples has been seen.
+RACE_AFTER = 0.2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One change at one layer: ``kind`` is ffn, neurons, attention, head, layer or topk."""
+
+    layer: int
+    kind: str
+    units: tuple[int, ...] = ()  # neurons or heads removed (kinds neurons / head)
+    topk: int | float | None = None  # kind topk: the new setting (None = dense attention)
+
+    def describe(self) -> str:
+        if self.kind in ("neurons", "head"):
+            return f"{self.kind} x{len(self.units)}" if len(self.units) > 1 else f"{self.kind} {self.units[0]}"
+        if self.kind == "topk":
+            return f"topk {self.topk}"
+        return self.kind
+
+
+@dataclass
+class State:
+    """What the search has decided so far: kept heads, neurons and layers, and top-k per layer."""
+
+    heads: list[torch.Tensor]  # per layer (H_l,) bool
+    ffn: list[torch.Tensor]  # per layer (F_l,) bool
+    layers: list[bool]
+    topk: dict[int, int | float] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls, structure: Structure, topk: dict[int, int | float]) -> State:
+        return cls(
+            heads=[torch.ones(s.heads, dtype=torch.bool) for s in structure.layers],
+            ffn=[torch.ones(s.ffn, dtype=torch.bool) for s in structure.layers],
+            layers=[True] * structure.num_layers,
+            topk=dict(topk),
+        )
+
+    def apply(self, c: Candidate) -> State:
+        """A new state with ``c`` applied (this one is unchanged)."""
+        heads, ffn, layers, topk = list(self.heads), list(self.ffn), list(self.layers), dict(self.topk)
+        i = c.layer
+        if c.kind == "ffn":
+            ffn[i] = torch.zeros_like(ffn[i])
+        elif c.kind == "neurons":
+            ffn[i] = ffn[i].clone()
+            ffn[i][list(c.units)] = False
+        elif c.kind == "attention":
+            heads[i] = torch.zeros_like(heads[i])
+        elif c.kind == "head":
+            heads[i] = heads[i].clone()
+            heads[i][list(c.units)] = False
+        elif c.kind == "layer":
+            layers[i] = False
+        elif c.kind == "topk":
+            topk.pop(i, None)
+            if c.topk is not None:
+                topk[i] = c.topk
+        else:
+            raise ValueError(f"unknown candidate kind {c.kind!r}")
+        if not heads[i].any() or not layers[i]:
+            topk.pop(i, None)  # nothing left to sparsify
+        return replace(self, heads=heads, ffn=ffn, layers=layers, topk=topk)
+
+    def structure(self, like: Structure) -> Structure:
+        """The structure this state's surgery will produce."""
+        shapes = [
+            LayerShape(int(h.sum()), int(f.sum()), s.origin)
+            for h, f, keep, s in zip(self.heads, self.ffn, self.layers, like.layers, strict=True)
+            if keep
+        ]
+        return Structure(like.dims, tuple(shapes))
+
+
+@dataclass
+class Outcome:
+    """Per-sample validation losses of one candidate (``n`` samples seen) against the current ones."""
+
+    losses: torch.Tensor  # (n,)
+    delta: float  # mean loss change on the samples seen
+    worse_fraction: float  # among samples whose loss changed by more than change_eps, the share that rose
+    rejected: bool  # dropped early by the race
+
+    def to_dict(self) -> dict:
+        return {"delta_loss": round(self.delta, 6), "worse_fraction": round(self.worse_fraction, 4)}
+
+
+class Evaluator:
+    """Cached layer inputs and batched candidate evaluation for one working copy of a model."""
+
+    def __init__(self, work: nn.Module, batches: Batches, *, eval_rows: int, change_eps: float, reject_z: float):
+        self.work = work.eval()
+        self.adapter = get_adapter(work)
+        self.layers = self.adapter.layers(work)
+        self.paths = self.adapter.paths
+        self.head_size = self.adapter.dims(work.config).head_size
+        self.batches = batches
+        self.labels = [b["labels"] for b in batches]  # each (B,)
+        self.n = sum(int(y.shape[0]) for y in self.labels)
+        self.eval_rows, self.change_eps, self.reject_z = eval_rows, change_eps, reject_z
+        self.inputs: list[list[torch.Tensor] | None] = [None] * len(self.layers)  # [layer][batch] (B, T, d)
+        self.masks: list = [None] * len(batches)  # what run_layer expects, per batch
+        self.loss = torch.zeros(0)  # (N,) current per-sample losses
+        self.correct = torch.zeros(0, dtype=torch.bool)  # (N,)
+        self.passes = 0.0  # work done, in full forward passes over the validation set
+
+    # --- the current state --------------------------------------------------------------------
+    def set_topk(self, topk: dict[int, int | float]) -> None:
+        for i, layer in enumerate(self.layers):
+            set_layer_topk(layer, self.paths, topk.get(i), head_size=self.head_size)
+
+    @torch.inference_mode()
+    def refresh(self, state: State) -> None:
+        """Run the whole model in ``state``: cache every layer's inputs and the per-sample losses."""
+        self.set_topk(state.topk)
+        inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        losses, correct = [], []
+        with self._masked(state):
+            for b, batch in enumerate(self.batches):
+                hidden = self.adapter.embed(self.work, batch["input_ids"], batch.get("token_type_ids"))  # (B, T, d)
+                mask = self.adapter.layer_mask(self.work, hidden, batch["attention_mask"])
+                self.masks[b] = mask
+                for i, layer in enumerate(self.layers):
+                    inputs[i].append(hidden)
+                    hidden = self.adapter.run_layer(layer, hidden, mask)
+                logits = self.adapter.classify(self.work, hidden).float()  # (B, C)
+                losses.append(nn.functional.cross_entropy(logits, self.labels[b], reduction="none"))
+                correct.append(logits.argmax(-1) == self.labels[b])
+        self.inputs = inputs
+        self.loss, self.correct = torch.cat(losses), torch.cat(correct)
+        self.passes += 1
+
+    def drop_cache(self, layer: int) -> None:
+        """Free the inputs of ``layer`` (a pass moving to earlier layers no longer needs them)."""
+        self.inputs[layer] = None
+
+    # --- candidates ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(
+        self,
+        state: State,
+        layer: int,
+        candidates: list[Candidate],
+        *,
+        threshold: float,
+        max_worse: float,
+        race: bool,
+        n_batches: int | None = None,
+    ) -> list[Outcome]:
+        """Per-sample losses of each candidate applied to ``state``, from the cached inputs of ``layer``.
+
+        Args:
+            threshold: with ``race``, a candidate whose mean loss change is above this by more than
+                ``reject_z`` standard errors (or whose share of worse samples is clearly above
+                ``max_worse``) stops being evaluated.
+            n_batches: evaluate on the first ``n_batches`` validation batches only (ranking).
+        """
+        if self.inputs[layer] is None:
+            raise RuntimeError(f"layer {layer}: inputs not cached; refresh() first")
+        nb = len(self.batches) if n_batches is None else min(n_batches, len(self.batches))
+        parts: list[list[torch.Tensor]] = [[] for _ in candidates]
+        alive = list(range(len(candidates)))
+        rejected = [False] * len(candidates)
+        seen, depth = 0, (len(self.layers) - layer) / len(self.layers)
+        for b in range(nb):
+            rows = int(self.labels[b].shape[0])
+            stack = [i for i in alive if candidates[i].kind in MASK_KINDS]
+            per_pass = max(1, self.eval_rows // rows)
+            for start in range(0, len(stack), per_pass):
+                group = stack[start : start + per_pass]
+                out = self._forward_masks(state, layer, b, [candidates[i] for i in group])  # (C, B)
+                for j, i in enumerate(group):
+                    parts[i].append(out[j])
+            for i in alive:
+                if candidates[i].kind not in MASK_KINDS:
+                    parts[i].append(self._forward_one(state, layer, b, candidates[i]))
+            self.passes += depth * len(alive) * rows / self.n
+            seen += rows
+            if race and self.reject_z > 0 and seen >= RACE_AFTER * self.n and b + 1 < nb:
+                for i in list(alive):
+                    if self._clearly_fails(torch.cat(parts[i]), self.loss[:seen], threshold, max_worse):
+                        alive.remove(i)
+                        rejected[i] = True
+                if not alive:
+                    break
+        logger.debug(
+            "layer %d: %d candidates, %d rejected early, %.2f passes so far",
+            layer,
+            len(candidates),
+            sum(rejected),
+            self.passes,
+        )
+        outcomes = []
+        for i in range(len(candidates)):
+            new = torch.cat(parts[i])
+            delta, worse = self.compare(new, self.loss[: new.shape[0]])
+            outcomes.append(Outcome(new, delta, worse, rejected[i]))
+        return outcomes
+
+    def compare(self, new: torch.Tensor, cur: torch.Tensor) -> tuple[float, float]:
+        """(mean loss change, share of changed samples that got worse)."""
+        d = new.double() - cur.double()
+        rises, falls = int((d > self.change_eps).sum()), int((d < -self.change_eps).sum())
+        return float(d.mean()), rises / max(rises + falls, 1)
+
+    def _clearly_fails(self, new: torch.Tensor, cur: torch.Tensor, threshold: float, max_worse: float) -> bool:
+        d = new.double() - cur.double()
+        n, z = d.shape[0], self.reject_z
+        if n < 2:
+            return False
+        if float(d.mean()) - z * float(d.std()) / math.sqrt(n) > threshold:
+            return True
+        rises, falls = int((d > self.change_eps).sum()), int((d < -self.change_eps).sum())
+        m = rises + falls
+        if m < 20:
+            return False
+        p = rises / m
+        return p - z * math.sqrt(p * (1 - p) / m) > max_worse
+
+    def _masked(self, state: State, layer: int | None = None, stacked: tuple | None = None):
+        heads = [h.float() for h in state.heads]
+        ffn = [f.float() for f in state.ffn]
+        if stacked is not None:
+            heads[layer], ffn[layer] = stacked
+        return masked(self.work, head_masks=heads, ffn_masks=ffn, layer_mask=state.layers)
+
+    def _run(self, layer: int, hidden: torch.Tensor, mask, labels: torch.Tensor) -> torch.Tensor:
+        for block in self.layers[layer:]:
+            hidden = self.adapter.run_layer(block, hidden, mask)
+        logits = self.adapter.classify(self.work, hidden).float()  # (rows, C)
+        return nn.functional.cross_entropy(logits, labels, reduction="none")  # (rows,)
+
+    def _forward_masks(self, state: State, layer: int, b: int, cands: list[Candidate]) -> torch.Tensor:
+        """Losses ``(C, B)`` of mask candidates, stacked along the batch: rows ``c*B..`` are candidate c."""
+        c, hidden, mask = len(cands), self.inputs[layer][b], self.masks[b]
+        rows = hidden.shape[0]
+        states = [state.apply(x) for x in cands]
+        heads = torch.stack([s.heads[layer] for s in states]).float()  # (C, H)
+        ffn = torch.stack([s.ffn[layer] for s in states]).float()  # (C, F)
+        per_row = (heads.repeat_interleave(rows, 0)[:, None], ffn.repeat_interleave(rows, 0)[:, None])  # (C*B, 1, .)
+        big = hidden.repeat(c, 1, 1)  # (C*B, T, d)
+        big_mask = mask.repeat(c, *([1] * (mask.dim() - 1))) if mask is not None else None
+        with self._masked(state, layer, per_row):
+            losses = self._run(layer, big, big_mask, self.labels[b].repeat(c))
+        return losses.view(c, rows)
+
+    def _forward_one(self, state: State, layer: int, b: int, cand: Candidate) -> torch.Tensor:
+        """Losses ``(B,)`` of a top-k or layer-drop candidate (changes the working model briefly)."""
+        new = state.apply(cand)
+        block = self.layers[layer]
+        set_layer_topk(block, self.paths, new.topk.get(layer), head_size=self.head_size)
+        try:
+            with self._masked(new):
+                return self._run(layer, self.inputs[layer][b], self.masks[b], self.labels[b])
+        finally:
+            set_layer_topk(block, self.paths, state.topk.get(layer), head_size=self.head_size)

@@ -1,0 +1,457 @@
+"""AxFormer: accuracy-driven pruning and selective hard attention, searched on validation data.
+
+Nagarajan et al. ("AxFormer: Accuracy-driven Approximation of Transformers for Faster, Smaller and
+more Accurate NLP Models") observe that a model fine-tuned for one task carries parts that do not
+help it, and some that hurt it. The search, on the validation split (never the test split), goes
+from the last layer to the first; at each layer it tries
+
+1. removing the whole FFN sublayer, else groups of its neurons (least important first);
+2. removing the whole attention sublayer, else single heads;
+3. dropping the layer (its LayerNorms too) once both sublayers are gone;
+4. hard (top-k) attention, from a few settings of k.
+
+A removal is kept when the mean validation loss does not rise by more than ``loss_tolerance`` (from
+the loss before it, or with ``tolerance_from="start"`` from the input model's loss, so that earlier
+gains pay for later removals) and at most ``max_worse_fraction`` of the samples whose loss changes
+get worse; hard attention is
+switched on only where it lowers the loss (it costs time on a CPU, see
+:mod:`slimformer.axformer.hard_attention`). Without a budget, passes repeat until one changes
+nothing (the most accurate model). With a budget, the search stops once it fits; if the free
+removals are not enough, it ranks every remaining unit by the validation-loss increase per unit of
+budget saved, on ``screen_fraction`` of the data, and forces out the best ones, at most
+``budget_step`` of the starting cost per round, re-ranking after each round. Those forced removals
+may raise the loss; the report lists them with their measured change.
+
+The result is a plain pruned model (weights physically removed) whose top-k settings save and
+load with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slimformer.axformer.config import AxConfig
+from slimformer.axformer.evaluator import Candidate, Evaluator, Outcome, State
+from slimformer.axformer.hard_attention import hard_attention_of, set_hard_attention
+from slimformer.budget import InfeasibleBudget
+from slimformer.cost import cost_of
+from slimformer.static.importance import Batches, Importance
+from slimformer.structure import LayerShape, Structure
+from slimformer.surgery import KeepPlan, apply_plan
+
+logger = logging.getLogger(__name__)
+
+KEPT_ANYWAY = "(every head and FFN neuron it may remove removed) keeps the embeddings, LayerNorms and classifier"
+HARD_ATTENTION_COST = (
+    "top-k attention computes every query-key score and adds a top-k per query: MACs are counted as dense, "
+    "and on a CPU it is slower than the fused dense attention (see benchmarks/axformer.py)"
+)
+
+
+@dataclass
+class AxResult:
+    """The compressed model, the plan that made it, its top-k settings and a JSON-ready report."""
+
+    model: Any
+    plan: KeepPlan
+    topk: dict[int, int | float]  # present layer index (after surgery) -> k
+    report: dict
+
+
+def axformer(
+    model: nn.Module,
+    config: AxConfig,
+    validation_data: Batches,
+    *,
+    importance: Importance | None = None,
+    progress: bool = True,
+) -> AxResult:
+    """Search a copy of ``model`` for removals and hard attention that do not hurt validation loss.
+
+    Args:
+        model: a fine-tuned sequence classifier of a supported family (pruned or not; left unchanged).
+        config: the search settings (``AxConfig(budget=...)`` for a budget, none for the most accurate model).
+        validation_data: tokenized validation batches with labels (see :func:`validation_batches`); keep
+            the test split out of them.
+        importance: scores that order each layer's FFN neurons into groups (e.g. from
+            :func:`slimformer.static.score`); default: weight magnitude.
+        progress: show progress bars.
+
+    Returns:
+        :class:`AxResult`; ``result.model`` is a physically smaller copy.
+
+    Raises:
+        ValueError: batches without labels, or importance scores that do not match the model.
+        slimformer.budget.InfeasibleBudget: the budget is below the smallest model the search can make.
+    """
+    t0 = time.perf_counter()
+    search = _Search(model, config, validation_data, importance, progress)
+    state = search.run()
+    t_search = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    plan = KeepPlan.from_masks(state.heads, state.ffn, state.layers)
+    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    new_index = {old: new for new, old in enumerate(i for i, keep in enumerate(state.layers) if keep)}
+    set_hard_attention(pruned, {new: state.topk.get(old) for old, new in new_index.items()})
+    topk = hard_attention_of(pruned)
+    t_surgery = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    after = score_batches(pruned, validation_data)
+    if search.estimate_valid and abs(after["loss"] - search.estimate) > 1e-3 * max(1.0, abs(after["loss"])):
+        logger.warning("pruned model: validation loss %.5f, the search expected %.5f", after["loss"], search.estimate)
+    report = search.report(pruned, after)
+    # the search's own figure (masks on the working copy), to check against the real smaller model
+    report["validation"]["search_estimate"] = search.estimate if search.estimate_valid else None
+    report["topk"] = {str(i): k for i, k in topk.items()}
+    report["seconds"] = {
+        "search": round(t_search, 3),
+        "surgery": round(t_surgery, 3),
+        "verify": round(time.perf_counter() - t2, 3),
+        "total": round(time.perf_counter() - t0, 3),
+    }
+    logger.info(
+        "axformer (%s): validation loss %.4f -> %.4f, accuracy %.4f -> %.4f, MACs %.1f%% in %.1fs",
+        config.mode,
+        report["validation"]["before"]["loss"],
+        after["loss"],
+        report["validation"]["before"]["accuracy"],
+        after["accuracy"],
+        100 * report["relative"]["macs"],
+        report["seconds"]["total"],
+    )
+    return AxResult(model=pruned, plan=plan, topk=topk, report=report)
+
+
+@torch.inference_mode()
+def score_batches(model: nn.Module, batches: Batches) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on tokenized batches with labels."""
+    was_training = model.training
+    model.eval()
+    losses, correct = [], []
+    try:
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits.float()  # (B, C)
+            losses.append(nn.functional.cross_entropy(logits, batch["labels"], reduction="none"))
+            correct.append(logits.argmax(-1) == batch["labels"])
+    finally:
+        model.train(was_training)
+    loss, hit = torch.cat(losses), torch.cat(correct)
+    return {"loss": float(loss.double().mean()), "accuracy": float(hit.double().mean()), "n": int(loss.shape[0])}
+
+
+class _Search:
+    """The greedy search over one working copy of the model (masks only; surgery comes after)."""
+
+    def __init__(self, model, config: AxConfig, batches: Batches, importance: Importance | None, progress: bool):
+        if not batches:
+            raise ValueError("validation_data is empty: pass tokenized validation batches (validation_batches)")
+        if any("labels" not in b for b in batches):
+            raise ValueError("validation_data: every batch needs 'labels' (the search measures the task loss)")
+        self.config, self.progress = config, progress
+        self.structure = Structure.from_model(model)
+        self.groups = _neuron_groups(model, self.structure, importance, config.neuron_groups)
+        self.ev = Evaluator(
+            copy.deepcopy(model),
+            batches,
+            eval_rows=config.eval_rows,
+            change_eps=config.change_eps,
+            reject_z=config.reject_z,
+        )
+        self.state = State.full(self.structure, hard_attention_of(model))
+        self.actions: list[dict] = []
+        self.budget, self.limit = config.budget, None
+        if self.budget is not None:
+            self.start_cost = self.budget.measure(self.structure)
+            self.limit = self.budget.limit(self.structure)
+            smallest = self.budget.measure(_smallest(self.structure, config))
+            if smallest > self.limit:
+                raise InfeasibleBudget(self.budget, smallest, self.start_cost, KEPT_ANYWAY)
+        self.passes_run = 0
+        self.rounds = 0
+        self.estimate_valid = True
+
+    # --- driver --------------------------------------------------------------------------------
+    def run(self) -> State:
+        ev = self.ev
+        ev.refresh(self.state)
+        self.before = {"loss": float(ev.loss.double().mean()), "accuracy": float(ev.correct.double().mean())}
+        for p in range(self.config.max_passes):
+            if self.fits():
+                break
+            if p > 0:
+                ev.refresh(self.state)
+            accepted = self._pass(p)
+            self.passes_run = p + 1
+            if accepted == 0:
+                break
+        if self.budget is not None and not self.fits():
+            self._force()
+        return self.state
+
+    def fits(self) -> bool:
+        return self.budget is not None and self.budget.measure(self.state.structure(self.structure)) <= self.limit
+
+    @property
+    def estimate(self) -> float:
+        return float(self.ev.loss.double().mean())
+
+    # --- the accuracy-driven pass, last layer to first ------------------------------------------
+    def _pass(self, p: int) -> int:
+        n_before = len(self.actions)
+        bar = tqdm(total=self.structure.num_layers, desc=f"axformer pass {p + 1}", disable=not self.progress)
+        try:
+            for i in reversed(range(self.structure.num_layers)):
+                if self.state.layers[i]:
+                    self._layer(i, p)
+                self.ev.drop_cache(i)
+                bar.update()
+                bar.set_postfix(loss=f"{self.estimate:.4f}", kept=len(self.actions), passes=f"{self.ev.passes:.0f}")
+                if self.fits():
+                    break
+        finally:
+            bar.close()
+        return len(self.actions) - n_before
+
+    def _layer(self, i: int, p: int) -> None:
+        cfg, st = self.config, self.state
+        if cfg.ffn and st.ffn[i].any() and not self._try_alone(Candidate(i, "ffn"), p):
+            groups = [g for g in self.groups[i] if bool(self.state.ffn[i][list(g)].all())]
+            if len(groups) > 1:
+                self._try_each([Candidate(i, "neurons", g) for g in groups], p)
+        if self.fits():
+            return
+        if cfg.attention and self.state.heads[i].any() and not self._try_alone(Candidate(i, "attention"), p):
+            heads = [h for h in range(len(self.state.heads[i])) if self.state.heads[i][h]]
+            if len(heads) > 1:
+                self._try_each([Candidate(i, "head", (h,)) for h in heads], p)
+        st = self.state
+        if cfg.remove_layers and not st.heads[i].any() and not st.ffn[i].any() and not self.fits():
+            self._try_alone(Candidate(i, "layer"), p)
+        if cfg.hard_attention and self.state.layers[i] and self.state.heads[i].any():
+            current = self.state.topk.get(i)
+            options = [k for k in cfg.topk if k != current] + ([None] if current is not None else [])
+            self._try_best([Candidate(i, "topk", topk=k) for k in options], p)
+
+    def _threshold(self, c: Candidate) -> tuple[float, bool]:
+        """(the mean loss change from the current state a candidate must stay under, whether strictly)."""
+        if c.kind == "topk":
+            return -self.config.topk_min_gain, True  # hard attention must help, not merely not hurt
+        if self.config.tolerance_from == "start":
+            return self.before["loss"] + self.config.loss_tolerance - self.estimate, False
+        return self.config.loss_tolerance, False
+
+    def _ok(self, c: Candidate, o: Outcome) -> bool:
+        threshold, strict = self._threshold(c)
+        loss_ok = o.delta < threshold if strict else o.delta <= threshold
+        return not o.rejected and loss_ok and o.worse_fraction <= self.config.max_worse_fraction
+
+    def _evaluate(self, cands: list[Candidate]) -> list[Outcome]:
+        threshold, _ = self._threshold(cands[0])
+        return self.ev.evaluate(
+            self.state,
+            cands[0].layer,
+            cands,
+            threshold=threshold,
+            max_worse=self.config.max_worse_fraction,
+            race=True,
+        )
+
+    def _try_alone(self, c: Candidate, p: int) -> bool:
+        o = self._evaluate([c])[0]
+        if self._ok(c, o):
+            self._accept(c, o, f"pass {p + 1}")
+            return True
+        return False
+
+    def _try_each(self, cands: list[Candidate], p: int) -> None:
+        """Screen all together; then keep the passing ones best first, each checked on the new state."""
+        outcomes = self._evaluate(cands)
+        passing = sorted((o.delta, k) for k, o in enumerate(outcomes) if self._ok(cands[k], o))
+        for rank, (_, k) in enumerate(passing):
+            if self.fits():
+                return
+            if rank == 0:
+                self._accept(cands[k], outcomes[k], f"pass {p + 1}")
+            else:
+                self._try_alone(cands[k], p)
+
+    def _try_best(self, cands: list[Candidate], p: int) -> None:
+        if not cands:
+            return
+        outcomes = self._evaluate(cands)
+        passing = [(o.delta, k) for k, o in enumerate(outcomes) if self._ok(cands[k], o)]
+        if passing:
+            _, k = min(passing)
+            self._accept(cands[k], outcomes[k], f"pass {p + 1}")
+
+    def _accept(self, c: Candidate, o: Outcome, phase: str, *, forced: bool = False) -> None:
+        self.state = self.state.apply(c)
+        if c.kind == "topk":
+            self.ev.set_topk(self.state.topk)
+        if o.losses.shape[0] == self.ev.n and not forced:
+            self.ev.loss = o.losses
+        else:
+            self.estimate_valid = False  # ranked on part of the data; refreshed before further use
+        action = {"phase": phase, "layer": self.structure.layers[c.layer].origin, "change": c.describe()}
+        action.update(o.to_dict(), forced=forced)
+        self.actions.append(action)
+        logger.info("axformer %s: layer %d %s (loss %+.5f)", phase, c.layer, c.describe(), o.delta)
+
+    # --- budget mode: forced removals, cheapest loss per unit of budget first --------------------
+    def _force(self) -> None:
+        cfg = self.config
+        step = cfg.budget_step * self.start_cost
+        n_screen = max(1, math.ceil(cfg.screen_fraction * len(self.ev.batches)))
+        while not self.fits():
+            self.rounds += 1
+            self.ev.refresh(self.state)
+            scored: list[tuple[Candidate, Outcome]] = []
+            layers = [i for i in range(self.structure.num_layers) if self.state.layers[i]]
+            bar = tqdm(layers, desc=f"axformer budget round {self.rounds}", disable=not self.progress)
+            for i in bar:
+                cands = self._removals(i)
+                if cands:
+                    outcomes = self.ev.evaluate(
+                        self.state, i, cands, threshold=math.inf, max_worse=1.0, race=False, n_batches=n_screen
+                    )
+                    scored += list(zip(cands, outcomes, strict=True))
+            bar.close()
+            if not self._take(scored, step):
+                raise RuntimeError("axformer: no removal left to meet the budget (please report this)")
+        self.ev.refresh(self.state)
+        self.estimate_valid = True
+
+    def _removals(self, i: int) -> list[Candidate]:
+        st, out = self.state, []
+        if self.config.ffn and st.ffn[i].any():
+            out.append(Candidate(i, "ffn"))
+            groups = [g for g in self.groups[i] if bool(st.ffn[i][list(g)].all())]
+            if len(groups) > 1:
+                out += [Candidate(i, "neurons", g) for g in groups]
+        if self.config.attention and st.heads[i].any():
+            out.append(Candidate(i, "attention"))
+            heads = [h for h in range(len(st.heads[i])) if st.heads[i][h]]
+            if len(heads) > 1:
+                out += [Candidate(i, "head", (h,)) for h in heads]
+        return out
+
+    def _take(self, scored: list[tuple[Candidate, Outcome]], step: float) -> int:
+        """Force out candidates by loss per budget unit saved until ``step`` is removed or the budget fits."""
+        taken, start = 0, self._cost()
+        while not self.fits() and start - self._cost() < step:
+            now, gap = self._cost(), self._cost() - self.limit
+            best, best_score = None, math.inf
+            for c, o in scored:
+                saving = now - self.budget.measure(self.state.apply(c).structure(self.structure))
+                if saving <= 0:
+                    continue  # already removed by an earlier pick this round
+                # loss per unit saved; a removal that overshoots the budget pays its loss for the gap only
+                score = o.delta / (min(saving, gap) if o.delta > 0 else saving)
+                if score < best_score:
+                    best, best_score = (c, o), score
+            if best is None:
+                break
+            self._accept(*best, f"budget round {self.rounds}", forced=True)
+            taken += 1
+        return taken
+
+    def _cost(self) -> float:
+        return self.budget.measure(self.state.structure(self.structure))
+
+    # --- report ----------------------------------------------------------------------------------
+    def report(self, pruned: nn.Module, after: dict) -> dict:
+        cfg = self.config
+        start, end = self.structure, Structure.from_model(pruned)
+        seq_len = cfg.budget.seq_len if cfg.budget is not None else 128
+        c0, c1 = cost_of(start, seq_len), cost_of(end, seq_len)
+        out = {
+            "method": "axformer",
+            "mode": cfg.mode,
+            "config": cfg.to_dict(),
+            "budget": None if cfg.budget is None else str(cfg.budget),
+            "validation_examples": self.ev.n,
+            "validation": {"before": self.before, "after": after},
+            "seq_len": seq_len,
+            "params": c1.params,
+            "macs": c1.macs,
+            "bytes_fp32": c1.bytes_fp32,
+            "relative": {
+                "params": c1.params / c0.params,
+                "macs": c1.macs / c0.macs,
+                "bytes_fp32": c1.bytes_fp32 / c0.bytes_fp32,
+            },
+            "start": {"params": c0.params, "macs": c0.macs, "bytes_fp32": c0.bytes_fp32},
+            "layers": [{"heads": s.heads, "ffn": s.ffn, "origin": s.origin} for s in end.layers],
+            "passes": self.passes_run,
+            "budget_rounds": self.rounds,
+            "evaluation_passes": round(self.ev.passes, 2),
+            "actions": self.actions,
+            "forced_removals": sum(a["forced"] for a in self.actions),
+            "hard_attention_cost": HARD_ATTENTION_COST,
+        }
+        if cfg.budget is not None:
+            out["budget_limit"] = self.limit
+            out["achieved"] = cfg.budget.measure(end)
+        return out
+
+
+def _smallest(structure: Structure, config: AxConfig) -> Structure:
+    """Every unit the search may remove removed (all heads / all FFN neurons, as the config allows)."""
+    return Structure(
+        structure.dims,
+        tuple(
+            LayerShape(0 if config.attention else s.heads, 0 if config.ffn else s.ffn, s.origin)
+            for s in structure.layers
+        ),
+    )
+
+
+def _neuron_groups(
+    model, structure: Structure, importance: Importance | None, n_groups: int
+) -> list[list[tuple[int, ...]]]:
+    """Per layer, the FFN neurons in ``n_groups`` groups, least important group first."""
+    if importance is None:
+        from slimformer.static.magnitude import score_magnitude
+
+        importance = score_magnitude(model, [])
+    if len(importance.ffn) != structure.num_layers:
+        raise ValueError(f"importance covers {len(importance.ffn)} layers, the model has {structure.num_layers}")
+    out = []
+    for i, (scores, shape) in enumerate(zip(importance.ffn, structure.layers, strict=True)):
+        if scores.shape != (shape.ffn,):
+            raise ValueError(f"importance: layer {i} has {tuple(scores.shape)} neuron scores, the model {shape.ffn}")
+        order = torch.argsort(scores.float(), stable=True)  # least important first
+        out.append([tuple(int(j) for j in g) for g in torch.tensor_split(order, min(n_groups, shape.ffn)) if len(g)])
+    return out
+
+
+def validation_batches(
+    examples, tokenizer, *, batch_size: int = 32, max_length: int = 128, seed: int = 0, limit: int | None = None
+) -> Batches:
+    """Tokenized validation batches for the search: similar lengths per batch (little padding), batches
+    in a seeded random order (so any prefix is a fair sample, which early rejection relies on).
+
+    Args:
+        limit: use only the first ``limit`` examples (smoke tests).
+    """
+    from slimformer.data import make_loader
+
+    examples = list(examples)[:limit] if limit is not None else list(examples)
+    if not examples:
+        raise ValueError("no validation examples")
+    loader = make_loader(
+        examples, tokenizer, batch_size=batch_size, max_length=max_length, group_by_length=True, seed=seed
+    )
+    return [dict(b) for b in loader]

@@ -1,0 +1,344 @@
+"""AxFormer: hard (top-k) attention, the accuracy-driven search, its budgets, save/load and CLI."""
+
+import copy
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from conftest import WORDS, make_inputs, make_tiny_model
+from slimformer.axformer import (
+    AxConfig,
+    axformer,
+    clear_hard_attention,
+    hard_attention_of,
+    score_batches,
+    set_hard_attention,
+    topk_attention,
+    validation_batches,
+)
+from slimformer.axformer.cli import axformer_command
+from slimformer.budget import InfeasibleBudget
+from slimformer.cost import cost_of
+from slimformer.data import Example
+from slimformer.export import load_slim, save_model
+from slimformer.structure import Structure
+from slimformer.surgery import KeepPlan, apply_plan
+from test_export import PLAIN_LOAD
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def naive_topk(q, k, v, valid, topk):
+    """Loop reference: per query, softmax over its top-k real keys only."""
+    b, h, t, _ = q.shape
+    out = torch.zeros_like(q)
+    for bi in range(b):
+        n = int(valid[bi].sum())
+        kk = min(topk, n) if isinstance(topk, int) else max(1, -(-int(topk * n * 1000) // 1000))
+        for hi in range(h):
+            for qi in range(t):
+                scores = (q[bi, hi, qi] @ k[bi, hi, :n].T) * q.shape[-1] ** -0.5  # (n,)
+                idx = scores.topk(kk).indices
+                w = torch.softmax(scores[idx], -1)
+                out[bi, hi, qi] = w @ v[bi, hi, idx]
+    return out
+
+
+# --- hard attention --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("topk", [1, 3, 0.5])
+def test_topk_attention_matches_a_loop_reference(topk, padded):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))
+    valid = torch.tensor([[1, 1, 1, 1, 0 if padded else 1, 0 if padded else 1], [1] * 6], dtype=torch.bool)
+    mask = valid[:, None, None, :].expand(2, 1, 6, 6)  # (B, 1, T, T) bool, True = may attend
+    got = topk_attention(q, k, v, mask, topk=topk, scaling=8**-0.5)
+    torch.testing.assert_close(got, naive_topk(q, k, v, valid, topk), rtol=1e-5, atol=1e-5)
+    additive = torch.zeros(2, 1, 6, 6).masked_fill(~mask, torch.finfo(torch.float32).min)
+    torch.testing.assert_close(topk_attention(q, k, v, additive, topk=topk, scaling=8**-0.5), got)
+    if not padded:
+        torch.testing.assert_close(topk_attention(q, k, v, None, topk=topk, scaling=8**-0.5), got)
+
+
+def test_topk_at_least_the_sequence_equals_dense(tiny_model, tiny_inputs):
+    expected = logits(tiny_model, tiny_inputs)
+    n = len(Structure.from_model(tiny_model).layers)
+    set_hard_attention(tiny_model, dict.fromkeys(range(n), 64))
+    assert hard_attention_of(tiny_model) == dict.fromkeys(range(n), 64)
+    torch.testing.assert_close(logits(tiny_model, tiny_inputs), expected, rtol=1e-5, atol=1e-6)
+    set_hard_attention(tiny_model, {0: 1, 2: 0.3})  # a real setting changes the outputs
+    assert not torch.allclose(logits(tiny_model, tiny_inputs), expected, atol=1e-5)
+    clear_hard_attention(tiny_model)
+    assert hard_attention_of(tiny_model) == {} and tiny_model.config.slimformer_topk == {}
+    torch.testing.assert_close(logits(tiny_model, tiny_inputs), expected, rtol=0, atol=0)
+
+
+def test_topk_is_the_same_alone_or_in_a_padded_batch(tiny_model):
+    set_hard_attention(tiny_model, {0: 2, 1: 0.4, 2: 1})
+    inputs = make_inputs(batch=3, seq=9, pad_last=4)
+    batched = logits(tiny_model, inputs)
+    alone = logits(
+        tiny_model, {"input_ids": inputs["input_ids"][:1, :5], "attention_mask": inputs["attention_mask"][:1, :5]}
+    )
+    torch.testing.assert_close(alone, batched[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_topk_settings_are_refused(tiny_model):
+    for bad in (0, -1, 1.0, 1.5, "4", True):
+        with pytest.raises(ValueError, match="topk"):
+            set_hard_attention(tiny_model, {0: bad})
+    with pytest.raises(ValueError, match="layer index 7 out of range"):
+        set_hard_attention(tiny_model, {7: 2})
+
+
+def test_topk_survives_surgery_and_save_load(tiny_model, tiny_tokenizer, tmp_path):
+    set_hard_attention(tiny_model, {0: 2, 2: 0.5})
+    plan = KeepPlan.removing(tiny_model, heads={0: [1]}, neurons={2: range(5)}, layers=[1])
+    apply_plan(tiny_model, plan)  # layer 2 becomes layer 1: the setting follows it (keyed by origin)
+    assert hard_attention_of(tiny_model) == {0: 2, 1: 0.5}
+    inputs = make_inputs()
+    expected = logits(tiny_model, inputs)
+    folder = save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["slimformer_topk"] == {"0": 2, "2": 0.5}
+    loaded = load_slim(folder)
+    assert hard_attention_of(loaded) == {0: 2, 1: 0.5}
+    torch.testing.assert_close(logits(loaded, inputs), expected, rtol=0, atol=0)
+
+
+def test_topk_on_a_dense_model_loads_with_plain_transformers(tiny_tokenizer, tmp_path):
+    model = make_tiny_model("distilbert")
+    set_hard_attention(model, {1: 2})
+    inputs = make_inputs()
+    expected = logits(model, inputs)
+    folder = save_model(model, tiny_tokenizer, tmp_path / "m")
+    payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# --- the search --------------------------------------------------------------------------------------
+
+
+def examples(n=96, seed=0):
+    rng = random.Random(seed)
+    return [Example(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), rng.randrange(3)) for _ in range(n)]
+
+
+def confident_task(model, tokenizer, n=96):
+    """A model whose labels are its own (sharpened) predictions: low loss, so damage shows."""
+    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.mul_(300.0)
+    batches = validation_batches(examples(n), tokenizer, batch_size=16, max_length=32)
+    for b in batches:
+        inputs = {k: v for k, v in b.items() if k != "labels"}
+        b["labels"] = logits(model, inputs).argmax(-1)
+    return batches
+
+
+def damage_head(model, layer: int, head: int, scale: float = 40.0):
+    from slimformer.arch import get_adapter
+
+    adapter = get_adapter(model)
+    att = adapter.attention(adapter.layers(model)[layer])
+    rows = slice(head * att.head_size, (head + 1) * att.head_size)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        att.v.weight[rows] = torch.randn_like(att.v.weight[rows]) * scale
+
+
+def test_search_removes_a_harmful_head(family, tiny_tokenizer):
+    model = make_tiny_model(family)
+    batches = confident_task(model, tiny_tokenizer)
+    damage_head(model, layer=2, head=1)
+    before = copy.deepcopy(model.state_dict())
+    result = axformer(model, AxConfig(hard_attention=False), batches, progress=False)
+    report = result.report
+    assert 1 not in result.plan.heads[2]
+    assert report["validation"]["after"]["loss"] < report["validation"]["before"]["loss"] - 0.01
+    assert report["relative"]["macs"] < 1.0 and report["actions"]
+    # the masked search and the real smaller model agree, and the input model is untouched
+    assert report["validation"]["after"]["loss"] == pytest.approx(report["validation"]["search_estimate"], abs=1e-5)
+    assert score_batches(result.model, batches)["loss"] == pytest.approx(report["validation"]["after"]["loss"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert Structure.from_model(result.model).total_heads < Structure.from_model(model).total_heads
+
+
+def test_tolerance_from_start_spends_earlier_gains(tiny_tokenizer):
+    model = make_tiny_model("bert")
+    batches = confident_task(model, tiny_tokenizer)
+    damage_head(model, layer=2, head=1)
+    per_step = axformer(model, AxConfig(hard_attention=False), batches, progress=False).report
+    spend = axformer(model, AxConfig(hard_attention=False, tolerance_from="start"), batches, progress=False).report
+    assert spend["validation"]["after"]["loss"] <= spend["validation"]["before"]["loss"] + 1e-6
+    assert spend["macs"] <= per_step["macs"]
+    assert all(a["delta_loss"] <= 0 for a in per_step["actions"])
+
+
+def test_search_with_nothing_to_try_changes_nothing(tiny_model, tiny_tokenizer, tiny_inputs):
+    batches = validation_batches(examples(32), tiny_tokenizer, batch_size=8)
+    off = AxConfig(ffn=False, attention=False, hard_attention=False)
+    result = axformer(tiny_model, off, batches, progress=False)
+    assert result.report["actions"] == [] and result.plan == KeepPlan.full(tiny_model)
+    torch.testing.assert_close(logits(result.model, tiny_inputs), logits(tiny_model, tiny_inputs), rtol=0, atol=0)
+
+
+def test_hard_attention_is_kept_only_where_it_lowers_the_loss(tiny_tokenizer):
+    model = make_tiny_model("bert")
+    batches = confident_task(model, tiny_tokenizer)
+    damage_head(model, layer=2, head=1, scale=4.0)
+    config = AxConfig(ffn=False, attention=False, topk=(1, 2, 0.5))
+    result = axformer(model, config, batches, progress=False)
+    report = result.report
+    assert report["validation"]["after"]["loss"] <= report["validation"]["before"]["loss"]
+    assert all(a["delta_loss"] < 0 for a in report["actions"])
+    assert set(result.topk) == {int(k) for k in report["topk"]}
+    assert result.topk == hard_attention_of(result.model)
+
+
+@pytest.mark.parametrize("budget", ["macs=0.4", "params=0.7"])
+def test_budget_is_met(budget, tiny_tokenizer):
+    model = make_tiny_model("roberta")
+    batches = confident_task(model, tiny_tokenizer, n=48)
+    result = axformer(model, AxConfig(budget=budget, hard_attention=False), batches, progress=False)
+    report = result.report
+    assert report["achieved"] <= report["budget_limit"]
+    b = AxConfig(budget=budget).budget
+    assert b.measure(Structure.from_model(result.model)) <= b.limit(Structure.from_model(model))
+    assert report["mode"] == "budget" and report["budget"] == budget
+
+
+def test_an_infeasible_budget_names_the_smallest_model(tiny_model, tiny_tokenizer):
+    batches = validation_batches(examples(16), tiny_tokenizer)
+    with pytest.raises(InfeasibleBudget, match="params=10"):
+        axformer(tiny_model, AxConfig(budget="params=10"), batches, progress=False)
+    with pytest.raises(InfeasibleBudget, match="macs=0.5"):  # attention is most of these MACs and may not go
+        axformer(tiny_model, AxConfig(budget="macs=0.5", attention=False), batches, progress=False)
+
+
+def test_composes_with_one_shot_pruning_both_ways(tiny_tokenizer, tmp_path):
+    from slimformer.static import MagnitudeConfig, prune
+
+    model = make_tiny_model("bert")
+    batches = confident_task(model, tiny_tokenizer, n=48)
+    damage_head(model, layer=2, head=1)
+    first = prune(model, MagnitudeConfig(budget="macs=0.8", repair=False), batches, progress=False).model
+    set_hard_attention(first, {0: 2, 1: 2, 2: 2})  # the search keeps what it does not search
+    ax = axformer(first, AxConfig(hard_attention=False, remove_layers=False), batches, progress=False)
+    assert ax.report["start"]["macs"] == cost_of(Structure.from_model(first)).macs  # relative to its input
+
+    def topk_where_heads(m):
+        return {i: 2 for i, s in enumerate(Structure.from_model(m).layers) if s.heads}
+
+    assert hard_attention_of(ax.model) == topk_where_heads(ax.model)
+    then = prune(ax.model, MagnitudeConfig(budget="macs=0.7", repair=True), batches, progress=False).model
+    assert hard_attention_of(then) == topk_where_heads(then)
+    inputs = make_inputs()
+    loaded = load_slim(save_model(then, tiny_tokenizer, tmp_path / "m"))
+    assert hard_attention_of(loaded) == hard_attention_of(then)
+    torch.testing.assert_close(logits(loaded, inputs), logits(then, inputs), rtol=0, atol=0)
+
+
+def test_result_saves_and_loads(tiny_tokenizer, tmp_path):
+    model = make_tiny_model("bert")
+    batches = confident_task(model, tiny_tokenizer, n=48)
+    damage_head(model, layer=2, head=1)
+    result = axformer(model, AxConfig(topk=(1, 0.5)), batches, progress=False)
+    inputs = make_inputs()
+    folder = save_model(result.model, tiny_tokenizer, tmp_path / "m", extra=result.report)
+    loaded = load_slim(folder)
+    torch.testing.assert_close(logits(loaded, inputs), logits(result.model, inputs), rtol=0, atol=0)
+    assert hard_attention_of(loaded) == result.topk
+
+
+def test_bad_validation_data(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="empty"):
+        axformer(tiny_model, AxConfig(), [], progress=False)
+    batches = validation_batches(examples(8), tiny_tokenizer)
+    for b in batches:
+        b.pop("labels")
+    with pytest.raises(ValueError, match="labels"):
+        axformer(tiny_model, AxConfig(), batches, progress=False)
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+def test_config_round_trip():
+    config = AxConfig(budget="macs=0.5", topk=(8, 0.25), loss_tolerance=0.01, neuron_groups=4)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert AxConfig.from_dict(data) == config and config.mode == "budget" and AxConfig().mode == "accuracy"
+    with pytest.raises(ValueError, match="unknown field"):
+        AxConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("budget", "latency=8ms"),
+        ("budget", 0.5),
+        ("loss_tolerance", -0.1),
+        ("max_worse_fraction", 1.5),
+        ("neuron_groups", 0),
+        ("max_passes", 1.5),
+        ("topk", (0,)),
+        ("topk", (1.0,)),
+        ("topk", 4),
+        ("budget_step", 0.0),
+        ("screen_fraction", 2.0),
+        ("hard_attention", "yes"),
+        ("tolerance_from", "first"),
+        ("eval_rows", True),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        AxConfig(**{field: value})
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
+    model = make_tiny_model("bert", num_labels=2)
+    damage_head(model, layer=2, head=1)
+    src = save_model(model, tiny_tokenizer, tmp_path / "model")
+    rows = ["text,label"] + [
+        f"{'good fun' if i % 2 else 'bad dull'} movie {i},{'pos' if i % 2 else 'neg'}" for i in range(60)
+    ]
+    (tmp_path / "task.csv").write_text("\n".join(rows) + "\n")
+    app = typer.Typer()
+    app.command()(axformer_command)
+    app.command("other")(lambda: None)  # two commands, so typer keeps the subcommand name
+    out = tmp_path / "ax"
+    args = ["axformer-command", str(src), "--task", str(tmp_path / "task.csv"), "--out", str(out)]
+    args += ["--budget", "macs=0.6,seq=16", "--evaluate", "test", "--int8-out", str(tmp_path / "int8"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "axformer" and report["relative"]["macs"] <= 0.6
+    assert report["metrics"]["n"] == 6 and report["validation_examples"] == 6
+    assert json.loads((out / "slimformer.json").read_text())["budget"] == "macs=0.6,seq=16"
+    assert load_slim(out) is not None
+    assert (tmp_path / "int8" / "model_int8.pt").is_file() and report["int8"]["size_on_disk"] > 0
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "not empty" in again.stderr

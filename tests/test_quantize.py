@@ -1,0 +1,114 @@
+"""int8 dynamic quantization: outputs stay close, modules really change, save -> load is exact."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+from conftest import make_inputs, make_tiny_model
+from slimformer.axformer import hard_attention_of, set_hard_attention
+from slimformer.export import save_model
+from slimformer.quantize import (
+    Int8Config,
+    is_quantized,
+    is_quantized_folder,
+    load_quantized,
+    quantize_dynamic_int8,
+    save_quantized,
+    size_on_disk,
+)
+from slimformer.structure import Structure
+from slimformer.surgery import KeepPlan, apply_plan
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def kinds(model) -> set[type]:
+    return {type(m) for m in model.modules()}
+
+
+QLINEAR, QEMBEDDING = torch.ao.nn.quantized.dynamic.Linear, torch.ao.nn.quantized.Embedding
+
+
+def test_quantized_outputs_stay_close_and_modules_change(tiny_model, tiny_inputs):
+    expected = logits(tiny_model, tiny_inputs)
+    q = quantize_dynamic_int8(tiny_model)
+    got = logits(q, tiny_inputs)
+    assert not is_quantized(tiny_model) and is_quantized(q)  # the input model is untouched
+    assert not {QLINEAR, QEMBEDDING} & kinds(tiny_model)
+    assert {QLINEAR, QEMBEDDING} <= kinds(q)
+    assert not any(type(m) is nn.Linear for m in q.modules())
+    assert not torch.equal(got, expected)  # it really is a different (int8) computation
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.02 * float(expected.abs().max()) + 1e-3)
+    assert q.config.slimformer_quantization == {"method": "dynamic_int8", "per_channel": True, "embeddings": True}
+    assert Structure.from_model(q) == Structure.from_model(tiny_model)
+
+
+def test_without_embeddings_the_word_embeddings_stay_fp32(tiny_model):
+    q = quantize_dynamic_int8(tiny_model, Int8Config(embeddings=False, per_channel=False))
+    assert type(q.get_input_embeddings()) is nn.Embedding and QLINEAR in kinds(q)
+
+
+def test_pruned_model_with_top_k_quantizes_saves_and_loads_exactly(tiny_model, tiny_tokenizer, tmp_path):
+    apply_plan(tiny_model, KeepPlan.removing(tiny_model, heads={0: [1]}, attention=[1], ffn=[2], layers=[]))
+    set_hard_attention(tiny_model, {0: 2})
+    inputs = make_inputs()
+    q = quantize_dynamic_int8(tiny_model)
+    zero = [m for m in q.modules() if type(m) is nn.Linear]  # removed sublayers' zero-size projections
+    assert zero and all(m.weight.numel() == 0 for m in zero)
+    folder = save_quantized(q, tiny_tokenizer, tmp_path / "q", extra={"method": "test"})
+    assert is_quantized_folder(folder) and json.loads((folder / "slimformer.json").read_text()) == {"method": "test"}
+    loaded = load_quantized(folder)
+    assert is_quantized(loaded) and hard_attention_of(loaded) == {0: 2}
+    torch.testing.assert_close(logits(loaded, inputs), logits(q, inputs), rtol=0, atol=0)
+
+
+def test_dense_model_round_trips_too(tiny_tokenizer, tmp_path):
+    model = make_tiny_model("distilbert")
+    q = quantize_dynamic_int8(model)
+    loaded = load_quantized(save_quantized(q, tiny_tokenizer, tmp_path / "q"))
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(loaded, inputs), logits(q, inputs), rtol=0, atol=0)
+
+
+def test_int8_folder_is_much_smaller(tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+    )
+    model = BertForSequenceClassification(cfg).eval()
+    fp32 = size_on_disk(save_model(model, None, tmp_path / "fp32"))
+    int8 = size_on_disk(save_quantized(quantize_dynamic_int8(model), None, tmp_path / "int8"))
+    assert int8 < fp32 / 2.5  # ~3x here; per-tensor overheads weigh less in real-sized models (MiniLM ~4x)
+
+
+def test_bad_input(tiny_model, tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="save_model"):
+        save_quantized(tiny_model, tiny_tokenizer, tmp_path / "a")
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_dynamic_int8(quantize_dynamic_int8(tiny_model))
+    with pytest.raises(FileNotFoundError, match="model_int8.pt"):
+        load_quantized(save_model(tiny_model, tiny_tokenizer, tmp_path / "fp32"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        size_on_disk(tmp_path / "missing")
+    with pytest.raises(ValueError, match="per_channel"):
+        Int8Config(per_channel="yes")
+    with pytest.raises(ValueError, match="unknown field"):
+        Int8Config.from_dict({"bits": 4})
+
+
+def test_size_on_disk_counts_files(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
+    assert size_on_disk(tmp_path / "a") == 10 and size_on_disk(tmp_path) == 15
