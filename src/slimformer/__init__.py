@@ -27,7 +27,17 @@ _LAZY = {
     "finetune": "slimformer.train",
     "BenchConfig": "slimformer.bench",
     "bench_model": "slimformer.bench",
+    "bench_models": "slimformer.bench",
     "get_adapter": "slimformer.arch",
+    "Budget": "slimformer.budget",
+    "prune": "slimformer.static",
+    "OptinConfig": "slimformer.static",
+    "axformer": "slimformer.axformer",
+    "AxConfig": "slimformer.axformer",
+    "quantize_dynamic_int8": "slimformer.quantize",
+    "compress": "slimformer.compose",
+    "parse_recipe": "slimformer.compose",
+    "export_onnx": "slimformer.onnx_export",
 }
 
 __all__ = ["__version__", *_LAZY]
