@@ -36,30 +36,36 @@ OUT = Path(__file__).parent / "results"
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"}
 
 
-def breakdown(model, inputs: dict, calls: int) -> dict:
-    """Wall ms per forward, and the part of it inside matrix-product kernels (profiler self time)."""
-    with torch.inference_mode():
-        for _ in range(5):
-            model(**inputs)
-        walls = []
+def profile_share(model, inputs: dict, calls: int) -> tuple[float, dict]:
+    """Share of the forward's op time spent in matrix-product kernels, and the largest other ops (ms)."""
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
-            t0 = time.perf_counter()
             model(**inputs)
-            walls.append((time.perf_counter() - t0) * 1e3)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(calls):
-                model(**inputs)
     per_op = {e.key: e.self_cpu_time_total / calls / 1e3 for e in prof.key_averages()}
+    total = sum(per_op.values())
     matmul = sum(v for k, v in per_op.items() if k in MATMUL_OPS)
-    walls.sort()
-    wall = walls[len(walls) // 2]
     top = sorted(((k, v) for k, v in per_op.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])[:6]
-    return {"wall_ms": wall, "matmul_ms": matmul, "other_ms": wall - matmul, "top_other": dict(top)}
+    return matmul / total, dict(top)
+
+
+def interleaved_walls(models: list, inputs: dict, calls: int) -> list[float]:
+    """Median wall ms of each model, timed in alternating calls so drift hits all alike."""
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for m in models:
+            for _ in range(3):
+                m(**inputs)
+        for _ in range(calls):
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m(**inputs)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    return [sorted(t)[len(t) // 2] for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--shapes", type=Path, default=OUT / "prune_budgets_rotten.json")
     args = parser.parse_args(argv)
 
@@ -80,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             models.append((f"optin {r['budget']}", r["budget"], apply_plan(copy.deepcopy(dense), plan)))
     inputs = make_bench_inputs(dense, 1, 128, 0)
-    for name, _, model in models:
-        b = breakdown(model.eval(), inputs, args.calls)
-        b["name"] = name
+    walls = interleaved_walls([m.eval() for _, _, m in models], inputs, args.calls)
+    for (name, _, model), wall in zip(models, walls, strict=True):
+        share, top = profile_share(model, inputs, 10)
+        b = {"name": name, "wall_ms": wall, "matmul_ms": wall * share, "other_ms": wall * (1 - share)}
+        b["top_other"] = top
         b["macs_rel"] = cost_of(Structure.from_model(model), 128).macs / dense_macs
         rows.append(b)
         print(f"{name}: wall {b['wall_ms']:.2f} ms, matmul {b['matmul_ms']:.2f}, other {b['other_ms']:.2f}", flush=True)
@@ -102,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Batch-1 time: matrix products vs the rest (MiniLM-L6, 1 x 128 tokens)",
         "",
-        f"Median wall clock of {args.calls} calls; matmul = profiler self time in addmm/mm/bmm and the SDPA "
-        f"kernel; other = wall - matmul. {env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, "
+        f"Median wall clock of {args.calls} calls per model, all models in alternating calls; matmul = wall x the "
+        f"share of profiled op time in addmm/mm/bmm and the SDPA kernel; other = the rest. {env['processor']}, "
+        f"{env['torch_threads']} threads, torch {env['torch']}, "
         f"{env['datetime_utc']}. 'ceiling' = the speedup x MACs ratio reachable if matrix products shrank exactly "
         "with MACs and everything else stayed as in dense.",
         "",
