@@ -61,10 +61,9 @@ def outside_prune(model, value: float, batches, seed: int):
 
     t0 = time.perf_counter()
     pruned, info = torch_pruning_prune(model, value, batches, seed=seed, seq_len=BENCH["seq_len"])
-    dense, small = cost_of(Structure.from_model(model)), cost_of(Structure.from_model(pruned), BENCH["seq_len"])
-    dense_macs = cost_of(Structure.from_model(model), BENCH["seq_len"]).macs
+    dense, small = (cost_of(Structure.from_model(m), BENCH["seq_len"]) for m in (model, pruned))
     return pruned, {
-        "relative": {"macs": small.macs / dense_macs, "params": small.params / dense.params},
+        "relative": {"macs": small.macs / dense.macs, "params": small.params / dense.params},
         "seconds": {"total": time.perf_counter() - t0},
         "layers": [{"heads": x["heads"], "ffn": x["ffn"]} for x in small.layers],
         "info": info,

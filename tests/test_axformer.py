@@ -3,8 +3,6 @@
 import copy
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,7 +27,7 @@ from slimformer.data import Example
 from slimformer.export import load_slim, save_model
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
-from test_export import PLAIN_LOAD
+from test_export import plain_transformers_logits
 
 
 def logits(model, inputs):
@@ -122,16 +120,7 @@ def test_topk_on_a_dense_model_loads_with_plain_transformers(tiny_tokenizer, tmp
     inputs = make_inputs()
     expected = logits(model, inputs)
     folder = save_model(model, tiny_tokenizer, tmp_path / "m")
-    payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
-    out = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    got = plain_transformers_logits(folder, inputs)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 

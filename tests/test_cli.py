@@ -280,3 +280,9 @@ def test_compress_bad_recipe_fails_before_work(saved_model, csv_task, tmp_path):
     assert result.exit_code != 0
     assert "step 1 (int8) must be the last step" in result.output  # before the unknown task is even looked up
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_bad_budgets_named(tmp_path):
+    result = run("demo", "--budgets", "0.6,abc", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "--budgets '0.6,abc'" in result.stderr
+    assert not (tmp_path / "run").exists()

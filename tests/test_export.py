@@ -34,6 +34,20 @@ PLAIN_LOAD = textwrap.dedent(
 )
 
 
+def plain_transformers_logits(folder, inputs: dict) -> torch.Tensor:
+    """Logits of ``folder`` loaded by plain transformers in a subprocess where slimformer cannot be imported."""
+    payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def prune(model):
     plan = KeepPlan.removing(model, heads={0: [1, 2]}, neurons={1: range(9)}, attention=[2], layers=[1])
     return apply_plan(model, plan)
@@ -64,16 +78,7 @@ def test_pruned_model_loads_with_plain_transformers(tiny_model, tiny_tokenizer, 
     inputs = make_inputs()
     expected = logits(tiny_model, inputs)
     folder = save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
-    payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
-    out = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    got = plain_transformers_logits(folder, inputs)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 

@@ -72,6 +72,14 @@ def load_task_option(task: str, text_column: str, text_pair_column: str | None, 
     )
 
 
+def _fractions(text: str, option: str) -> tuple[float, ...]:
+    """``"0.6,0.4"`` -> ``(0.6, 0.4)``; a clear error naming the option and the bad text otherwise."""
+    try:
+        return tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated fractions such as 0.6,0.4") from None
+
+
 def _ft_field(name: str):
     from slimformer.train import FinetuneConfig
 
@@ -520,7 +528,7 @@ def demo(
         if compress:
             sweep = {
                 "methods": tuple(m.strip() for m in methods.split(",") if m.strip()),
-                "budgets": tuple(float(b) for b in budgets.split(",") if b.strip()),
+                "budgets": _fractions(budgets, "--budgets"),
                 "onnx": None if onnx.lower() == "none" else onnx,
             }
         config = DemoConfig(model=model, task=task, repeats=repeats, **sweep)

@@ -100,7 +100,7 @@ def _int8(model):
     return quantize_dynamic_int8(model)
 
 
-def _weight_bytes(model) -> int:
+def weight_bytes(model) -> int:
     """Bytes of the weights as stored: the real size of int8 packed weights, not the fp32 shapes."""
     import io
 
@@ -239,7 +239,7 @@ def _point(key, method, budget, model, tokenizer, test, config, evaluate, cost, 
         "accuracy": metrics["accuracy"],
         "params": cost.params,
         "macs": cost.macs,
-        "bytes": _weight_bytes(model),
+        "bytes": weight_bytes(model),
         "seconds": round(seconds, 2),
     }
     logger.info("%s: accuracy %.4f, %.1f MB", key, point["accuracy"], point["bytes"] / 1e6)

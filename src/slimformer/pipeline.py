@@ -277,10 +277,10 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
 
 
 def _dense_point(name: str, row: dict, model) -> dict:
-    from slimformer.pareto import _weight_bytes
+    from slimformer.pareto import weight_bytes
 
     return {"key": name, "method": "dense", "budget": 1.0, "accuracy": row["accuracy"], "params": row["params"],
-            "macs": row["macs"], "bytes": _weight_bytes(model), "seconds": 0.0}  # fmt: skip
+            "macs": row["macs"], "bytes": weight_bytes(model), "seconds": 0.0}  # fmt: skip
 
 
 def _onnx_point(spec: str, points, models, tokenizer, task, folder: Path, max_length: int) -> dict:

@@ -10,8 +10,6 @@ from typing import Annotated
 
 import typer
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
-
 
 def _help(name: str) -> str:
     from slimformer.onnx_export import ExportConfig
@@ -110,6 +108,7 @@ def export_command(
     Refused with an error: hard top-k attention, token skimming, early exit, forward hooks, PyTorch-quantized models.
     """
     from slimformer.bench import BenchConfig, parse_int_list
+    from slimformer.cli import USER_ERRORS  # the one list of user-error types (imported late: cli imports us)
     from slimformer.models import load_model
     from slimformer.onnx_export import ExportConfig, OnnxVerificationError, export_onnx
 
