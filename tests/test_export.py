@@ -110,3 +110,25 @@ def test_output_path_that_is_a_file(tiny_model, tmp_path):
 def test_missing_model_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_folder_loaders_dispatch_on_config_key(tmp_path, monkeypatch):
+    """A folder whose config names a registered method key is loaded by that method's loader."""
+    import json
+    import sys
+    import types
+
+    from slimformer import models
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "slimformer_fake": {"x": 1}}))
+    calls = []
+    fake = types.ModuleType("fake_loader_mod")
+    fake.load = lambda path: calls.append(path) or "MODEL"
+    monkeypatch.setitem(sys.modules, "fake_loader_mod", fake)
+    monkeypatch.setitem(models.FOLDER_LOADERS, "slimformer_fake", "fake_loader_mod:load")
+    assert models._folder_loader(str(folder))(str(folder)) == "MODEL"
+    assert calls == [str(folder)]
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "slimformer_fake": None}))
+    assert models._folder_loader(str(folder)) is None

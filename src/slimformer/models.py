@@ -21,6 +21,14 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_MODEL = "minilm-l6"
 
+#: Saved formats of the dynamic and trained methods: a key in the folder's ``config.json`` ->
+#: ``"module:function"`` that loads the folder and returns the model (eval mode). Each method
+#: package registers its own line here; the module is imported only when a folder needs it.
+FOLDER_LOADERS: dict[str, str] = {
+    "slimformer_skim": "slimformer.skim.saving:load_skim",
+    "slimformer_exit": "slimformer.exits.saving:load_exit",
+}
+
 
 def _package_dir(module: str) -> Path | None:
     """Folder of an installed package, found without importing it."""
@@ -54,6 +62,22 @@ def resolve_model_path(name: str) -> str:
             f"model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing folder"
         )
     return name  # a hub id: transformers resolves it (online only)
+
+
+def _folder_loader(path: str):
+    """The loader registered in :data:`FOLDER_LOADERS` for a folder's config, if any."""
+    import importlib
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    keys = json.loads(config.read_text())
+    for key, target in FOLDER_LOADERS.items():
+        if keys.get(key):
+            module, func = target.split(":")
+            return getattr(importlib.import_module(module), func)
+    return None
 
 
 def load_tokenizer(name: str):
@@ -95,7 +119,10 @@ def load_model(
     from slimformer.quantize import is_quantized_folder, load_quantized
 
     path = resolve_model_path(name)
-    if is_quantized_folder(path):
+    loader = _folder_loader(path)
+    if loader is not None:
+        model = loader(path)
+    elif is_quantized_folder(path):
         model = load_quantized(path)
     elif is_slim_folder(path):
         model = load_slim(path)
