@@ -9,7 +9,7 @@ parameters, bytes or milliseconds). Every cost except latency comes from :mod:`s
 Text forms (:meth:`Budget.parse`), modifiers after commas::
 
     macs=0.5   macs=300M   macs=1.2G,seq=256   params=12M   params=0.6
-    memory=40MB   memory=35MiB,dtype=int8   memory=0.5   latency=8ms,batch=32,seq=128   latency=0.6
+    memory=40MB   memory=35MiB,dtype=int8   memory=0.5   memory=40%   latency=8ms,batch=32,seq=128   latency=0.6
 
 ``seq`` is accepted by every kind (params and memory do not depend on it); ``batch`` only by
 latency and ``dtype`` only by memory budgets. Memory units: ``B``, decimal ``kB``/``MB``/``GB``
@@ -39,7 +39,8 @@ DEFAULT_SEQ_LEN = 128
 
 FORMS = (
     "accepted forms: KIND=VALUE[,seq=N][,batch=N][,dtype=D] with KIND one of macs, params, memory, latency; "
-    "VALUE a fraction of the dense model in (0, 1] (e.g. macs=0.5, latency=0.6) or absolute: "
+    "VALUE a fraction of the dense model in (0, 1] (e.g. macs=0.5, latency=0.6), a percentage (memory=40%) "
+    "or absolute: "
     "macs=300M / macs=1.2G, params=12M (suffixes k, M, G, T), memory=40MB / 40MiB (B, kB, MB, GB decimal; "
     "KiB, MiB, GiB binary), latency=8ms (ms, s, us); seq=N for macs and latency (default 128), "
     "batch=N for latency (default 1), dtype=fp32|fp16|int8 for memory (default fp32)"
@@ -278,6 +279,15 @@ def format_value(kind: str, value: float) -> str:
 
 def _parse_value(kind: str, raw: str, fail) -> tuple[float, bool]:
     """``(value, relative)`` from the text after ``KIND=``."""
+    if raw.strip().endswith("%"):  # "memory=40%": a percentage of the dense model's cost
+        pct = raw.strip()[:-1].strip()
+        try:
+            number = Decimal(pct)
+        except InvalidOperation:
+            raise fail(f"bad percentage {raw!r}") from None
+        if not 0 < number <= 100:
+            raise fail(f"a percentage must be in (0, 100], got {raw!r}")
+        return float(number / 100), True
     m = _VALUE.match(raw)
     if not m:
         raise fail(f"bad value {raw!r}")

@@ -551,9 +551,15 @@ def _register_command_modules() -> None:
     """Commands that live in their own modules (thin wrappers over a library function each)."""
     from slimformer.axformer.cli import axformer_command
     from slimformer.commands.export import export_command
+    from slimformer.exits.cli import exit_app
+    from slimformer.skim.cli import skim_app
+    from slimformer.slim.cli import slim_app
 
     app.command("export")(export_command)
     app.command("axformer")(axformer_command)
+    app.add_typer(exit_app, name="exit")
+    app.add_typer(skim_app, name="skim")
+    app.add_typer(slim_app, name="slim")
 
 
 _register_command_modules()

@@ -1,0 +1,238 @@
+"""Joint training of a backbone and all its exits, distilled from the dense model.
+
+``early_exit(model, ExitConfig(...), train_data)`` wraps a copy of ``model`` in a
+:class:`~slimformer.exits.model.MultiExitModel` and trains everything together: each exit learns
+from the labels and from the teacher's final logits, each layer's output is pulled towards the
+teacher's output at the same depth, and deeper exits weigh more (see :class:`ExitConfig`). The
+teacher is the model as given (the dense fine-tuned classifier), or ``teacher=`` when the model
+was slenderized first (:func:`slender_exit` does both). The loop runs on HF Accelerate like
+:func:`slimformer.train.finetune`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from slimformer.exits.config import ExitConfig, ExitRule, SlenderConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class ExitResult:
+    """The trained multi-exit model (rule ``none`` until calibrated) and a JSON-ready report."""
+
+    model: Any
+    report: dict
+
+
+def training_batches(examples, tokenizer, *, batch_size: int = 32, max_length: int = 128, seed: int = 0) -> list:
+    """Tokenized, length-grouped training batches with labels (shuffled again every epoch)."""
+    from slimformer.data import make_loader
+
+    if not examples:
+        raise ValueError("no training examples")
+    loader = make_loader(
+        list(examples), tokenizer, batch_size=batch_size, max_length=max_length, group_by_length=True, seed=seed
+    )
+    return list(loader)
+
+
+def teacher_outputs(teacher, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The dense teacher's final logits ``(B, C)`` and every layer's output ``(B, T, d)``."""
+    from slimformer.arch import get_adapter
+
+    ad = get_adapter(teacher)
+    hidden = ad.embed(teacher, batch["input_ids"], batch.get("token_type_ids"))
+    mask = ad.layer_mask(teacher, hidden, batch["attention_mask"])
+    states = []
+    for layer in ad.layers(teacher):
+        hidden = ad.run_layer(layer, hidden, mask)
+        states.append(hidden)
+    return ad.classify(teacher, hidden), states
+
+
+def exit_loss(
+    logits: list[torch.Tensor],
+    hidden: list[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    teacher_hidden: list[torch.Tensor],
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: ExitConfig,
+) -> tuple[torch.Tensor, dict]:
+    """The joint loss (see :class:`ExitConfig`) and its parts as floats."""
+    n = len(logits)
+    weights = [i / (n * (n + 1) / 2) for i in range(1, n + 1)]  # exit i weighs i, summing to 1
+    t = config.temperature
+    soft = F.softmax(teacher_logits.float() / t, dim=-1)  # (B, C)
+    task = kd = logits[0].new_zeros(())
+    for w, z in zip(weights, logits, strict=True):
+        task = task + w * F.cross_entropy(z.float(), labels)
+        kd = kd + w * F.kl_div(F.log_softmax(z.float() / t, dim=-1), soft, reduction="batchmean") * t * t
+    loss = (1 - config.alpha) * task + config.alpha * kd
+    hid = logits[0].new_zeros(())
+    if config.hidden_weight > 0 and hidden:
+        real = attention_mask.unsqueeze(-1).to(hidden[0].dtype)  # (B, T, 1)
+        tokens = real.sum().clamp(min=1)
+        for s, h in zip(hidden, teacher_hidden, strict=True):
+            err = ((s - h).pow(2) * real).sum() / tokens  # mean over real tokens of ||s - h||^2
+            scale = (h.pow(2) * real).sum() / tokens
+            hid = hid + err / scale.clamp(min=1e-6)
+        hid = hid / len(hidden)
+        loss = loss + config.hidden_weight * hid
+    parts = {"loss": loss, "task": task, "distill": kd, "hidden": hid}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _param_groups(model, config: ExitConfig) -> list[dict]:
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            head = name.startswith("exits")
+            no_decay = pname == "bias" or isinstance(module, torch.nn.LayerNorm)
+            groups.setdefault((head, no_decay), []).append(p)
+    return [
+        {"params": ps, "lr": config.head_lr if head else config.lr, "weight_decay": 0.0 if nd else config.weight_decay}
+        for (head, nd), ps in groups.items()
+    ]
+
+
+def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, progress: bool = True) -> ExitResult:
+    """Add an exit after every layer of a copy of ``model`` and train backbone and exits jointly.
+
+    Args:
+        model: a fine-tuned sequence classifier (slender or not) or a multi-exit model.
+        config: training settings.
+        train_data: tokenized batches with labels (:func:`training_batches`).
+        teacher: the dense model to distil from; default: ``model`` itself (frozen copy). It must
+            have as many layers as ``model`` when ``config.hidden_weight > 0``.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ExitResult`; the model's exit rule is ``none`` until :func:`~slimformer.exits.calibrate_rule` sets one.
+
+    Raises:
+        ValueError: no batches, batches without labels, or a teacher with another depth.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from slimformer.exits.model import MultiExitModel
+
+    if not isinstance(config, ExitConfig):
+        raise ValueError(f"config={config!r}: must be an ExitConfig")
+    if not train_data:
+        raise ValueError("early_exit needs training batches (slimformer.exits.training_batches)")
+    if any("labels" not in b for b in train_data):
+        raise ValueError("early_exit needs labelled batches (a 'labels' entry in every batch)")
+    t0 = time.perf_counter()
+    set_seed(config.seed)
+    teacher = copy.deepcopy(teacher if teacher is not None else model)
+    if isinstance(teacher, MultiExitModel):
+        teacher = teacher.backbone
+    teacher.eval().requires_grad_(False)
+    student = MultiExitModel.from_classifier(model, head=config.head)
+    from slimformer.arch import get_adapter
+
+    depth_t = len(get_adapter(teacher).layers(teacher))
+    if config.hidden_weight > 0 and depth_t != student.num_layers:
+        raise ValueError(
+            f"hidden-state distillation needs a teacher as deep as the student: {depth_t} vs "
+            f"{student.num_layers} layers (set hidden_weight=0 or pass a matching teacher)"
+        )
+    accelerator = Accelerator()
+    steps_per_epoch = len(train_data)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer = torch.optim.AdamW(_param_groups(student, config))
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    teacher.to(accelerator.device)
+    net = accelerator.unwrap_model(student)
+    rng = random.Random(config.seed)
+    history, step = [], 0
+    bar = tqdm(total=total, desc="exit train", unit="step", disable=not progress)
+    student.train()
+    for epoch in range(config.epochs):
+        order = list(range(steps_per_epoch))
+        rng.shuffle(order)
+        sums: dict[str, float] = {}
+        t_epoch, n = time.perf_counter(), 0
+        for idx in order:
+            if step >= total:
+                break
+            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
+            with torch.no_grad():
+                t_logits, t_hidden = teacher_outputs(teacher, batch)
+            logits, hidden = net.all_exits(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch.get("token_type_ids"),
+                hidden_states=config.hidden_weight > 0,
+            )
+            loss, parts = exit_loss(
+                logits, hidden, t_logits, t_hidden, batch["labels"], batch["attention_mask"], config
+            )
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, n = step + 1, n + 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        if n:
+            history.append(
+                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
+                 **{k: v / n for k, v in sums.items()}}
+            )  # fmt: skip
+            logger.info("exit training epoch %d: %s", epoch + 1, history[-1])
+    bar.close()
+    net = accelerator.unwrap_model(student, keep_fp32_wrapper=False).eval()
+    net.set_rule(ExitRule(kind="none"))
+    accelerator.free_memory()
+    report = {
+        "exit_config": config.to_dict(),
+        "steps": step,
+        "examples_per_epoch": sum(len(b["labels"]) for b in train_data),
+        "epochs": history,
+        "exit_params": sum(p.numel() for p in net.exits.parameters()),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return ExitResult(model=net, report=report)
+
+
+def slender_exit(
+    model,
+    slender: SlenderConfig,
+    config: ExitConfig,
+    calibration: list,
+    train_data: list,
+    *,
+    progress: bool = True,
+) -> ExitResult:
+    """Slenderize ``model`` (:func:`slimformer.exits.slenderize`), then train it with exits,
+    distilling from ``model`` itself. The report holds both steps."""
+    from slimformer.exits.slender import slenderize
+
+    thin = slenderize(model, slender, calibration, progress=progress)
+    result = early_exit(thin.model, config, train_data, teacher=model, progress=progress)
+    result.report["slenderize"] = thin.report
+    return result

@@ -1,0 +1,243 @@
+"""``slimformer skim train|calibrate|report``: thin commands over :mod:`slimformer.skim`.
+
+Registered in :mod:`slimformer.cli` with ``app.add_typer(skim_app, name="skim")``. Importing this
+module loads typer and the (torch-free) config only; the work happens inside the functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimformer.skim.config import SkimConfig
+
+skim_app = typer.Typer(
+    help="Token skimming: a predictor before each layer drops tokens; they are removed for real at inference.",
+    no_args_is_help=True,
+)
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SkimConfig)}
+
+
+def _help(name: str) -> str:
+    return _FIELDS[name].metadata["help"]
+
+
+def _default(name: str):
+    return _FIELDS[name].default
+
+
+TaskOpt = Annotated[
+    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`) or a CSV/TSV/JSONL file")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")]
+KeepOpt = Annotated[
+    float | None, typer.Option("--keep", help="calibrate the threshold shift on validation to this mean kept fraction")
+]
+MacsOpt = Annotated[
+    float | None, typer.Option("--macs", help="or calibrate it to this fraction of the dense MACs (predictors counted)")
+]
+
+
+def _load(task: str, seed: int, text_column: str, text_pair_column: str | None, label_column: str):
+    from slimformer.cli import load_task_option
+
+    return load_task_option(task, text_column, text_pair_column, label_column, seed)
+
+
+@skim_app.command("train")
+def train_command(
+    model: Annotated[str, typer.Argument(help="fine-tuned classifier: built-in name, local folder or hub id")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the skimming model (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    skim_weight: Annotated[float, typer.Option("--lambda", help=_help("skim_weight"))] = _default("skim_weight"),
+    epochs: Annotated[int, typer.Option(help=_help("epochs"))] = _default("epochs"),
+    lr: Annotated[float, typer.Option(help=_help("lr"))] = _default("lr"),
+    predictor_lr: Annotated[float, typer.Option(help=_help("predictor_lr"))] = _default("predictor_lr"),
+    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = _default("batch_size"),
+    max_length: Annotated[int, typer.Option(help=_help("max_length"))] = _default("max_length"),
+    distill: Annotated[float, typer.Option(help=_help("distill"))] = _default("distill"),
+    max_examples: Annotated[int | None, typer.Option(help=_help("max_examples"))] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_help("max_steps"))] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any other SkimConfig field FIELD=VALUE")] = None,
+    keep: KeepOpt = None,
+    macs: MacsOpt = None,
+    evaluate_split: Annotated[
+        str | None, typer.Option("--evaluate", help="report accuracy, kept tokens and MACs on this split (e.g. test)")
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="column holding the text (user files)")] = "text",
+    text_pair_column: Annotated[str | None, typer.Option(help="optional second text column (user files)")] = None,
+    label_column: Annotated[str, typer.Option(help="column holding the label (user files)")] = "label",
+    seed: Annotated[int, typer.Option(help="seed of the data split, the subset and the Gumbel noise")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last epoch checkpoint in --out")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    as_json: JsonOpt = False,
+):
+    """Train skim predictors (fine-tuning the model with them) and save the skimming model."""
+    from slimformer.cli import USER_ERRORS, _emit_json, _fail, _parse_options
+    from slimformer.export import prepare_output_dir
+    from slimformer.models import load_model
+    from slimformer.skim.measure import measure_skim, tokenized_batches
+    from slimformer.skim.saving import write_skim
+    from slimformer.skim.train import CHECKPOINTS_DIR, skim
+
+    try:
+        if resume and overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        config = SkimConfig.from_dict(
+            {
+                "skim_weight": skim_weight,
+                "epochs": epochs,
+                "lr": lr,
+                "predictor_lr": predictor_lr,
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "distill": distill,
+                "max_examples": max_examples,
+                "max_steps": max_steps,
+                "seed": seed,
+                **_parse_options(set_ or []),
+            }
+        )
+        if out.exists() and any(out.iterdir()) and not resume:
+            if not overwrite:
+                raise FileExistsError(f"output folder {str(out)!r} is not empty; pass --overwrite or --resume")
+        if not resume:
+            prepare_output_dir(out, overwrite=overwrite)
+        data = _load(task, seed, text_column, text_pair_column, label_column)
+        m, tok = load_model(model)
+        if m.config.num_labels != data.num_labels:
+            raise ValueError(
+                f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
+            )
+        result = skim(m, config, data, tokenizer=tok, out_dir=out, resume=resume, progress=not as_json)
+        report = {"model": model, "task": data.name, **result.report}
+        if keep is not None or macs is not None:
+            report["calibration"] = _calibrate(result.model, data, tok, config.max_length, keep, macs, not as_json)
+        if evaluate_split:
+            batches = tokenized_batches(data.split(evaluate_split), tok, max_length=config.max_length)
+            report["metrics"] = {"split": evaluate_split, **measure_skim(result.model, batches, progress=not as_json)}
+        write_skim(result.model, tok, out, report=report)
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)  # optimizer states: only for resuming
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    last = report["epochs"][-1] if report["epochs"] else {}
+    typer.echo(f"saved skimming model to {out} ({report['global_step']} steps, {report['wall_time_s']:.0f}s)")
+    if "validation" in last:
+        _echo_measure("validation", last["validation"])
+    if "calibration" in report:
+        c = report["calibration"]
+        typer.echo(f"calibrated shift {c['shift']:.4f}: {c['metric']} {c['achieved']:.4f} (target {c['target']})")
+    if "metrics" in report:
+        _echo_measure(evaluate_split, report["metrics"])
+
+
+def _calibrate(model, data, tok, max_length: int, keep, macs, progress: bool) -> dict:
+    from slimformer.skim.calibrate import calibrate_shift
+    from slimformer.skim.measure import tokenized_batches
+
+    batches = tokenized_batches(data.split("validation"), tok, max_length=max_length)
+    return calibrate_shift(model, batches, keep=keep, macs=macs, progress=progress)
+
+
+def _echo_measure(split: str, m: dict) -> None:
+    acc = f"accuracy {m['accuracy']:.4f}, " if "accuracy" in m else ""
+    kept = " ".join(f"{k:.2f}" for k in m["kept_fraction"])
+    typer.echo(
+        f"{split}: {acc}kept fraction per layer [{kept}], MACs/seq {m['macs'] / 1e6:.1f}M "
+        f"({m['relative_macs']:.1%} of dense, predictors {m['predictor_macs'] / 1e6:.2f}M), shift {m['shift']:.3f}"
+    )
+
+
+@skim_app.command("calibrate")
+def calibrate_command(
+    folder: Annotated[Path, typer.Argument(help="a skimming model folder (from `slimformer skim train`)")],
+    task: TaskOpt = "rotten_tomatoes",
+    keep: KeepOpt = None,
+    macs: MacsOpt = None,
+    max_length: Annotated[int, typer.Option(help="truncate validation inputs to this many tokens")] = 128,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="save the calibrated copy here (default: in place)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    as_json: JsonOpt = False,
+):
+    """Set the inference threshold shift so validation data keeps a target fraction of tokens (or MACs)."""
+    from slimformer.cli import USER_ERRORS, _emit_json, _fail
+    from slimformer.models import load_model
+    from slimformer.skim.model import is_skim_model
+    from slimformer.skim.saving import save_skim
+
+    try:
+        m, tok = load_model(str(folder))
+        if not is_skim_model(m):
+            raise ValueError(f"{str(folder)!r} is not a skimming model; train one with `slimformer skim train`")
+        data = _load(task, seed, "text", None, "label")
+        result = _calibrate(m, data, tok, max_length, keep, macs, not as_json)
+        if out is None:
+            m.config.save_pretrained(folder)  # only the shift in config.json changes
+        else:
+            save_skim(m, tok, out, overwrite=overwrite, report={"calibration": result})
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(result)
+        return
+    typer.echo(
+        f"shift {result['shift']:.4f}: {result['metric']} {result['achieved']:.4f} (target {result['target']}); "
+        f"saved to {out or folder}"
+    )
+
+
+@skim_app.command("report")
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="a skimming model folder")],
+    task: TaskOpt = "rotten_tomatoes",
+    split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
+    vs: Annotated[str | None, typer.Option("--vs", help="dense model to time against on the same real batches")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")] = "1,32",
+    repeats: Annotated[int, typer.Option(help="timed rounds per batch size")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    as_json: JsonOpt = False,
+):
+    """Accuracy, kept tokens per layer and MACs (predictors counted) on a split; with --vs, wall clock too."""
+    from slimformer.bench import parse_int_list
+    from slimformer.cli import USER_ERRORS, _emit_json, _fail
+    from slimformer.models import load_model
+    from slimformer.skim.measure import measure_skim, tokenized_batches
+    from slimformer.skim.model import is_skim_model
+    from slimformer.skim.timing import real_batches, speedups, time_on_batches
+
+    try:
+        m, tok = load_model(str(folder))
+        if not is_skim_model(m):
+            raise ValueError(f"{str(folder)!r} is not a skimming model")
+        data = _load(task, seed, "text", None, "label")
+        examples = data.split(split)
+        report = measure_skim(m, tokenized_batches(examples, tok, max_length=max_length), progress=not as_json)
+        if vs is not None:
+            dense, _ = load_model(vs)
+            batches = real_batches(examples, tok, batch_sizes=parse_int_list(batch_sizes), max_length=max_length)
+            timing = time_on_batches({"skim": m, "dense": dense}, batches, repeats=repeats, progress=not as_json)
+            report["latency_ms"] = {
+                name: {r["batch_size"]: r["median_ms"] for r in res["results"]} for name, res in timing.items()
+            }
+            report["speedup"] = speedups(timing, reference="dense")["skim"]
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        _emit_json(report)
+        return
+    _echo_measure(split, report)
+    for b, s in report.get("speedup", {}).items():
+        lat = report["latency_ms"]
+        typer.echo(f"batch {b}: skim {lat['skim'][b]:.1f} ms vs dense {lat['dense'][b]:.1f} ms: {s:.2f}x")
