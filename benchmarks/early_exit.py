@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="optin", choices=("optin", "fisher"))
     parser.add_argument("--calibration-size", type=int, default=1024, help="examples scored when slenderizing")
     parser.add_argument("--exit-loss", type=float, default=0.005, help="validation loss target of exit only")
-    parser.add_argument("--slender-loss", type=float, default=0.015, help="validation loss target of slender + exit")
+    parser.add_argument("--slender-loss", type=float, default=0.01, help="validation loss target of slender + exit")
     parser.add_argument("--b1-examples", type=int, default=200, help="test sentences timed at batch 1")
     parser.add_argument("--b32-batches", type=int, default=12, help="test batches of 32 timed")
     parser.add_argument("--passes", type=int, default=1, help="timed passes over the timing inputs")

@@ -38,9 +38,9 @@ from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
 
 
-def _wrapped(family: str, *, layers: int = 4, seed: int = 0) -> MultiExitModel:
+def _wrapped(family: str, *, layers: int = 4, seed: int = 0, head: str = "mean") -> MultiExitModel:
     """A multi-exit model whose exit heads are random (so rows leave at different layers)."""
-    model = MultiExitModel.from_classifier(make_tiny_model(family, layers=layers, num_labels=3))
+    model = MultiExitModel.from_classifier(make_tiny_model(family, layers=layers, num_labels=3), head=head)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.exits.parameters():
@@ -87,9 +87,9 @@ def test_rule_none_equals_the_plain_classifier(family):
     torch.testing.assert_close(model.all_exits(**x)[0][-1], plain(**x).logits)
 
 
-@pytest.mark.parametrize("rule_kind", ["entropy", "patience"])
-def test_batched_early_exit_equals_each_row_alone(family, rule_kind):
-    model = _wrapped(family)
+@pytest.mark.parametrize(("rule_kind", "head"), [("entropy", "mean"), ("patience", "mean"), ("entropy", "pooler")])
+def test_batched_early_exit_equals_each_row_alone(family, rule_kind, head):
+    model = _wrapped(family, head=head)
     x = _ragged()
     rule = _median_rule(model, x) if rule_kind == "entropy" else ExitRule(kind="patience", patience=2)
     out = model(**x, exit_rule=rule)
@@ -131,7 +131,7 @@ def test_cost_table_counts_exit_heads():
     dense = cost_of(Structure.from_model(model.backbone), 16)
     assert table["dense_macs"] == dense.macs
     assert table["macs_by_depth"][-1] == dense.macs + sum(table["exit_macs"])  # all exits + the own head
-    assert table["exit_macs"][0] == 32 * 32 + 32 * 3  # pooler-like head on one token
+    assert table["exit_macs"][0] == 16 * 32 + 32 * 32 + 32 * 3  # mean of 16 tokens, dense, linear
     assert table["params"] == dense.params + table["exit_params"]
 
 

@@ -198,13 +198,18 @@ def test_extract_errors(trained):
         load_run(run / "checkpoints")
 
 
-def test_whole_model_budget_with_vocabulary_pruning(trained, tiny_tokenizer):
+def test_whole_model_budget_with_vocabulary_pruning(trained, tmp_path):
     slimmed, run = trained
     texts = [e.text for e in examples()]
     result = extract(run, "memory=0.7", prune_vocab=True, vocab_texts=texts)
     assert result.report["relative"]["bytes_fp32"] <= 0.7
     assert result.report["vocab"]["vocab_after"] < result.report["vocab"]["vocab_before"]
     assert result.model.config.vocab_size == result.report["vocab"]["vocab_after"]
+    folder = result.save(tmp_path / "whole")
+    loaded, tok = load_model(str(folder))
+    batch = tok(texts[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, result.model(**batch).logits, rtol=0, atol=0)
 
 
 # --- vocabulary pruning -------------------------------------------------------------------------------

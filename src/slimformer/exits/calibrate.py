@@ -136,7 +136,7 @@ def depth_latency(model: MultiExitModel, inputs: list[dict], *, repeats: int = 5
         for i in range(k):
             hidden = ad.run_layer(layers[i], hidden, mask)
             if i < len(model.exits):
-                logits = model.exits[i](hidden)
+                logits = model.exits[i](hidden, x["attention_mask"])
                 done = rule_step(always if i == k - 1 else ExitRule(kind="none"), logits, {})
                 bool(done.any())
         if k == len(layers):

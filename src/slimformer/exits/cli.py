@@ -68,7 +68,9 @@ def train_command(
     calibration_size: Annotated[int, typer.Option(help="training examples scored when slenderizing")] = 1024,
     epochs: Annotated[int, typer.Option(help="passes over the training split")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
-    head: Annotated[str, typer.Option(help="exit head: pooler (dense + tanh, then linear) or linear")] = "pooler",
+    head: Annotated[
+        str, typer.Option(help="exit head: mean (of the tokens) or pooler ([CLS]), dense + tanh + linear; or linear")
+    ] = "mean",
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any other ExitConfig field FIELD=VALUE (repeatable)")
     ] = None,

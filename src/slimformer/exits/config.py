@@ -18,7 +18,7 @@ from typing import Any
 from slimformer.budget import Budget
 
 RULE_KINDS = ("none", "entropy", "confidence", "patience")
-HEAD_KINDS = ("pooler", "linear")
+HEAD_KINDS = ("mean", "pooler", "linear")
 SLENDER_METHODS = ("optin", "fisher")
 TARGET_KINDS = ("accuracy_loss", "depth", "latency")
 
@@ -103,7 +103,11 @@ class ExitConfig:
     """
 
     head: str = field(
-        default="pooler", metadata={"help": "exit head: pooler (dense + tanh on [CLS], then linear) or linear"}
+        default="mean",
+        metadata={
+            "help": "exit head: mean (of the tokens) or pooler ([CLS]), each dense + tanh then linear; "
+            "or linear ([CLS])"
+        },
     )
     epochs: int = field(default=1, metadata={"help": "passes over the training batches (>= 1)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (smoke runs)"})

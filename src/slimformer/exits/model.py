@@ -40,27 +40,40 @@ HEAD_PATHS = {
 
 
 class ExitHead(nn.Module):
-    """Classifier on the first token: ``pooler`` is dense + tanh then linear, ``linear`` is linear only."""
+    """A small classifier reading one layer's output.
+
+    * ``mean``: masked mean of the real tokens, dense + tanh, then linear. Early layers of a
+      model fine-tuned through its last-layer [CLS] carry little about the input at [CLS] yet;
+      the mean of the tokens does.
+    * ``pooler``: the [CLS] / <s> token, dense + tanh, then linear (the BERT pooler's shape).
+    * ``linear``: the [CLS] token, linear only.
+    """
 
     def __init__(self, hidden: int, num_labels: int, kind: str, dropout: float = 0.1):
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"exit head kind {kind!r}: must be one of {', '.join(HEAD_KINDS)}")
         self.kind = kind
-        self.dense = nn.Linear(hidden, hidden) if kind == "pooler" else None
+        self.dense = nn.Linear(hidden, hidden) if kind != "linear" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_labels)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = hidden[:, 0]  # (B, d): the [CLS] / <s> token
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``hidden (B, T, d)``, ``mask (B, T)`` 0/1 padding mask -> logits ``(B, C)``."""
+        if self.kind == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            x = (hidden * m).sum(1) / m.sum(1).clamp(min=1)  # (B, d)
+        else:
+            x = hidden[:, 0]  # (B, d): the [CLS] / <s> token
         if self.dense is not None:
             x = torch.tanh(self.dense(x))
         return self.out(self.dropout(x))  # (B, C)
 
-    def macs(self) -> int:
-        """Multiply-accumulates per sequence (the cost model counts heads on the first token only)."""
+    def macs(self, seq_len: int) -> int:
+        """Multiply-accumulates per sequence of ``seq_len`` tokens (the mean's additions count as MACs)."""
         d, c = self.out.in_features, self.out.out_features
-        return (d * d if self.dense is not None else 0) + d * c
+        pooling = seq_len * d if self.kind == "mean" else 0
+        return pooling + (d * d if self.dense is not None else 0) + d * c
 
 
 @dataclass
@@ -139,7 +152,7 @@ class MultiExitModel(PreTrainedModel):
 
     # --- construction and settings -----------------------------------------------------------
     @classmethod
-    def from_classifier(cls, model, *, head: str = "pooler", rule: ExitRule | None = None) -> MultiExitModel:
+    def from_classifier(cls, model, *, head: str = "mean", rule: ExitRule | None = None) -> MultiExitModel:
         """Wrap a copy of a fine-tuned classifier (pruned or not); exit heads start from its own head.
 
         Raises:
@@ -221,7 +234,7 @@ class MultiExitModel(PreTrainedModel):
         layers = ad.layers(bb)
         for i, layer in enumerate(layers):
             hidden = ad.run_layer(layer, hidden, mask)  # (B, T, d)
-            logits.append(self.exits[i](hidden) if i < len(self.exits) else ad.classify(bb, hidden))
+            logits.append(self.exits[i](hidden, attention_mask) if i < len(self.exits) else ad.classify(bb, hidden))
             if hidden_states:
                 states.append(hidden)
         return logits, states
@@ -267,7 +280,7 @@ class MultiExitModel(PreTrainedModel):
                 break
             if rule.kind == "none":
                 continue
-            logits = self.exits[i](hidden)  # (b, C)
+            logits = self.exits[i](hidden, mask2d)  # (b, C)
             done = rule_step(rule, logits, state)  # (b,)
             if not bool(done.any()):
                 continue
@@ -302,7 +315,7 @@ def exit_cost_table(model: MultiExitModel, seq_len: int) -> dict:
 
     structure = Structure.from_model(model.backbone)
     cost = cost_of(structure, seq_len)
-    exit_macs = [ex.macs() for ex in model.exits]
+    exit_macs = [ex.macs(seq_len) for ex in model.exits]
     by_depth, run = [], 0
     for k, layer in enumerate(cost.layers, start=1):
         run += layer["macs"]
