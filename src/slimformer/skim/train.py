@@ -89,14 +89,6 @@ def _param_groups(model, config: SkimConfig) -> list[dict]:
     return [{"params": ps, "lr": spec[k][0], "weight_decay": spec[k][1]} for k, ps in groups.items() if ps]
 
 
-def _latest_checkpoint(out: Path) -> tuple[Path, dict] | None:
-    done = [d for d in (out / CHECKPOINTS_DIR).glob("epoch-*") if (d / STATE_NAME).is_file()]
-    if not done:
-        return None
-    ckpt = max(done, key=lambda d: int(d.name.split("-")[1]))
-    return ckpt, json.loads((ckpt / STATE_NAME).read_text())
-
-
 def _check_resumable(ckpt: Path, state: dict, config: SkimConfig) -> None:
     saved, now = state["config"], config.to_dict()
     diff = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
@@ -146,6 +138,7 @@ def skim(
     from slimformer.data import TaskData, make_loader
     from slimformer.skim.measure import measure_skim, tokenized_batches
     from slimformer.skim.model import build_skim_model
+    from slimformer.train import latest_checkpoint
 
     if not isinstance(config, SkimConfig):
         raise ValueError(f"config must be a SkimConfig, got {type(config).__name__}")
@@ -193,7 +186,7 @@ def skim(
     if resume:
         if out is None:
             raise ValueError("resume=True needs out_dir, the folder holding the checkpoints")
-        found = _latest_checkpoint(out)
+        found = latest_checkpoint(out)  # same layout as fine-tuning: checkpoints/epoch-N
         if found is not None:
             ckpt, state = found
             _check_resumable(ckpt, state, config)
