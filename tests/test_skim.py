@@ -178,6 +178,35 @@ def test_calibration_meets_a_kept_fraction_and_a_macs_target(tiny_tokenizer):
     assert abs(by_macs["achieved"] - 0.7) <= 0.05
 
 
+def test_calibration_meets_a_latency_target(tiny_tokenizer, monkeypatch):
+    import slimformer.skim.calibrate as cal
+
+    model = skimmer("bert", num_labels=2)
+    batches = tokenized_batches(examples(16), tiny_tokenizer, batch_size=1, max_length=24)
+    # the real timer: positive milliseconds, and the model's shift is left as it was
+    model.skim_shift = 0.25
+    assert cal._median_ms(model, batches[:2], 3.0, 1) > 0 and model.skim_shift == 0.25
+    # a timer that is a known function of the work done (10 ms fixed + 1 ms per kept-token layer-slot)
+    firsts = [model.skim_first_layer(**{k: v for k, v in b.items() if k != "labels"}) for b in batches]
+
+    def fake_ms(m, bs, shift, repeats):
+        assert m is model and len(bs) == len(batches)
+        return 10.0 + float(sum(m.skim_rest(h, a, shift=shift).tokens[:, 1:].sum() for h, a in firsts))
+
+    monkeypatch.setattr(cal, "_median_ms", fake_ms)
+    full, floor = fake_ms(model, batches, -1e9, 1), fake_ms(model, batches, 1e9, 1)
+    target = (full + floor) / 2
+    found = calibrate_shift(model, batches, latency_ms=target, tolerance=0.05)
+    assert found["metric"] == "latency_ms" and abs(found["achieved"] - target) <= 0.05 * target
+    assert model.skim_shift == found["shift"] and fake_ms(model, batches, found["shift"], 1) == found["achieved"]
+    below = calibrate_shift(model, batches, latency_ms=floor / 2)  # unreachable: skims all it can, says so
+    assert below["achieved"] == floor > below["target"]
+    with pytest.raises(ValueError, match="latency_ms"):
+        calibrate_shift(model, batches, latency_ms=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        calibrate_shift(model, batches, keep=0.5, latency_ms=5.0)
+
+
 # --- save, load, evaluate, bench ------------------------------------------------------------------
 
 
@@ -303,6 +332,10 @@ def test_cli_trains_calibrates_reports_and_the_folder_works_with_evaluate_and_be
     cal = runner.invoke(app, ["skim", "calibrate", str(out), "--task", task, "--keep", "0.6", "--json"])
     assert cal.exit_code == 0, cal.output
     assert json.loads((out / "config.json").read_text())["slimformer_skim"]["shift"] == json.loads(cal.stdout)["shift"]
+    slow = ["skim", "calibrate", str(out), "--task", task, "--latency-ms", "1e6", "--latency-batch-size", "2"]
+    lat = runner.invoke(app, [*slow, "--json"])  # a target every shift meets: keeps the most tokens
+    assert lat.exit_code == 0, lat.output
+    assert json.loads(lat.stdout)["metric"] == "latency_ms" and json.loads(lat.stdout)["achieved"] < 1e6
     ev = runner.invoke(app, ["evaluate", str(out), "--task", task, "--json"])
     assert ev.exit_code == 0, ev.output
     bench = runner.invoke(app, ["bench", str(out), "--seq-len", "16", "--repeats", "2", "--json"])

@@ -41,6 +41,15 @@ KeepOpt = Annotated[
 MacsOpt = Annotated[
     float | None, typer.Option("--macs", help="or calibrate it to this fraction of the dense MACs (predictors counted)")
 ]
+LatencyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--latency-ms",
+        help="or to this wall clock per batch in ms, timed on this machine on validation batches "
+        "of --latency-batch-size",
+    ),
+]
+LatencyBatchOpt = Annotated[int, typer.Option(help="batch size the --latency-ms target is for")]
 
 
 def _load(task: str, seed: int, text_column: str, text_pair_column: str | None, label_column: str):
@@ -66,6 +75,8 @@ def train_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="any other SkimConfig field FIELD=VALUE")] = None,
     keep: KeepOpt = None,
     macs: MacsOpt = None,
+    latency_ms: LatencyOpt = None,
+    latency_batch_size: LatencyBatchOpt = 1,
     evaluate_split: Annotated[
         str | None, typer.Option("--evaluate", help="report accuracy, kept tokens and MACs on this split (e.g. test)")
     ] = None,
@@ -116,8 +127,11 @@ def train_command(
             )
         result = skim(m, config, data, tokenizer=tok, out_dir=out, resume=resume, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
-        if keep is not None or macs is not None:
-            report["calibration"] = _calibrate(result.model, data, tok, config.max_length, keep, macs, not as_json)
+        if keep is not None or macs is not None or latency_ms is not None:
+            targets = {"keep": keep, "macs": macs, "latency_ms": latency_ms}
+            report["calibration"] = _calibrate(
+                result.model, data, tok, config.max_length, targets, latency_batch_size, not as_json
+            )
         if evaluate_split:
             batches = tokenized_batches(data.split(evaluate_split), tok, max_length=config.max_length)
             report["metrics"] = {"split": evaluate_split, **measure_skim(result.model, batches, progress=not as_json)}
@@ -139,12 +153,28 @@ def train_command(
         _echo_measure(evaluate_split, report["metrics"])
 
 
-def _calibrate(model, data, tok, max_length: int, keep, macs, progress: bool) -> dict:
+#: validation batches a latency calibration times per trial (enough for a stable median, few enough to be quick)
+LATENCY_BATCHES = 16
+
+
+def _calibrate(model, data, tok, max_length: int, targets: dict, latency_batch_size: int, progress: bool) -> dict:
     from slimformer.skim.calibrate import calibrate_shift
     from slimformer.skim.measure import tokenized_batches
 
-    batches = tokenized_batches(data.split("validation"), tok, max_length=max_length)
-    return calibrate_shift(model, batches, keep=keep, macs=macs, progress=progress)
+    examples = data.split("validation")
+    if targets.get("latency_ms") is not None:
+        if latency_batch_size < 1:
+            raise ValueError(f"--latency-batch-size={latency_batch_size}: must be >= 1")
+        n = min(len(examples) // latency_batch_size, LATENCY_BATCHES) * latency_batch_size
+        if n == 0:
+            raise ValueError(
+                f"{len(examples)} validation examples cannot fill one batch of "
+                f"--latency-batch-size={latency_batch_size}"
+            )
+        batches = tokenized_batches(examples[:n], tok, batch_size=latency_batch_size, max_length=max_length)
+    else:
+        batches = tokenized_batches(examples, tok, max_length=max_length)
+    return calibrate_shift(model, batches, **targets, progress=progress)
 
 
 def _echo_measure(split: str, m: dict) -> None:
@@ -162,6 +192,8 @@ def calibrate_command(
     task: TaskOpt = "rotten_tomatoes",
     keep: KeepOpt = None,
     macs: MacsOpt = None,
+    latency_ms: LatencyOpt = None,
+    latency_batch_size: LatencyBatchOpt = 1,
     max_length: Annotated[int, typer.Option(help="truncate validation inputs to this many tokens")] = 128,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="save the calibrated copy here (default: in place)")
@@ -170,7 +202,10 @@ def calibrate_command(
     seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
     as_json: JsonOpt = False,
 ):
-    """Set the inference threshold shift so validation data keeps a target fraction of tokens (or MACs)."""
+    """Set the inference threshold shift so validation data meets a kept-token, MACs or latency target.
+
+    No retraining: a higher shift keeps fewer tokens. A latency target is timed on this machine.
+    """
     from slimformer.cli import USER_ERRORS, _emit_json, _fail
     from slimformer.models import load_model
     from slimformer.skim.model import is_skim_model
@@ -181,7 +216,8 @@ def calibrate_command(
         if not is_skim_model(m):
             raise ValueError(f"{str(folder)!r} is not a skimming model; train one with `slimformer skim train`")
         data = _load(task, seed, "text", None, "label")
-        result = _calibrate(m, data, tok, max_length, keep, macs, not as_json)
+        targets = {"keep": keep, "macs": macs, "latency_ms": latency_ms}
+        result = _calibrate(m, data, tok, max_length, targets, latency_batch_size, not as_json)
         if out is None:
             m.config.save_pretrained(folder)  # only the shift in config.json changes
         else:
