@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import logging
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,20 @@ def train_cached(name: str, dense, tokenizer, task, config: SkimConfig, *, reuse
     return result.model, {**result.report, "reused": None}
 
 
+@torch.inference_mode()
+def median_ms(model, batches: list[dict], *, repeats: int) -> float:
+    """Median wall clock (ms) of one forward pass per batch, over ``repeats`` passes after an untimed one."""
+    times = []
+    for r in range(repeats + 1):
+        for b in batches:
+            inputs = {k: v for k, v in b.items() if k != "labels"}
+            start = time.perf_counter()
+            model(**inputs)
+            if r:
+                times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def run_task(name: str, args) -> dict:
     setup = SETUPS[name]
     max_length = setup["max_length"]
@@ -112,13 +127,22 @@ def run_task(name: str, args) -> dict:
     for target in args.keep_targets:
         cal = calibrate_shift(model, val_b, keep=target, tolerance=0.005)
         candidates.append({"name": f"skim (keep {target:g} on val)", "shift": cal["shift"], "calibration": cal})
+    if args.speedup_targets:
+        # latency targets: dense's batch-1 wall clock on validation articles / the speedup, timed here
+        val_1 = real_batches(val, tok, batch_sizes=(1,), max_length=max_length, per_size=args.latency_batches)[1]
+        dense_ms = median_ms(dense, val_1, repeats=2)  # timed as calibrate_shift times a trial
+        for factor in args.speedup_targets:
+            cal = calibrate_shift(model, val_1, latency_ms=dense_ms / factor, tolerance=0.03, repeats=2)
+            cal["dense_ms"] = dense_ms
+            candidates.append({"name": f"skim ({factor:g}x b1 on val)", "shift": cal["shift"], "calibration": cal})
     rows = []
     for c in candidates:
         model.skim_shift = c["shift"]
         row = {"name": c["name"], "shift": c["shift"], "validation": measure_skim(model, val_b)}
         row["test"] = measure_skim(model, test_b)
         if "calibration" in c:
-            row["calibration"] = {k: c["calibration"][k] for k in ("target", "achieved")}
+            row["calibration"] = {k: c["calibration"][k] for k in ("metric", "target", "achieved", "dense_ms")
+                                  if k in c["calibration"]}  # fmt: skip
         rows.append(row)
         log.info("%s %s: val acc %.4f kept %.3f | test acc %.4f MACs %.1f%%", name, c["name"],
                  row["validation"]["accuracy"], row["validation"]["mean_kept"], row["test"]["accuracy"],
@@ -187,7 +211,9 @@ def markdown(res: dict, args, env: dict) -> str:
         "Skim predictors trained on a subset of the train split "
         f"({res['train_report'].get('train_examples')} examples, {res['train_report']['global_step']} steps, "
         f"{res['train_report']['wall_time_s']:.0f}s{'; reused from an earlier run' if reused else ''}; lambda "
-        f"{res['train_config']['skim_weight']}). Threshold shifts calibrated on VALIDATION to kept-token targets; "
+        f"{res['train_config']['skim_weight']}). Threshold shifts calibrated on VALIDATION to kept-token "
+        "targets (rows 'Nx b1 on val': to a batch-1 latency, dense's wall clock on validation inputs / N, "
+        "timed in the same run); "
         f"operating point chosen on validation ({res['selection']}); all numbers below on the TEST split "
         f"({d['test']['n']} examples) unless marked val. MACs per sequence at the real token counts, predictors "
         f"included. Latency: median wall clock of {res['timing_repeats']} interleaved rounds "
@@ -234,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep-targets", default="0.3,0.22,0.15,0.1", help="kept fractions calibrated on validation")
+    parser.add_argument(
+        "--speedup-targets",
+        default="",
+        help="batch-1 speedups over dense, each calibrated as a latency target on validation articles (e.g. 3)",
+    )
+    parser.add_argument("--latency-batches", type=int, default=16, help="validation articles timed per trial")
     parser.add_argument("--val-tolerance", type=float, default=0.01, help="validation accuracy the choice may lose")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per batch size")
     parser.add_argument("--timing-batches", type=int, default=4, help="distinct real batches per batch size")
@@ -246,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     args.keep_targets = [float(x) for x in args.keep_targets.split(",") if x.strip()]
+    args.speedup_targets = [float(x) for x in args.speedup_targets.split(",") if x.strip()]
     args.set = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     if args.smoke:
         args.limit_eval = args.limit_eval or 64
