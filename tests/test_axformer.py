@@ -183,6 +183,34 @@ def test_tolerance_from_start_spends_earlier_gains(tiny_tokenizer):
     assert all(a["delta_loss"] <= 0 for a in per_step["actions"])
 
 
+def test_accuracy_guard_holds_validation_accuracy_under_a_loose_loss_tolerance(tiny_tokenizer):
+    from slimformer.arch import get_adapter
+
+    # a model whose predictions depend on its layers (loud attention values, classifier centred so
+    # all three classes occur), labelled with its own predictions: every removal risks flips, which
+    # cost little loss because the logits are close
+    model, adapter = make_tiny_model("bert"), get_adapter(make_tiny_model("bert"))
+    with torch.no_grad():
+        for layer in adapter.layers(model):
+            adapter.attention(layer).v.weight.mul_(40.0)
+    batches = validation_batches(examples(96), tiny_tokenizer, batch_size=16, max_length=32)
+    unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias.sub_(torch.cat([logits(model, x) for x in unlabeled]).mean(0))
+    for b, x in zip(batches, unlabeled, strict=True):
+        b["labels"] = logits(model, x).argmax(-1)
+    assert len(torch.cat([b["labels"] for b in batches]).unique()) == 3
+    loose = dict(hard_attention=False, tolerance_from="start", loss_tolerance=5.0, max_worse_fraction=1.0)
+    free = axformer(model, AxConfig(**loose), batches, progress=False).report
+    guarded = axformer(model, AxConfig(**loose, max_accuracy_drop=0.0), batches, progress=False).report
+    before = guarded["validation"]["before"]["accuracy"]
+    assert free["validation"]["after"]["accuracy"] < before  # the loss tolerance alone lets accuracy fall
+    assert guarded["validation"]["after"]["accuracy"] >= before
+    assert guarded["actions"] and all(a["accuracy_seen"] >= before for a in guarded["actions"])
+    assert guarded["macs"] < guarded["start"]["macs"]
+
+
 def test_search_with_nothing_to_try_changes_nothing(tiny_model, tiny_tokenizer, tiny_inputs):
     batches = validation_batches(examples(32), tiny_tokenizer, batch_size=8)
     off = AxConfig(ffn=False, attention=False, hard_attention=False)

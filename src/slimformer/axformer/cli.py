@@ -29,9 +29,16 @@ def axformer_command(
     loss_tolerance: Annotated[
         float, typer.Option(help="a removal is kept when the mean validation loss rises by at most this (nats)")
     ] = 0.0,
+    tolerance_from: Annotated[
+        str, typer.Option(help="previous: the tolerance applies to each removal; start: to the input model's loss")
+    ] = "previous",
     max_worse_fraction: Annotated[
         float, typer.Option(help="and when at most this share of the samples whose loss changes get worse")
     ] = 0.5,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="and when validation accuracy stays within this of the input model's (0: never below)"),
+    ] = None,
     topk: Annotated[
         str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
     ] = "0.1,0.25,0.5",
@@ -82,7 +89,9 @@ def axformer_command(
             {
                 "budget": budget,
                 "loss_tolerance": loss_tolerance,
+                "tolerance_from": tolerance_from,
                 "max_worse_fraction": max_worse_fraction,
+                "max_accuracy_drop": max_accuracy_drop,
                 "topk": _parse_topk(topk),
                 "hard_attention": hard_attention,
                 "neuron_groups": neuron_groups,

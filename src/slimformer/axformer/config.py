@@ -46,6 +46,13 @@ class AxConfig:
         default=0.5,
         metadata={"help": "and when at most this share of the samples whose loss changes get worse, in [0, 1]"},
     )
+    max_accuracy_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "and when validation accuracy stays at least the input model's minus this (0: never below it; "
+            "none: accuracy not checked). Forced removals of a budget are exempt"
+        },
+    )
     change_eps: float = field(
         default=1e-4, metadata={"help": "per-sample loss changes smaller than this (nats) count as unchanged"}
     )
@@ -114,6 +121,8 @@ class AxConfig:
         _number(self, "loss_tolerance", low=0.0)
         _number(self, "max_worse_fraction", low=0.0, high=1.0)
         _number(self, "change_eps", low=0.0)
+        if self.max_accuracy_drop is not None:
+            _number(self, "max_accuracy_drop", low=0.0, high=1.0)
         _number(self, "topk_min_gain", low=0.0)
         _number(self, "reject_z", low=0.0)
         _number(self, "budget_step", low=0.0, high=1.0, open_low=True)

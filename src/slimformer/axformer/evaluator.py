@@ -109,12 +109,15 @@ class Outcome:
     """Per-sample validation losses of one candidate (``n`` samples seen) against the current ones."""
 
     losses: torch.Tensor  # (n,)
+    correct: torch.Tensor  # (n,) bool: the sample's prediction is right
     delta: float  # mean loss change on the samples seen
     worse_fraction: float  # among samples whose loss changed by more than change_eps, the share that rose
     rejected: bool  # dropped early by the race
 
     def to_dict(self) -> dict:
-        return {"delta_loss": round(self.delta, 6), "worse_fraction": round(self.worse_fraction, 4)}
+        out = {"delta_loss": round(self.delta, 6), "worse_fraction": round(self.worse_fraction, 4)}
+        out["accuracy_seen"] = round(float(self.correct.double().mean()), 6) if self.correct.numel() else None
+        return out
 
 
 class Evaluator:
@@ -191,6 +194,7 @@ class Evaluator:
             raise RuntimeError(f"layer {layer}: inputs not cached; refresh() first")
         nb = len(self.batches) if n_batches is None else min(n_batches, len(self.batches))
         parts: list[list[torch.Tensor]] = [[] for _ in candidates]
+        hits: list[list[torch.Tensor]] = [[] for _ in candidates]
         alive = list(range(len(candidates)))
         rejected = [False] * len(candidates)
         seen, depth = 0, (len(self.layers) - layer) / len(self.layers)
@@ -200,12 +204,15 @@ class Evaluator:
             per_pass = max(1, self.eval_rows // rows)
             for start in range(0, len(stack), per_pass):
                 group = stack[start : start + per_pass]
-                out = self._forward_masks(state, layer, b, [candidates[i] for i in group])  # (C, B)
+                out, hit = self._forward_masks(state, layer, b, [candidates[i] for i in group])  # (C, B) each
                 for j, i in enumerate(group):
                     parts[i].append(out[j])
+                    hits[i].append(hit[j])
             for i in alive:
                 if candidates[i].kind not in MASK_KINDS:
-                    parts[i].append(self._forward_one(state, layer, b, candidates[i]))
+                    out, hit = self._forward_one(state, layer, b, candidates[i])
+                    parts[i].append(out)
+                    hits[i].append(hit)
             self.passes += depth * len(alive) * rows / self.n
             seen += rows
             if race and self.reject_z > 0 and seen >= RACE_AFTER * self.n and b + 1 < nb:
@@ -226,7 +233,7 @@ class Evaluator:
         for i in range(len(candidates)):
             new = torch.cat(parts[i])
             delta, worse = self.compare(new, self.loss[: new.shape[0]])
-            outcomes.append(Outcome(new, delta, worse, rejected[i]))
+            outcomes.append(Outcome(new, torch.cat(hits[i]), delta, worse, rejected[i]))
         return outcomes
 
     def compare(self, new: torch.Tensor, cur: torch.Tensor) -> tuple[float, float]:
@@ -256,14 +263,17 @@ class Evaluator:
             heads[layer], ffn[layer] = stacked
         return masked(self.work, head_masks=heads, ffn_masks=ffn, layer_mask=state.layers)
 
-    def _run(self, layer: int, hidden: torch.Tensor, mask, labels: torch.Tensor) -> torch.Tensor:
+    def _run(self, layer: int, hidden: torch.Tensor, mask, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row loss and whether the prediction is right, both ``(rows,)``."""
         for block in self.layers[layer:]:
             hidden = self.adapter.run_layer(block, hidden, mask)
         logits = self.adapter.classify(self.work, hidden).float()  # (rows, C)
-        return nn.functional.cross_entropy(logits, labels, reduction="none")  # (rows,)
+        return nn.functional.cross_entropy(logits, labels, reduction="none"), logits.argmax(-1) == labels
 
-    def _forward_masks(self, state: State, layer: int, b: int, cands: list[Candidate]) -> torch.Tensor:
-        """Losses ``(C, B)`` of mask candidates, stacked along the batch: rows ``c*B..`` are candidate c."""
+    def _forward_masks(
+        self, state: State, layer: int, b: int, cands: list[Candidate]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses and hits ``(C, B)`` of mask candidates, stacked along the batch: rows ``c*B..`` are candidate c."""
         c, hidden, mask = len(cands), self.inputs[layer][b], self.masks[b]
         rows = hidden.shape[0]
         states = [state.apply(x) for x in cands]
@@ -273,11 +283,11 @@ class Evaluator:
         big = hidden.repeat(c, 1, 1)  # (C*B, T, d)
         big_mask = mask.repeat(c, *([1] * (mask.dim() - 1))) if mask is not None else None
         with self._masked(state, layer, per_row):
-            losses = self._run(layer, big, big_mask, self.labels[b].repeat(c))
-        return losses.view(c, rows)
+            losses, hits = self._run(layer, big, big_mask, self.labels[b].repeat(c))
+        return losses.view(c, rows), hits.view(c, rows)
 
-    def _forward_one(self, state: State, layer: int, b: int, cand: Candidate) -> torch.Tensor:
-        """Losses ``(B,)`` of a top-k or layer-drop candidate (changes the working model briefly)."""
+    def _forward_one(self, state: State, layer: int, b: int, cand: Candidate) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses and hits ``(B,)`` of a top-k or layer-drop candidate (changes the working model briefly)."""
         new = state.apply(cand)
         block = self.layers[layer]
         set_layer_topk(block, self.paths, new.topk.get(layer), head_size=self.head_size)

@@ -12,9 +12,11 @@ from the last layer to the first; at each layer it tries
 
 A removal is kept when the mean validation loss does not rise by more than ``loss_tolerance`` (from
 the loss before it, or with ``tolerance_from="start"`` from the input model's loss, so that earlier
-gains pay for later removals) and at most ``max_worse_fraction`` of the samples whose loss changes
-get worse; hard attention is
-switched on only where it lowers the loss (it costs time on a CPU, see
+gains pay for later removals), at most ``max_worse_fraction`` of the samples whose loss changes
+get worse and, with ``max_accuracy_drop`` set, validation accuracy stays within it of the input
+model's (the accuracy-driven test of the paper; a loss tolerance then lets removals through that
+leave the predictions right but less confident); hard attention is switched on only where it
+lowers the loss (it costs time on a CPU, see
 :mod:`slimformer.axformer.hard_attention`). Without a budget, passes repeat until one changes
 nothing (the most accurate model). With a budget, the search stops once it fits; if the free
 removals are not enough, it ranks every remaining unit by the validation-loss increase per unit of
@@ -255,7 +257,13 @@ class _Search:
     def _ok(self, c: Candidate, o: Outcome) -> bool:
         threshold, strict = self._threshold(c)
         loss_ok = o.delta < threshold if strict else o.delta <= threshold
-        return not o.rejected and loss_ok and o.worse_fraction <= self.config.max_worse_fraction
+        ok = not o.rejected and loss_ok and o.worse_fraction <= self.config.max_worse_fraction
+        drop = self.config.max_accuracy_drop
+        if ok and drop is not None:  # accuracy on the whole validation set, against the input model's
+            ok = o.correct.shape[0] == self.ev.n and float(o.correct.double().mean()) >= (
+                self.before["accuracy"] - drop - 1e-12
+            )
+        return ok
 
     def _evaluate(self, cands: list[Candidate]) -> list[Outcome]:
         threshold, _ = self._threshold(cands[0])
@@ -301,7 +309,7 @@ class _Search:
         if c.kind == "topk":
             self.ev.set_topk(self.state.topk)
         if o.losses.shape[0] == self.ev.n and not forced:
-            self.ev.loss = o.losses
+            self.ev.loss, self.ev.correct = o.losses, o.correct
         else:
             self.estimate_valid = False  # ranked on part of the data; refreshed before further use
         action = {"phase": phase, "layer": self.structure.layers[c.layer].origin, "change": c.describe()}
