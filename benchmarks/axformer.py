@@ -123,7 +123,15 @@ def run_task(name: str, args, workdir: Path) -> dict:
     test = task.split("test")[: args.limit_test] if args.limit_test else task.split("test")
     models: dict[str, torch.nn.Module] = {"dense": dense}
     searches = {}
-    configs = {"axformer accuracy-first": AxConfig(max_passes=args.passes)}
+    configs = {}
+    if args.strict_row:  # the search at its library defaults: every removal must not raise the loss at all
+        configs["axformer strict"] = AxConfig(max_passes=args.passes)
+    configs["axformer accuracy-first"] = AxConfig(
+        max_passes=args.passes,
+        loss_tolerance=args.tolerance,
+        tolerance_from=args.tolerance_from,
+        max_accuracy_drop=args.max_accuracy_drop,
+    )
     if args.budget.lower() != "none":
         # one free pass, then forced removals ranked by loss per MAC (convergence is the accuracy-first row's job)
         configs[f"axformer {args.budget}"] = AxConfig(budget=Budget.parse(args.budget), max_passes=1)
@@ -188,8 +196,16 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
         f"{args.rounds} interleaved rounds x {args.calls} calls, batch 1 and 32 x {SEQ_LEN} tokens, "
         f"{env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. "
         "Size = the saved folder (weights, config, tokenizer). Search time includes the final surgery and check. "
-        f"Accuracy-first: up to {args.passes} passes (to convergence); the budget row: one pass of free removals, "
-        "then forced removals ranked by validation-loss increase per MAC saved.",
+        f"Accuracy-first: up to {args.passes} passes (to convergence); a removal is kept when the validation loss "
+        f"stays within {args.tolerance} nats of the {'input model' if args.tolerance_from == 'start' else 'previous'}"
+        f"'s, at most half of the changed samples get worse"
+        + (
+            f", and validation accuracy stays within {args.max_accuracy_drop} of dense's"
+            if args.max_accuracy_drop is not None
+            else ""
+        )
+        + ". Strict (library defaults): the loss must not rise at all, no accuracy check. The budget row: one "
+        "pass of free removals, then forced removals ranked by validation-loss increase per MAC saved.",
     ]
     if args.limit_validation or args.limit_test:
         lines += ["", f"**Reduced run**: validation limited to {args.limit_validation}, test to {args.limit_test}."]
@@ -230,6 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--budget", default="macs=0.5", help="the budget row (seq=128 unless given); 'none' skips it")
     parser.add_argument("--passes", type=int, default=4, help="AxConfig.max_passes")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="accuracy-first: AxConfig.loss_tolerance")
+    parser.add_argument("--tolerance-from", default="start", help="accuracy-first: AxConfig.tolerance_from")
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=lambda v: None if v.lower() == "none" else float(v),
+        default=0.0,
+        help="accuracy-first: AxConfig.max_accuracy_drop ('none': no accuracy check)",
+    )
+    parser.add_argument(
+        "--strict-row",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also search with the library defaults (loss must not rise at all, no accuracy check)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=2, help="timed calls per model per round")
     parser.add_argument("--limit-validation", type=int, default=None, help="smoke runs: validation examples")
