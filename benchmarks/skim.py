@@ -44,17 +44,24 @@ from slimformer.skim.timing import real_batches, speedups, time_on_batches
 OUT = Path(__file__).parent / "results"
 log = logging.getLogger("skim_bench")
 
-#: Per task: inference length and the skim training settings (subset and length chosen to fit the CPU budget).
+#: Per task: inference length, the skim training recipe (full train split, 2 epochs, half CE half KD
+#: from the dense model, lambda 0.25) and the kept-token / batch-1 speedup targets calibrated on validation.
 SETUPS: dict[str, dict] = {
     "bbc_news": {
         "max_length": 512,
         "train": SkimConfig(
-            skim_weight=0.15, max_length=512, max_examples=480, batch_size=8, predictor_lr=2e-3, lr=3e-5
+            skim_weight=0.25, max_length=512, epochs=2, distill=0.5, batch_size=8, predictor_lr=1e-3, lr=5e-5
         ),
+        "keep_targets": (0.3, 0.2, 0.15, 0.1, 0.07, 0.04),
+        "speedup_targets": (3.0, 2.5),
     },
     "rotten_tomatoes": {
         "max_length": 64,
-        "train": SkimConfig(skim_weight=0.2, max_length=64, max_examples=4000, batch_size=32, predictor_lr=2e-3),
+        "train": SkimConfig(
+            skim_weight=0.25, max_length=64, epochs=2, distill=0.5, batch_size=32, predictor_lr=1e-3, lr=5e-5
+        ),
+        "keep_targets": (0.8, 0.65, 0.5, 0.35, 0.2),
+        "speedup_targets": (1.5,),
     },
 }
 
@@ -124,14 +131,16 @@ def run_task(name: str, args) -> dict:
     test_b = tokenized_batches(test, tok, max_length=max_length)
 
     candidates = [{"name": "skim (trained, shift 0)", "shift": 0.0}]
-    for target in args.keep_targets:
+    keep_targets = args.keep_targets if args.keep_targets is not None else setup["keep_targets"]
+    speedup_targets = args.speedup_targets if args.speedup_targets is not None else setup["speedup_targets"]
+    for target in keep_targets:
         cal = calibrate_shift(model, val_b, keep=target, tolerance=0.005)
         candidates.append({"name": f"skim (keep {target:g} on val)", "shift": cal["shift"], "calibration": cal})
-    if args.speedup_targets:
+    if speedup_targets:
         # latency targets: dense's batch-1 wall clock on validation articles / the speedup, timed here
         val_1 = real_batches(val, tok, batch_sizes=(1,), max_length=max_length, per_size=args.latency_batches)[1]
         dense_ms = median_ms(dense, val_1, repeats=2)  # timed as calibrate_shift times a trial
-        for factor in args.speedup_targets:
+        for factor in speedup_targets:
             cal = calibrate_shift(model, val_1, latency_ms=dense_ms / factor, tolerance=0.03, repeats=2)
             cal["dense_ms"] = dense_ms
             candidates.append({"name": f"skim ({factor:g}x b1 on val)", "shift": cal["shift"], "calibration": cal})
@@ -208,7 +217,7 @@ def markdown(res: dict, args, env: dict) -> str:
     lines = [
         f"# Token skimming on {res['task']} (MiniLM-L6, max_length {res['max_length']})",
         "",
-        "Skim predictors trained on a subset of the train split "
+        "Skim predictors trained on the train split "
         f"({res['train_report'].get('train_examples')} examples, {res['train_report']['global_step']} steps, "
         f"{res['train_report']['wall_time_s']:.0f}s{'; reused from an earlier run' if reused else ''}; lambda "
         f"{res['train_config']['skim_weight']}). Threshold shifts calibrated on VALIDATION to kept-token "
@@ -259,11 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="bbc_news,rotten_tomatoes")
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep-targets", default="0.3,0.22,0.15,0.1", help="kept fractions calibrated on validation")
+    parser.add_argument(
+        "--keep-targets", default=None, help="kept fractions calibrated on validation (default: the task's, SETUPS)"
+    )
     parser.add_argument(
         "--speedup-targets",
-        default="",
-        help="batch-1 speedups over dense, each calibrated as a latency target on validation articles (e.g. 3)",
+        default=None,
+        help="batch-1 speedups over dense, each calibrated as a latency target on validation inputs "
+        "(default: the task's, SETUPS; '' for none)",
     )
     parser.add_argument("--latency-batches", type=int, default=16, help="validation articles timed per trial")
     parser.add_argument("--val-tolerance", type=float, default=0.01, help="validation accuracy the choice may lose")
@@ -277,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=OUT)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
-    args.keep_targets = [float(x) for x in args.keep_targets.split(",") if x.strip()]
-    args.speedup_targets = [float(x) for x in args.speedup_targets.split(",") if x.strip()]
+    for name in ("keep_targets", "speedup_targets"):
+        text = getattr(args, name)
+        if text is not None:
+            setattr(args, name, [float(x) for x in text.split(",") if x.strip()])
     args.set = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     if args.smoke:
         args.limit_eval = args.limit_eval or 64

@@ -284,9 +284,17 @@ class _Search:
         return False
 
     def _try_each(self, cands: list[Candidate], p: int) -> None:
-        """Screen all together; then keep the passing ones best first, each checked on the new state."""
+        """Screen all together; try every passing one at once; else keep them best first, each checked
+        on the new state."""
         outcomes = self._evaluate(cands)
         passing = sorted((o.delta, k) for k, o in enumerate(outcomes) if self._ok(cands[k], o))
+        if len(passing) > 2 and not self.fits():
+            # all of them at once first: one evaluation instead of one per unit when the tolerance is loose
+            units = tuple(sorted(u for _, k in passing for u in cands[k].units))
+            combined = Candidate(cands[0].layer, cands[0].kind, units)
+            if self.budget is None or self._cost_after(combined) > self.limit:  # would not overshoot a budget
+                if self._try_alone(combined, p):
+                    return
         for rank, (_, k) in enumerate(passing):
             if self.fits():
                 return
@@ -377,6 +385,9 @@ class _Search:
 
     def _cost(self) -> float:
         return self.budget.measure(self.state.structure(self.structure))
+
+    def _cost_after(self, c: Candidate) -> float:
+        return self.budget.measure(self.state.apply(c).structure(self.structure))
 
     # --- report ----------------------------------------------------------------------------------
     def report(self, pruned: nn.Module, after: dict) -> dict:
