@@ -44,8 +44,8 @@ from slimformer.skim.timing import real_batches, speedups, time_on_batches
 OUT = Path(__file__).parent / "results"
 log = logging.getLogger("skim_bench")
 
-#: Per task: inference length, the skim training recipe (full train split, 2 epochs, half CE half KD
-#: from the dense model, lambda 0.25) and the kept-token / batch-1 speedup targets calibrated on validation.
+#: Per task: inference length, the skim training recipe and the kept-token / batch-1 speedup targets
+#: calibrated on validation.
 SETUPS: dict[str, dict] = {
     "bbc_news": {
         "max_length": 512,
@@ -57,11 +57,11 @@ SETUPS: dict[str, dict] = {
     },
     "rotten_tomatoes": {
         "max_length": 64,
-        "train": SkimConfig(
-            skim_weight=0.25, max_length=64, epochs=2, distill=0.5, batch_size=32, predictor_lr=1e-3, lr=5e-5
-        ),
-        "keep_targets": (0.8, 0.65, 0.5, 0.35, 0.2),
-        "speedup_targets": (1.5,),
+        # the bbc_news recipe (full split, 2 epochs, KD, lambda 0.25) collapses here to 4% of the tokens and
+        # calibrating back costs 3+ points (skim_rotten_tomatoes_full.md); this lighter one keeps more
+        "train": SkimConfig(skim_weight=0.2, max_length=64, max_examples=4000, batch_size=32, predictor_lr=2e-3),
+        "keep_targets": (0.65, 0.55, 0.45, 0.3, 0.15),
+        "speedup_targets": (),
     },
 }
 
