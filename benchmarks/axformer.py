@@ -131,6 +131,7 @@ def run_task(name: str, args, workdir: Path) -> dict:
         loss_tolerance=args.tolerance,
         tolerance_from=args.tolerance_from,
         max_accuracy_drop=args.max_accuracy_drop,
+        max_worse_fraction=args.max_worse_fraction,
     )
     if args.budget.lower() != "none":
         # one free pass, then forced removals ranked by loss per MAC (convergence is the accuracy-first row's job)
@@ -198,7 +199,7 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
         "Size = the saved folder (weights, config, tokenizer). Search time includes the final surgery and check. "
         f"Accuracy-first: up to {args.passes} passes (to convergence); a removal is kept when the validation loss "
         f"stays within {args.tolerance} nats of the {'input model' if args.tolerance_from == 'start' else 'previous'}"
-        f"'s, at most half of the changed samples get worse"
+        f"'s, at most {args.max_worse_fraction:.0%} of the changed samples get worse"
         + (
             f", and validation accuracy stays within {args.max_accuracy_drop} of dense's"
             if args.max_accuracy_drop is not None
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda v: None if v.lower() == "none" else float(v),
         default=0.0,
         help="accuracy-first: AxConfig.max_accuracy_drop ('none': no accuracy check)",
+    )
+    parser.add_argument(
+        "--max-worse-fraction", type=float, default=0.5, help="accuracy-first: AxConfig.max_worse_fraction"
     )
     parser.add_argument(
         "--strict-row",
