@@ -25,7 +25,6 @@ import copy
 import hashlib
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from slimformer.models import load_model
 from slimformer.pipeline import RECIPES, cache_dir, finetune_cached
 from slimformer.report import write_json
 from slimformer.skim import SkimConfig, calibrate_shift, load_skim, measure_skim, save_skim, skim, tokenized_batches
+from slimformer.skim.calibrate import median_forward_ms
 from slimformer.skim.timing import real_batches, speedups, time_on_batches
 
 OUT = Path(__file__).parent / "results"
@@ -76,20 +76,6 @@ def train_cached(name: str, dense, tokenizer, task, config: SkimConfig, *, reuse
     result = skim(dense, config, task, tokenizer=tokenizer, validation=[], progress=progress)
     save_skim(result.model, tokenizer, folder, overwrite=True, report=result.report)
     return result.model, {**result.report, "reused": None}
-
-
-@torch.inference_mode()
-def median_ms(model, batches: list[dict], *, repeats: int) -> float:
-    """Median wall clock (ms) of one forward pass per batch, over ``repeats`` passes after an untimed one."""
-    times = []
-    for r in range(repeats + 1):
-        for b in batches:
-            inputs = {k: v for k, v in b.items() if k != "labels"}
-            start = time.perf_counter()
-            model(**inputs)
-            if r:
-                times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def run_task(name: str, args) -> dict:
@@ -139,7 +125,7 @@ def run_task(name: str, args) -> dict:
     if speedup_targets:
         # latency targets: dense's batch-1 wall clock on validation articles / the speedup, timed here
         val_1 = real_batches(val, tok, batch_sizes=(1,), max_length=max_length, per_size=args.latency_batches)[1]
-        dense_ms = median_ms(dense, val_1, repeats=2)  # timed as calibrate_shift times a trial
+        dense_ms = median_forward_ms(dense, val_1, repeats=2)  # timed as calibrate_shift times a trial
         for factor in speedup_targets:
             cal = calibrate_shift(model, val_1, latency_ms=dense_ms / factor, tolerance=0.03, repeats=2)
             cal["dense_ms"] = dense_ms

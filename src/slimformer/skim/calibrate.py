@@ -153,17 +153,25 @@ def calibrate_shift(
 
 
 def _median_ms(model, batches: list[dict], shift: float, repeats: int) -> float:
-    """Median wall-clock milliseconds of one forward pass per batch at ``shift`` (one untimed pass first)."""
+    """:func:`median_forward_ms` of a skimming model at ``shift`` (its own shift is restored)."""
     old = model.skim_shift
     model.skim_shift = shift
     try:
-        times = []
-        for r in range(repeats + 1):
-            for b in batches:
-                start = time.perf_counter()
-                model(**b)
-                if r > 0:
-                    times.append(1e3 * (time.perf_counter() - start))
+        return median_forward_ms(model, batches, repeats=repeats)
     finally:
         model.skim_shift = old
+
+
+@torch.inference_mode()
+def median_forward_ms(model, batches: list[dict], *, repeats: int) -> float:
+    """Median wall-clock milliseconds of one forward pass per batch, over ``repeats`` passes after an
+    untimed one (any classifier; ``labels`` are dropped)."""
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    times = []
+    for r in range(repeats + 1):
+        for b in batches:
+            start = time.perf_counter()
+            model(**b)
+            if r > 0:
+                times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
