@@ -211,6 +211,24 @@ def test_accuracy_guard_holds_validation_accuracy_under_a_loose_loss_tolerance(t
     assert guarded["macs"] < guarded["start"]["macs"]
 
 
+def test_passing_units_of_a_layer_are_taken_in_one_step_when_together_they_pass(tiny_tokenizer):
+    from slimformer.axformer.evaluator import Candidate
+    from slimformer.axformer.search import _Search
+
+    model = make_tiny_model("bert")
+    batches = validation_batches(examples(32), tiny_tokenizer, batch_size=8)
+    loose = AxConfig(hard_attention=False, loss_tolerance=10.0, max_worse_fraction=1.0)
+    search = _Search(model, loose, batches, None, progress=False)
+    search.ev.refresh(search.state)
+    search.before = {"loss": search.estimate, "accuracy": float(search.ev.correct.double().mean())}
+    search._try_each([Candidate(2, "head", (h,)) for h in range(4)], 0)
+    assert [a["change"] for a in search.actions] == ["head x4"]  # one evaluation, not four
+    assert not search.state.heads[2].any() and search.state.heads[1].all()
+    # the working copy's losses follow the accepted state exactly
+    search.ev.refresh(search.state)
+    assert search.actions[0]["delta_loss"] == pytest.approx(search.estimate - search.before["loss"], abs=1e-6)
+
+
 def test_search_with_nothing_to_try_changes_nothing(tiny_model, tiny_tokenizer, tiny_inputs):
     batches = validation_batches(examples(32), tiny_tokenizer, batch_size=8)
     off = AxConfig(ffn=False, attention=False, hard_attention=False)

@@ -52,8 +52,8 @@ def calibrate_shift(
 
     Returns:
         ``{"shift", "target", "metric", "achieved", "trials": [[shift, value], ...]}``; the chosen
-        shift is the trial closest to the target (for latency: the fastest trial within the
-        tolerance, else the closest; a target below what skimming everything costs is reported by
+        shift is the trial closest to the target (for latency: of the trials within the tolerance
+        the one keeping the most tokens, else the closest; a target below what skimming everything costs is reported by
         ``achieved`` staying above it).
 
     Raises:
