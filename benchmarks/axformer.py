@@ -36,7 +36,14 @@ from pathlib import Path
 
 import torch
 
-from slimformer.axformer import AxConfig, axformer, clear_hard_attention, hard_attention_of, validation_batches
+from slimformer.axformer import (
+    AxConfig,
+    axformer,
+    clear_hard_attention,
+    hard_attention_of,
+    set_hard_attention,
+    validation_batches,
+)
 from slimformer.bench import environment, make_bench_inputs, time_callable
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
@@ -49,6 +56,7 @@ from slimformer.pipeline import RECIPES, finetune_cached
 from slimformer.quantize import quantize_dynamic_int8, save_quantized, size_on_disk
 from slimformer.report import write_json
 from slimformer.structure import Structure
+from slimformer.surgery import apply_plan
 
 OUT = Path(__file__).parent / "results"
 SEQ_LEN = 128
@@ -124,10 +132,12 @@ def run_task(name: str, args, workdir: Path) -> dict:
     models: dict[str, torch.nn.Module] = {"dense": dense}
     searches = {}
     configs = {}
-    if args.strict_row:  # the search at its library defaults: every removal must not raise the loss at all
-        configs["axformer strict"] = AxConfig(max_passes=args.passes)
+    if args.strict_row:
+        configs["axformer strict"] = AxConfig(max_passes=args.passes, repair=args.repair)
     configs["axformer accuracy-first"] = AxConfig(
         max_passes=args.passes,
+        hard_attention=args.hard_attention,
+        repair=args.repair,
         loss_tolerance=args.tolerance,
         tolerance_from=args.tolerance_from,
         max_accuracy_drop=args.max_accuracy_drop,
@@ -135,18 +145,27 @@ def run_task(name: str, args, workdir: Path) -> dict:
     )
     if args.budget.lower() != "none":
         # one free pass, then forced removals ranked by loss per MAC (convergence is the accuracy-first row's job)
-        configs[f"axformer {args.budget}"] = AxConfig(budget=Budget.parse(args.budget), max_passes=1)
+        configs[f"axformer {args.budget}"] = AxConfig(
+            budget=Budget.parse(args.budget), max_passes=1, repair=args.repair
+        )
     for label, config in configs.items():
         log.info("%s: searching %s on %d validation examples", name, label, sum(len(b["labels"]) for b in val))
         t0 = time.perf_counter()
         result = axformer(dense, config, val, progress=args.progress)
         searches[label] = {"seconds": round(time.perf_counter() - t0, 1), "report": result.report}
         models[label] = result.model
+        if result.report["repair"] and result.report["repair"]["kept"]:  # the same search without the refit
+            plain = apply_plan(copy.deepcopy(dense), result.plan).eval()
+            set_hard_attention(plain, result.topk)
+            models[f"{label} (unrepaired)"] = plain
         log.info("%s %s: %s s, report %s", name, label, searches[label]["seconds"], result.report["validation"])
 
     rows = []
     for label, model in list(models.items()):
         rows.append(measure(label, model, tokenizer, test, recipe.max_length, workdir / name / label, int8=False))
+        if label.endswith(" (unrepaired)"):
+            rows[-1]["search_seconds"] = searches[label.removesuffix(" (unrepaired)")]["seconds"]
+            continue  # fp32 only: what the refit changed
         q = quantize_dynamic_int8(model)
         models[f"{label} int8"] = q
         rows.append(
@@ -205,8 +224,17 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             if args.max_accuracy_drop is not None
             else ""
         )
+        + ("" if args.hard_attention else "; top-k attention not searched")
         + ". Strict (library defaults): the loss must not rise at all, no accuracy check. The budget row: one "
-        "pass of free removals, then forced removals ranked by validation-loss increase per MAC saved.",
+        "pass of free removals, then forced removals ranked by validation-loss increase per MAC saved. "
+        + (
+            "Repair: after each search the output projections are refit by least squares to dense's hidden states "
+            "on the validation inputs, kept when the validation loss does not rise and accuracy stays at least "
+            "the searched model's or the guard's floor; '(unrepaired)' rows "
+            "are the same search without it."
+            if args.repair
+            else "No repair after the search."
+        ),
     ]
     if args.limit_validation or args.limit_test:
         lines += ["", f"**Reduced run**: validation limited to {args.limit_validation}, test to {args.limit_test}."]
@@ -226,6 +254,15 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
                 f"{r['latency_b32_ms']:.0f} | {r['speedup_b1']:.2f} / {r['speedup_b32']:.2f} | "
                 f"{r['topk'] or '-'} | {r.get('search_seconds', '-')} |"
             )
+        for label, search in res["searches"].items():
+            rep = search["report"]
+            if rep.get("repair"):
+                plain, fixed = rep["validation"]["unrepaired"], rep["repair"]["repaired"]
+                lines += [
+                    "",
+                    f"Repair of {label}: validation accuracy {plain['accuracy']:.4f} -> {fixed['accuracy']:.4f}, loss "
+                    f"{plain['loss']:.4f} -> {fixed['loss']:.4f}: {'kept' if rep['repair']['kept'] else 'discarded'}.",
+                ]
         lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in res["targets"].items())]
     lines += [
         "",
@@ -263,6 +300,18 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also search with the library defaults (loss must not rise at all, no accuracy check)",
+    )
+    parser.add_argument(
+        "--hard-attention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="accuracy-first: search top-k attention (AxConfig.hard_attention)",
+    )
+    parser.add_argument(
+        "--repair",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every search: least-squares refit afterwards, kept when validation says so (AxConfig.repair)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=2, help="timed calls per model per round")

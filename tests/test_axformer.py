@@ -144,6 +144,30 @@ def confident_task(model, tokenizer, n=96):
     return batches
 
 
+def loud_model(family, tokenizer, *, sharpen=10.0):
+    """A model whose predictions depend on its layers (loud attention values, classifier centred so all
+    three classes occur), labelled with its own predictions: every removal risks flips, which cost
+    little loss because the logits are close."""
+    from slimformer.arch import get_adapter
+
+    model = make_tiny_model(family)
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        for layer in adapter.layers(model):
+            adapter.attention(layer).v.weight.mul_(40.0)
+    batches = validation_batches(examples(96), tokenizer, batch_size=16, max_length=32)
+    unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias.sub_(torch.cat([logits(model, x) for x in unlabeled]).mean(0))
+        head.weight.mul_(sharpen)
+        head.bias.mul_(sharpen)
+    for b, x in zip(batches, unlabeled, strict=True):
+        b["labels"] = logits(model, x).argmax(-1)
+    assert len(torch.cat([b["labels"] for b in batches]).unique()) == 3
+    return model, batches
+
+
 def damage_head(model, layer: int, head: int, scale: float = 40.0):
     from slimformer.arch import get_adapter
 
@@ -184,24 +208,8 @@ def test_tolerance_from_start_spends_earlier_gains(tiny_tokenizer):
 
 
 def test_accuracy_guard_holds_validation_accuracy_under_a_loose_loss_tolerance(tiny_tokenizer):
-    from slimformer.arch import get_adapter
-
-    # a model whose predictions depend on its layers (loud attention values, classifier centred so
-    # all three classes occur), labelled with its own predictions: every removal risks flips, which
-    # cost little loss because the logits are close
-    model, adapter = make_tiny_model("bert"), get_adapter(make_tiny_model("bert"))
-    with torch.no_grad():
-        for layer in adapter.layers(model):
-            adapter.attention(layer).v.weight.mul_(40.0)
-    batches = validation_batches(examples(96), tiny_tokenizer, batch_size=16, max_length=32)
-    unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        head.bias.sub_(torch.cat([logits(model, x) for x in unlabeled]).mean(0))
-    for b, x in zip(batches, unlabeled, strict=True):
-        b["labels"] = logits(model, x).argmax(-1)
-    assert len(torch.cat([b["labels"] for b in batches]).unique()) == 3
-    loose = dict(hard_attention=False, tolerance_from="start", loss_tolerance=5.0, max_worse_fraction=1.0)
+    model, batches = loud_model("bert", tiny_tokenizer, sharpen=1.0)
+    loose = dict(hard_attention=False, tolerance_from="start", loss_tolerance=5.0, max_worse_fraction=1.0, repair=False)
     free = axformer(model, AxConfig(**loose), batches, progress=False).report
     guarded = axformer(model, AxConfig(**loose, max_accuracy_drop=0.0), batches, progress=False).report
     before = guarded["validation"]["before"]["accuracy"]
@@ -260,6 +268,54 @@ def test_budget_is_met(budget, tiny_tokenizer):
     b = AxConfig(budget=budget).budget
     assert b.measure(Structure.from_model(result.model)) <= b.limit(Structure.from_model(model))
     assert report["mode"] == "budget" and report["budget"] == budget
+
+
+def test_repair_after_forced_removals_is_kept_when_it_recovers_validation_loss(tiny_tokenizer):
+    model, batches = loud_model("distilbert", tiny_tokenizer, sharpen=100.0)
+    settings = dict(budget="macs=0.5", hard_attention=False)
+    plain = axformer(model, AxConfig(**settings, repair=False), batches, progress=False)
+    fixed = axformer(model, AxConfig(**settings), batches, progress=False)
+    assert plain.report["repair"] is None and fixed.plan == plain.plan  # the same search, then the refit
+    info, unrepaired = fixed.report["repair"], fixed.report["validation"]["unrepaired"]
+    assert unrepaired == plain.report["validation"]["after"] and info["tokens"] > 0
+    # forced removals flipped predictions; the refit towards the input model's hidden states flips some back
+    assert info["kept"] and info["repaired"]["loss"] < unrepaired["loss"]
+    assert info["repaired"]["accuracy"] > unrepaired["accuracy"]
+    assert fixed.report["validation"]["after"] == info["repaired"] == score_batches(fixed.model, batches)
+    inputs = make_inputs()
+    assert not torch.allclose(logits(fixed.model, inputs), logits(plain.model, inputs))
+
+
+def test_repair_that_does_not_help_on_validation_is_discarded(tiny_tokenizer):
+    # the removals the search keeps made this (self-labelled) model more confident; refitting towards the
+    # input model gives that back: same accuracy, higher loss
+    model = make_tiny_model("bert")
+    batches = confident_task(model, tiny_tokenizer, n=48)
+    settings = dict(budget="macs=0.4", hard_attention=False)
+    plain = axformer(model, AxConfig(**settings, repair=False), batches, progress=False)
+    fixed = axformer(model, AxConfig(**settings), batches, progress=False)
+    info = fixed.report["repair"]
+    assert not info["kept"] and info["repaired"]["loss"] > fixed.report["validation"]["unrepaired"]["loss"]
+    assert fixed.report["validation"]["after"] == plain.report["validation"]["after"]
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(fixed.model, inputs), logits(plain.model, inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("repaired", "floor", "kept"),
+    [
+        ({"loss": 0.30, "accuracy": 0.90}, None, True),  # both better
+        ({"loss": 0.40, "accuracy": 0.95}, None, False),  # more accurate but a higher loss: the loss decides
+        ({"loss": 0.30, "accuracy": 0.85}, None, False),  # lower loss, accuracy below the searched model's
+        ({"loss": 0.30, "accuracy": 0.85}, 0.85, True),  # ... but not below the guard's floor
+        ({"loss": 0.30, "accuracy": 0.80}, 0.85, False),
+        ({"loss": 0.30, "accuracy": 0.89}, 0.95, False),  # a floor above the searched model's accuracy
+    ],
+)
+def test_the_repair_rule(repaired, floor, kept):
+    from slimformer.axformer.search import keep_repair
+
+    assert keep_repair({"loss": 0.35, "accuracy": 0.90}, repaired, floor) is kept
 
 
 def test_an_infeasible_budget_names_the_smallest_model(tiny_model, tiny_tokenizer):

@@ -43,6 +43,13 @@ def axformer_command(
         str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
     ] = "0.1,0.25,0.5",
     hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="after the search, refit the output projections by least squares towards the input model "
+            "(kept when validation loss does not rise and accuracy holds)"
+        ),
+    ] = True,
     neuron_groups: Annotated[
         int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
     ] = 8,
@@ -94,6 +101,7 @@ def axformer_command(
                 "max_accuracy_drop": max_accuracy_drop,
                 "topk": _parse_topk(topk),
                 "hard_attention": hard_attention,
+                "repair": repair,
                 "neuron_groups": neuron_groups,
                 "max_passes": max_passes,
                 **_parse_options(set_ or []),
@@ -150,6 +158,12 @@ def axformer_command(
         f"{val['after']['accuracy']:.4f}, loss {val['before']['loss']:.4f} -> {val['after']['loss']:.4f} "
         f"({report['seconds']['total']:.1f}s); top-k layers {report['topk'] or 'none'}; saved to {out}"
     )
+    if report.get("repair"):
+        fixed, plain = report["repair"]["repaired"], report["validation"]["unrepaired"]
+        typer.echo(
+            f"repair: validation accuracy {plain['accuracy']:.4f} -> {fixed['accuracy']:.4f}, loss {plain['loss']:.4f}"
+            f" -> {fixed['loss']:.4f}: {'kept' if report['repair']['kept'] else 'discarded'}"
+        )
     if "metrics" in report:
         typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
     if "int8" in report:

@@ -53,6 +53,17 @@ class AxConfig:
             "none: accuracy not checked). Forced removals of a budget are exempt"
         },
     )
+    repair: bool = field(
+        default=True,
+        metadata={
+            "help": "after the search, refit the output projections of the smaller model by least squares to the "
+            "input model's hidden states on the validation inputs (no labels); the refit is kept when the "
+            "validation loss does not rise and accuracy stays at least the searched model's (or the guard's floor)"
+        },
+    )
+    repair_ridge: float = field(
+        default=1e-2, metadata={"help": "ridge of the refit, relative to the mean squared unit activation (>= 0)"}
+    )
     change_eps: float = field(
         default=1e-4, metadata={"help": "per-sample loss changes smaller than this (nats) count as unchanged"}
     )
@@ -115,12 +126,13 @@ class AxConfig:
                 raise ValueError(f"topk={self.topk!r}: {e}") from None
         if self.tolerance_from not in TOLERANCE_FROM:
             raise ValueError(f"tolerance_from={self.tolerance_from!r}: must be one of {', '.join(TOLERANCE_FROM)}")
-        for name in ("ffn", "attention", "hard_attention", "remove_layers"):
+        for name in ("ffn", "attention", "hard_attention", "remove_layers", "repair"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
         _number(self, "loss_tolerance", low=0.0)
         _number(self, "max_worse_fraction", low=0.0, high=1.0)
         _number(self, "change_eps", low=0.0)
+        _number(self, "repair_ridge", low=0.0)
         if self.max_accuracy_drop is not None:
             _number(self, "max_accuracy_drop", low=0.0, high=1.0)
         _number(self, "topk_min_gain", low=0.0)

@@ -112,27 +112,92 @@ def axformer(
     after = score_batches(pruned, validation_data)
     if search.estimate_valid and abs(after["loss"] - search.estimate) > 1e-3 * max(1.0, abs(after["loss"])):
         logger.warning("pruned model: validation loss %.5f, the search expected %.5f", after["loss"], search.estimate)
-    report = search.report(pruned, after)
+    t_verify = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    repaired = None
+    if config.repair and Structure.from_model(pruned) != search.structure:  # something was removed
+        floor = None if config.max_accuracy_drop is None else search.before["accuracy"] - config.max_accuracy_drop
+        pruned, repaired = _repair(pruned, model, validation_data, after, config.repair_ridge, floor, progress)
+    report = search.report(pruned, repaired["repaired"] if repaired and repaired["kept"] else after)
     # the search's own figure (masks on the working copy), to check against the real smaller model
     report["validation"]["search_estimate"] = search.estimate if search.estimate_valid else None
+    report["validation"]["unrepaired"] = after
+    report["repair"] = repaired
     report["topk"] = {str(i): k for i, k in topk.items()}
     report["seconds"] = {
         "search": round(t_search, 3),
         "surgery": round(t_surgery, 3),
-        "verify": round(time.perf_counter() - t2, 3),
+        "verify": round(t_verify, 3),
+        "repair": round(time.perf_counter() - t3, 3),
         "total": round(time.perf_counter() - t0, 3),
     }
     logger.info(
         "axformer (%s): validation loss %.4f -> %.4f, accuracy %.4f -> %.4f, MACs %.1f%% in %.1fs",
         config.mode,
         report["validation"]["before"]["loss"],
-        after["loss"],
+        report["validation"]["after"]["loss"],
         report["validation"]["before"]["accuracy"],
-        after["accuracy"],
+        report["validation"]["after"]["accuracy"],
         100 * report["relative"]["macs"],
         report["seconds"]["total"],
     )
     return AxResult(model=pruned, plan=plan, topk=topk, report=report)
+
+
+def _repair(
+    pruned: nn.Module,
+    model: nn.Module,
+    batches: Batches,
+    unrepaired: dict,
+    ridge: float,
+    floor: float | None,
+    progress: bool,
+):
+    """Refit a copy of ``pruned`` towards ``model`` (:func:`slimformer.static.repair`) on the validation
+    inputs (not their labels); keep it as :func:`keep_repair` decides.
+
+    The refit pulls the smaller model back towards the input model's hidden states. That recovers
+    what the removal of a merely unhelpful part cost, but it can also pull back towards a part the
+    search removed because it hurt; the validation check decides.
+    """
+    from slimformer.static.repair import repair as refit
+
+    fixed = copy.deepcopy(pruned)
+    inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    stats = refit(fixed, model, inputs, ridge=ridge, progress=progress)
+    scores = score_batches(fixed, batches)
+    kept = keep_repair(unrepaired, scores, floor)
+    logger.info(
+        "axformer repair: validation accuracy %.4f -> %.4f, loss %.4f -> %.4f: %s",
+        unrepaired["accuracy"],
+        scores["accuracy"],
+        unrepaired["loss"],
+        scores["loss"],
+        "kept" if kept else "discarded",
+    )
+    info = {
+        "kept": kept,
+        "repaired": scores,
+        "ridge": ridge,
+        "tokens": stats["tokens"],
+        "seconds": round(stats["seconds"], 3),
+        "output_error": [round(layer["output_error"], 5) for layer in stats["layers"]],
+    }
+    return (fixed if kept else pruned), info
+
+
+def keep_repair(unrepaired: dict, repaired: dict, floor: float | None) -> bool:
+    """Whether the refit model replaces the searched one: its validation loss is no higher, and its
+    validation accuracy no lower than the searched model's or, with an accuracy guard, than the guard's
+    floor (the input model's accuracy minus ``max_accuracy_drop``).
+
+    The loss decides because it is the finer measure: on a few hundred examples accuracy moves in
+    steps of one example, and a search that keeps removals while accuracy holds ends on a lucky
+    accuracy that a refit towards the input model gives back. The guard still bounds what it may give.
+    """
+    least = unrepaired["accuracy"] if floor is None else min(unrepaired["accuracy"], floor)
+    return repaired["loss"] <= unrepaired["loss"] and repaired["accuracy"] >= least - 1e-12
 
 
 @torch.inference_mode()
