@@ -431,5 +431,9 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     assert json.loads((out / "slimformer.json").read_text())["budget"] == "macs=0.6,seq=16"
     assert load_slim(out) is not None
     assert (tmp_path / "int8" / "model_int8.pt").is_file() and report["int8"]["size_on_disk"] > 0
+    assert report["repair"]["tokens"] > 0 and report["validation"]["unrepaired"]["n"] == 6
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "not empty" in again.stderr
+    plain = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair"])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.stdout)["repair"] is None
