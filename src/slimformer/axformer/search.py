@@ -24,6 +24,13 @@ budget saved, on ``screen_fraction`` of the data, and forces out the best ones, 
 ``budget_step`` of the starting cost per round, re-ranking after each round. Those forced removals
 may raise the loss; the report lists them with their measured change.
 
+After the search, with ``repair`` on, the smaller model's output projections are refit by least
+squares towards the input model's hidden states on the validation inputs (as after one-shot
+pruning); the refit is kept only when the validation loss does not rise and accuracy holds
+(:func:`keep_repair`). It recovers most of what forced removals cost; after an accuracy-first
+search, which ends on a validation accuracy above the input model's, it tends to give that back and
+is then discarded.
+
 The result is a plain pruned model (weights physically removed) whose top-k settings save and
 load with it.
 """
