@@ -349,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show the search's progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.seed_from:
+        method, _, budget = args.seed_from.partition(":")
+        try:
+            PruneConfig.from_dict({"method": method, "budget": budget})
+        except ValueError as e:
+            parser.error(f"--seed-from {args.seed_from!r}: expected METHOD:BUDGET such as optin:macs=0.6 ({e})")
     for name in args.tasks.split(","):
         if name not in RECIPES:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
