@@ -171,8 +171,7 @@ def _repair(
     from slimformer.static.repair import repair as refit
 
     fixed = copy.deepcopy(pruned)
-    inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    stats = refit(fixed, model, inputs, ridge=ridge, progress=progress)
+    stats = refit(fixed, model, batches, ridge=ridge, progress=progress)  # reads the inputs, never the labels
     scores = score_batches(fixed, batches)
     kept = keep_repair(unrepaired, scores, floor)
     logger.info(
