@@ -41,7 +41,6 @@ from slimformer.axformer import (
     axformer,
     clear_hard_attention,
     hard_attention_of,
-    set_hard_attention,
     validation_batches,
 )
 from slimformer.bench import environment, make_bench_inputs, time_callable
@@ -57,7 +56,6 @@ from slimformer.quantize import quantize_dynamic_int8, save_quantized, size_on_d
 from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune
 from slimformer.structure import Structure
-from slimformer.surgery import apply_plan
 
 OUT = Path(__file__).parent / "results"
 SEQ_LEN = 128
@@ -134,11 +132,12 @@ def run_task(name: str, args, workdir: Path) -> dict:
     searches = {}
     configs = {}
     if args.strict_row:
-        configs["axformer strict"] = AxConfig(max_passes=args.passes, repair=args.repair)
+        configs["axformer strict"] = AxConfig(max_passes=args.passes, repair=args.repair, compensate=args.compensate)
     configs["axformer accuracy-first"] = AxConfig(
         max_passes=args.passes,
         hard_attention=args.hard_attention,
         repair=args.repair,
+        compensate=args.compensate,
         loss_tolerance=args.tolerance,
         tolerance_from=args.tolerance_from,
         max_accuracy_drop=args.max_accuracy_drop,
@@ -147,7 +146,7 @@ def run_task(name: str, args, workdir: Path) -> dict:
     if args.budget.lower() != "none":
         # one free pass, then forced removals ranked by loss per MAC (convergence is the accuracy-first row's job)
         configs[f"axformer {args.budget}"] = AxConfig(
-            budget=Budget.parse(args.budget), max_passes=1, repair=args.repair
+            budget=Budget.parse(args.budget), max_passes=1, repair=args.repair, compensate=args.compensate
         )
     starts = {label: dense for label in configs}
     if args.seed_from:  # one-shot pruning first, then the accuracy-first search from there (composition)
@@ -171,10 +170,8 @@ def run_task(name: str, args, workdir: Path) -> dict:
         if start is not dense:  # the seed's time counts too
             searches[label]["seconds"] = round(searches[label]["seconds"] + searches[seed_label]["seconds"], 1)
         models[label] = result.model
-        if result.report["repair"] and result.report["repair"]["kept"]:  # the same search without the refit
-            plain = apply_plan(copy.deepcopy(start), result.plan).eval()
-            set_hard_attention(plain, result.topk)
-            models[f"{label} (unrepaired)"] = plain
+        if result.unrepaired is not None:  # the same search without the refit
+            models[f"{label} (unrepaired)"] = result.unrepaired
         log.info("%s %s: %s s, report %s", name, label, searches[label]["seconds"], result.report["validation"])
 
     rows = []
@@ -333,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="every search: least-squares refit afterwards, kept when validation says so (AxConfig.repair)",
+    )
+    parser.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="every search: evaluate removals with their least-squares compensation (AxConfig.compensate)",
     )
     parser.add_argument(
         "--seed-from",

@@ -301,6 +301,67 @@ def test_repair_that_does_not_help_on_validation_is_discarded(tiny_tokenizer):
     torch.testing.assert_close(logits(fixed.model, inputs), logits(plain.model, inputs), rtol=0, atol=0)
 
 
+def test_compensation_is_the_least_squares_refit_of_the_removed_units(tiny_tokenizer):
+    from slimformer.axformer.evaluator import Candidate
+    from slimformer.axformer.search import _Search
+
+    model, batches = loud_model("bert", tiny_tokenizer)
+    config = AxConfig(hard_attention=False, compensate=True, repair_ridge=0.0)
+    search = _Search(model, config, batches, None, progress=False)
+    ev, state = search.ev, search.state
+    ev.refresh(state)
+    ev.prepare(state, 1)
+    fc_out = ev.adapter.ffn(ev.layers[1]).fc_out
+    xs = []  # the FFN activations fc_out reads, non-padding tokens only
+    handle = fc_out.register_forward_pre_hook(lambda m, a: xs.append(a[0]))
+    try:
+        with torch.inference_mode():
+            for b in range(len(batches)):
+                ev.adapter.run_layer(ev.layers[1], ev.inputs[1][b], ev.masks[b])
+    finally:
+        handle.remove()
+    x = torch.cat([a[batch["attention_mask"].bool()] for a, batch in zip(xs, batches, strict=True)]).double()
+    removed = torch.tensor(search.groups[1][0])
+    kept = torch.ones(x.shape[1], dtype=torch.bool)
+    kept[removed] = False
+    w = fc_out.weight.detach().double()
+    target = x[:, removed] @ w[:, removed].T  # (tokens, d): what the removed neurons contributed
+    design = torch.cat([x[:, kept], torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
+    expected = torch.linalg.lstsq(design, target).solution.T  # (d, kept + 1)
+
+    which, delta = ev.correction(state, Candidate(1, "neurons", tuple(removed.tolist())))
+    assert which == "fc_out" and not delta[:, removed].any()
+    torch.testing.assert_close(
+        delta[:, torch.cat([kept, torch.tensor([True])])].double(), expected, rtol=1e-3, atol=1e-4
+    )
+    fitted = design @ delta[:, torch.cat([kept, torch.tensor([True])])].double().T
+    assert (target - fitted).norm() < 0.5 * target.norm()  # the kept neurons carry much of it
+
+    # the whole sublayer: only the bias moves, by the mean of what the sublayer added (mean ablation)
+    which, delta = ev.correction(state, Candidate(1, "ffn"))
+    assert not delta[:, :-1].any()
+    torch.testing.assert_close(delta[:, -1].double(), (x @ w.T).mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_compensated_search_returns_the_model_it_measured(family, tiny_tokenizer):
+    model, batches = loud_model(family, tiny_tokenizer, sharpen=100.0)
+    settings = dict(budget="macs=0.5", hard_attention=False, repair=False)
+    plain = axformer(model, AxConfig(**settings), batches, progress=False).report
+    result = axformer(model, AxConfig(**settings, compensate=True), batches, progress=False)
+    report = result.report
+    assert report["achieved"] <= report["budget_limit"]
+    # the refits the search measured are in the smaller model's weights
+    after = score_batches(result.model, batches)
+    assert after == report["validation"]["after"]
+    assert after["loss"] == pytest.approx(report["validation"]["search_estimate"], abs=1e-4)
+    # the removals flip predictions (at little loss: the logits are close); measured with their refit they
+    # flip far fewer
+    assert after["accuracy"] > plain["validation"]["after"]["accuracy"] + 0.1
+    pruned = apply_plan(copy.deepcopy(model), result.plan)
+    assert not torch.allclose(logits(pruned, make_inputs()), logits(result.model, make_inputs()))
+
+
 @pytest.mark.parametrize(
     ("repaired", "floor", "kept"),
     [

@@ -53,6 +53,14 @@ class AxConfig:
             "none: accuracy not checked). Forced removals of a budget are exempt"
         },
     )
+    compensate: bool = field(
+        default=False,
+        metadata={
+            "help": "evaluate every removal with its least-squares compensation: the kept units' output weights and "
+            "the bias are refit so the sublayer's output on the validation tokens stays as close as it can to what "
+            "it was (no labels); an accepted removal keeps its refit"
+        },
+    )
     repair: bool = field(
         default=True,
         metadata={
@@ -62,7 +70,10 @@ class AxConfig:
         },
     )
     repair_ridge: float = field(
-        default=1e-2, metadata={"help": "ridge of the refit, relative to the mean squared unit activation (>= 0)"}
+        default=1e-2,
+        metadata={
+            "help": "ridge of both refits (compensate, repair), relative to the mean squared unit activation (>= 0)"
+        },
     )
     change_eps: float = field(
         default=1e-4, metadata={"help": "per-sample loss changes smaller than this (nats) count as unchanged"}
@@ -126,7 +137,7 @@ class AxConfig:
                 raise ValueError(f"topk={self.topk!r}: {e}") from None
         if self.tolerance_from not in TOLERANCE_FROM:
             raise ValueError(f"tolerance_from={self.tolerance_from!r}: must be one of {', '.join(TOLERANCE_FROM)}")
-        for name in ("ffn", "attention", "hard_attention", "remove_layers", "repair"):
+        for name in ("ffn", "attention", "hard_attention", "remove_layers", "compensate", "repair"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
         _number(self, "loss_tolerance", low=0.0)

@@ -8,12 +8,29 @@ switch its attention to top-k) changes nothing before ``l``, so it is evaluated 
 evaluated in one forward pass; the search applies real surgery only at the end. A candidate that
 is clearly failing after part of the data is dropped early (a statistical race), so most rejected
 candidates cost a fraction of a pass.
+
+With compensation on (``compensate_ridge`` set), a removal is evaluated together with the
+least-squares refit of the output projection it touches (attention ``o`` or FFN ``fc_out``): the
+kept units' weights and the bias are re-solved so that the sublayer's output stays as close as it
+can to its output before the removal, on every non-padding validation token::
+
+    min_{D}  sum_t || D [x_K; 1] - W_S x_S ||^2 + lam ||D_K||^2,   D = W_S G_{S,K1} (G_{K1,K1} + Lam)^-1
+
+where ``x`` is the projection's input, ``S`` the units removed, ``K`` those kept, ``G`` the Gram
+matrix of ``[x; 1]`` over the tokens and ``lam`` the ridge relative to the mean squared activation
+(none on the bias). Removing a whole sublayer then shifts the bias by the removed part's mean output
+(mean ablation instead of zero ablation). The Gram matrices of a layer are computed once
+(:meth:`Evaluator.prepare`) from the cached inputs; each candidate's correction is added to the
+projection's output in the stacked forward pass, and an accepted removal writes it into the
+working model's weights (:meth:`Evaluator.commit`), so the model the search measured is the model
+surgery returns.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -123,7 +140,16 @@ class Outcome:
 class Evaluator:
     """Cached layer inputs and batched candidate evaluation for one working copy of a model."""
 
-    def __init__(self, work: nn.Module, batches: Batches, *, eval_rows: int, change_eps: float, reject_z: float):
+    def __init__(
+        self,
+        work: nn.Module,
+        batches: Batches,
+        *,
+        eval_rows: int,
+        change_eps: float,
+        reject_z: float,
+        compensate_ridge: float | None = None,
+    ):
         self.work = work.eval()
         self.adapter = get_adapter(work)
         self.layers = self.adapter.layers(work)
@@ -138,6 +164,8 @@ class Evaluator:
         self.loss = torch.zeros(0)  # (N,) current per-sample losses
         self.correct = torch.zeros(0, dtype=torch.bool)  # (N,)
         self.passes = 0.0  # work done, in full forward passes over the validation set
+        self.compensate_ridge = compensate_ridge  # None: removals are evaluated as plain masks
+        self.grams: dict[int, dict[str, torch.Tensor]] = {}  # layer -> {"o"|"fc_out": (k+1, k+1) float64}
 
     # --- the current state --------------------------------------------------------------------
     def set_topk(self, topk: dict[int, int | float]) -> None:
@@ -198,13 +226,16 @@ class Evaluator:
         alive = list(range(len(candidates)))
         rejected = [False] * len(candidates)
         seen, depth = 0, (len(self.layers) - layer) / len(self.layers)
+        fixes = {i: self.correction(state, c) for i, c in enumerate(candidates) if c.kind in MASK_KINDS}
         for b in range(nb):
             rows = int(self.labels[b].shape[0])
             stack = [i for i in alive if candidates[i].kind in MASK_KINDS]
             per_pass = max(1, self.eval_rows // rows)
             for start in range(0, len(stack), per_pass):
                 group = stack[start : start + per_pass]
-                out, hit = self._forward_masks(state, layer, b, [candidates[i] for i in group])  # (C, B) each
+                out, hit = self._forward_masks(
+                    state, layer, b, [candidates[i] for i in group], [fixes[i] for i in group]
+                )  # (C, B) each
                 for j, i in enumerate(group):
                     parts[i].append(out[j])
                     hits[i].append(hit[j])
@@ -271,9 +302,10 @@ class Evaluator:
         return nn.functional.cross_entropy(logits, labels, reduction="none"), logits.argmax(-1) == labels
 
     def _forward_masks(
-        self, state: State, layer: int, b: int, cands: list[Candidate]
+        self, state: State, layer: int, b: int, cands: list[Candidate], fixes: list | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Losses and hits ``(C, B)`` of mask candidates, stacked along the batch: rows ``c*B..`` are candidate c."""
+        """Losses and hits ``(C, B)`` of mask candidates, stacked along the batch: rows ``c*B..`` are candidate
+        c; ``fixes`` are their corrections (:meth:`correction`), added to the projections' outputs."""
         c, hidden, mask = len(cands), self.inputs[layer][b], self.masks[b]
         rows = hidden.shape[0]
         states = [state.apply(x) for x in cands]
@@ -282,7 +314,7 @@ class Evaluator:
         per_row = (heads.repeat_interleave(rows, 0)[:, None], ffn.repeat_interleave(rows, 0)[:, None])  # (C*B, 1, .)
         big = hidden.repeat(c, 1, 1)  # (C*B, T, d)
         big_mask = mask.repeat(c, *([1] * (mask.dim() - 1))) if mask is not None else None
-        with self._masked(state, layer, per_row):
+        with self._masked(state, layer, per_row), self._corrected(layer, fixes or [None] * c):
             losses, hits = self._run(layer, big, big_mask, self.labels[b].repeat(c))
         return losses.view(c, rows), hits.view(c, rows)
 
@@ -296,3 +328,123 @@ class Evaluator:
                 return self._run(layer, self.inputs[layer][b], self.masks[b], self.labels[b])
         finally:
             set_layer_topk(block, self.paths, state.topk.get(layer), head_size=self.head_size)
+
+    # --- compensation ---------------------------------------------------------------------------
+    def _projection(self, layer: int, which: str) -> nn.Linear:
+        block = self.layers[layer]
+        return self.adapter.attention(block).o if which == "o" else self.adapter.ffn(block).fc_out
+
+    def _columns(self, state: State, layer: int, which: str) -> torch.Tensor:
+        """Which input columns of the projection are live in ``state``: ``(k,)`` bool."""
+        if which == "fc_out":
+            return state.ffn[layer]
+        return state.heads[layer].repeat_interleave(self.adapter.attention(self.layers[layer]).head_size)
+
+    @torch.inference_mode()
+    def prepare(self, state: State, layer: int) -> None:
+        """Gram matrices of ``[x; 1]`` for the inputs ``x`` of ``layer``'s output projections, over the
+        non-padding validation tokens, in ``state`` (needs the layer's cached inputs). No-op without
+        compensation."""
+        if self.compensate_ridge is None:
+            return
+        if self.inputs[layer] is None:
+            raise RuntimeError(f"layer {layer}: inputs not cached; refresh() first")
+        block = self.layers[layer]
+        mods = {"o": self.adapter.attention(block).o, "fc_out": self.adapter.ffn(block).fc_out}
+        grams = {w: torch.zeros(m.in_features + 1, m.in_features + 1, dtype=torch.float64) for w, m in mods.items()}
+        keep: list[torch.Tensor] = []  # the current batch's non-padding tokens, (B, T) bool
+
+        def capture(which: str):
+            def hook(module, args):
+                x = args[0][keep[0]].to(torch.float64)  # (tokens, k), after the masks
+                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+                grams[which].add_(x.T @ x)
+
+            return hook
+
+        handles = []
+        with self._masked(state):
+            # registered after the masks' pre-hooks, so they see the masked input
+            handles = [m.register_forward_pre_hook(capture(w)) for w, m in mods.items()]
+            try:
+                for b, batch in enumerate(self.batches):
+                    keep[:] = [batch["attention_mask"].bool()]
+                    self.adapter.run_layer(block, self.inputs[layer][b], self.masks[b])
+            finally:
+                for h in handles:
+                    h.remove()
+        self.grams[layer] = grams
+        self.passes += 1 / len(self.layers)
+
+    def correction(self, state: State, cand: Candidate) -> tuple[str, torch.Tensor] | None:
+        """The least-squares correction of removing ``cand`` from ``state``: (projection, ``(d, k+1)``
+        float32 added to its weight and, in the last column, its bias), or None (no compensation)."""
+        if self.compensate_ridge is None or cand.kind not in MASK_KINDS:
+            return None
+        which = "fc_out" if cand.kind in ("ffn", "neurons") else "o"
+        if cand.layer not in self.grams:
+            raise RuntimeError(f"layer {cand.layer}: no Gram matrices; prepare() first")
+        gram = self.grams[cand.layer][which]  # (k+1, k+1)
+        now, new = self._columns(state, cand.layer, which), self._columns(state.apply(cand), cand.layer, which)
+        removed = (now & ~new).nonzero().squeeze(1)  # (s,)
+        kept = torch.cat([new, torch.ones(1, dtype=torch.bool)]).nonzero().squeeze(1)  # (k'+1,) with the bias
+        weight = self._projection(cand.layer, which).weight  # (d, k)
+        out = torch.zeros(weight.shape[0], weight.shape[1] + 1)
+        if removed.numel() == 0:
+            return which, out
+        g_kk = gram[kept][:, kept].clone()  # (k'+1, k'+1)
+        g_sk = gram[removed][:, kept]  # (s, k'+1)
+        n_kept = kept.numel() - 1
+        if n_kept:
+            lam = self.compensate_ridge * float(torch.diagonal(g_kk)[:-1].sum()) / n_kept
+            g_kk[:-1, :-1] += lam * torch.eye(n_kept, dtype=g_kk.dtype)
+        try:
+            coef = torch.linalg.solve(g_kk, g_sk.T)  # (k'+1, s)
+        except RuntimeError:  # singular without a ridge
+            coef = torch.linalg.lstsq(g_kk, g_sk.T).solution
+        out[:, kept] = (weight.detach().to(torch.float64)[:, removed] @ coef.T).float()  # (d, k'+1)
+        return which, out
+
+    @torch.inference_mode()
+    def commit(self, state: State, cand: Candidate) -> None:
+        """Write ``cand``'s correction (computed from ``state``, before it is applied) into the working
+        model's weights. No-op without compensation."""
+        fix = self.correction(state, cand)
+        if fix is None:
+            return
+        which, delta = fix
+        proj = self._projection(cand.layer, which)
+        proj.weight.add_(delta[:, :-1].to(proj.weight.dtype))
+        if proj.bias is None:
+            raise ValueError(f"layer {cand.layer}: {which} has no bias; compensation needs one")
+        proj.bias.add_(delta[:, -1].to(proj.bias.dtype))
+
+    @contextmanager
+    def _corrected(self, layer: int, fixes: list):
+        """Add each stacked candidate's correction to the output of the projection it touches."""
+        if all(f is None for f in fixes):
+            yield
+            return
+        c, handles = len(fixes), []
+        for which in ("o", "fc_out"):
+            proj = self._projection(layer, which)
+            if not any(f is not None and f[0] == which for f in fixes):
+                continue
+            delta = torch.stack(
+                [
+                    f[1] if f is not None and f[0] == which else torch.zeros(proj.out_features, proj.in_features + 1)
+                    for f in fixes
+                ]
+            ).to(proj.weight.dtype)  # (C, d, k+1)
+
+            def hook(module, args, output, delta=delta):
+                x = args[0].reshape(c, -1, args[0].shape[-1])  # (C, B*T, k): candidate c's rows
+                fix = torch.baddbmm(delta[:, None, :, -1], x, delta[:, :, :-1].transpose(1, 2))  # (C, B*T, d)
+                return output + fix.view_as(output)
+
+            handles.append(proj.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()

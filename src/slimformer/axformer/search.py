@@ -74,6 +74,7 @@ class AxResult:
     plan: KeepPlan
     topk: dict[int, int | float]  # present layer index (after surgery) -> k
     report: dict
+    unrepaired: Any = None  # the searched model before the refit, when the refit was kept
 
 
 def axformer(
@@ -109,7 +110,8 @@ def axformer(
 
     t1 = time.perf_counter()
     plan = KeepPlan.from_masks(state.heads, state.ffn, state.layers)
-    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    # the working copy: with compensation its output projections carry the accepted refits
+    pruned = apply_plan(copy.deepcopy(search.ev.work), plan).eval()
     new_index = {old: new for new, old in enumerate(i for i, keep in enumerate(state.layers) if keep)}
     set_hard_attention(pruned, {new: state.topk.get(old) for old, new in new_index.items()})
     topk = hard_attention_of(pruned)
@@ -122,7 +124,7 @@ def axformer(
     t_verify = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    repaired = None
+    repaired, searched = None, pruned
     if config.repair and Structure.from_model(pruned) != search.structure:  # something was removed
         floor = None if config.max_accuracy_drop is None else search.before["accuracy"] - config.max_accuracy_drop
         pruned, repaired = _repair(pruned, model, validation_data, after, config.repair_ridge, floor, progress)
@@ -149,7 +151,9 @@ def axformer(
         100 * report["relative"]["macs"],
         report["seconds"]["total"],
     )
-    return AxResult(model=pruned, plan=plan, topk=topk, report=report)
+    return AxResult(
+        model=pruned, plan=plan, topk=topk, report=report, unrepaired=searched if pruned is not searched else None
+    )
 
 
 def _repair(
@@ -241,6 +245,7 @@ class _Search:
             eval_rows=config.eval_rows,
             change_eps=config.change_eps,
             reject_z=config.reject_z,
+            compensate_ridge=config.repair_ridge if config.compensate else None,
         )
         self.state = State.full(self.structure, hard_attention_of(model))
         self.actions: list[dict] = []
@@ -299,6 +304,7 @@ class _Search:
 
     def _layer(self, i: int, p: int) -> None:
         cfg, st = self.config, self.state
+        self.ev.prepare(st, i)  # the FFN's Gram matrix stays valid until this layer's attention changes
         if cfg.ffn and st.ffn[i].any() and not self._try_alone(Candidate(i, "ffn"), p):
             groups = [g for g in self.groups[i] if bool(self.state.ffn[i][list(g)].all())]
             if len(groups) > 1:
@@ -384,6 +390,7 @@ class _Search:
             self._accept(cands[k], outcomes[k], f"pass {p + 1}")
 
     def _accept(self, c: Candidate, o: Outcome, phase: str, *, forced: bool = False) -> None:
+        self.ev.commit(self.state, c)  # the compensation the outcome was measured with, if any
         self.state = self.state.apply(c)
         if c.kind == "topk":
             self.ev.set_topk(self.state.topk)
@@ -410,6 +417,7 @@ class _Search:
             for i in bar:
                 cands = self._removals(i)
                 if cands:
+                    self.ev.prepare(self.state, i)
                     outcomes = self.ev.evaluate(
                         self.state, i, cands, threshold=math.inf, max_worse=1.0, race=False, n_batches=n_screen
                     )
