@@ -498,3 +498,6 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     plain = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair"])
     assert plain.exit_code == 0, plain.output
     assert json.loads(plain.stdout)["repair"] is None
+    compensated = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair", "--compensate"])
+    assert compensated.exit_code == 0, compensated.output
+    assert json.loads(compensated.stdout)["config"]["compensate"] is True

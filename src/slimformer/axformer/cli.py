@@ -43,6 +43,13 @@ def axformer_command(
         str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
     ] = "0.1,0.25,0.5",
     hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    compensate: Annotated[
+        bool,
+        typer.Option(
+            help="evaluate each removal with a least-squares refit of the kept units' output weights and bias "
+            "(no labels); accepted refits stay in the model"
+        ),
+    ] = False,
     repair: Annotated[
         bool,
         typer.Option(
@@ -101,6 +108,7 @@ def axformer_command(
                 "max_accuracy_drop": max_accuracy_drop,
                 "topk": _parse_topk(topk),
                 "hard_attention": hard_attention,
+                "compensate": compensate,
                 "repair": repair,
                 "neuron_groups": neuron_groups,
                 "max_passes": max_passes,

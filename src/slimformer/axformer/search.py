@@ -24,6 +24,12 @@ budget saved, on ``screen_fraction`` of the data, and forces out the best ones, 
 ``budget_step`` of the starting cost per round, re-ranking after each round. Those forced removals
 may raise the loss; the report lists them with their measured change.
 
+With ``compensate`` on, every removal is evaluated together with a least-squares refit of the
+output projection it touches (the kept units' weights and the bias, fit on the validation tokens so
+the sublayer's output moves as little as it can; no labels; see
+:mod:`slimformer.axformer.evaluator`), and an accepted removal keeps its refit: the search then
+removes what the rest of the sublayer can absorb, and the model it measured is the one it returns.
+
 After the search, with ``repair`` on, the smaller model's output projections are refit by least
 squares towards the input model's hidden states on the validation inputs (as after one-shot
 pruning); the refit is kept only when the validation loss does not rise and accuracy holds
