@@ -72,6 +72,14 @@ def axformer_command(
     max_length: Annotated[
         int | None, typer.Option(help="truncate inputs to this many tokens (default: the task's fine-tuning recipe)")
     ] = None,
+    fit_examples: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="the least-squares refits (--compensate, --repair) are fit on this many train inputs, so the "
+            "validation split only judges them (0: fit on the validation inputs)",
+        ),
+    ] = 1024,
     batch_size: Annotated[int, typer.Option(help="validation examples per batch")] = 32,
     evaluate_split: Annotated[
         str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")
@@ -135,7 +143,14 @@ def axformer_command(
             seed=seed,
             limit=validation_examples,
         )
-        result = axformer(m, config, batches, progress=not as_json)
+        fit = None
+        if fit_examples and (config.compensate or config.repair):
+            from slimformer.static import calibration_batches
+
+            fit = calibration_batches(
+                data.split("train"), tok, size=fit_examples, seed=seed, batch_size=batch_size, max_length=length
+            )
+        result = axformer(m, config, batches, fit_data=fit, progress=not as_json)
         report = {"model": model, "task": data.name, "max_length": length, **result.report}
         if evaluate_split:
             test = data.split(evaluate_split)

@@ -25,8 +25,8 @@ budget saved, on ``screen_fraction`` of the data, and forces out the best ones, 
 may raise the loss; the report lists them with their measured change.
 
 With ``compensate`` on, every removal is evaluated together with a least-squares refit of the
-output projection it touches (the kept units' weights and the bias, fit on the validation tokens so
-the sublayer's output moves as little as it can; no labels; see
+output projection it touches (the kept units' weights and the bias, fit on ``fit_data``, else the
+validation inputs, so the sublayer's output moves as little as it can; no labels; see
 :mod:`slimformer.axformer.evaluator`), and an accepted removal keeps its refit: the search then
 removes what the rest of the sublayer can absorb, and the model it measured is the one it returns.
 
@@ -89,6 +89,7 @@ def axformer(
     validation_data: Batches,
     *,
     importance: Importance | None = None,
+    fit_data: Batches | None = None,
     progress: bool = True,
 ) -> AxResult:
     """Search a copy of ``model`` for removals and hard attention that do not hurt validation loss.
@@ -100,6 +101,9 @@ def axformer(
             the test split out of them.
         importance: scores that order each layer's FFN neurons into groups (e.g. from
             :func:`slimformer.static.score`); default: weight magnitude.
+        fit_data: tokenized batches (inputs only; labels are ignored) the least-squares refits
+            (``compensate``, ``repair``) are fit on, e.g. a sample of the train split. Default: the
+            validation inputs, which flatters the refits, judged on the same data.
         progress: show progress bars.
 
     Returns:
@@ -110,7 +114,7 @@ def axformer(
         slimformer.budget.InfeasibleBudget: the budget is below the smallest model the search can make.
     """
     t0 = time.perf_counter()
-    search = _Search(model, config, validation_data, importance, progress)
+    search = _Search(model, config, validation_data, importance, progress, fit_data)
     state = search.run()
     t_search = time.perf_counter() - t0
 
@@ -133,7 +137,9 @@ def axformer(
     repaired, searched = None, pruned
     if config.repair and Structure.from_model(pruned) != search.structure:  # something was removed
         floor = None if config.max_accuracy_drop is None else search.before["accuracy"] - config.max_accuracy_drop
-        pruned, repaired = _repair(pruned, model, validation_data, after, config.repair_ridge, floor, progress)
+        pruned, repaired = _repair(
+            pruned, model, validation_data, fit_data, after, config.repair_ridge, floor, progress
+        )
     report = search.report(pruned, repaired["repaired"] if repaired and repaired["kept"] else after)
     # the search's own figure (masks on the working copy), to check against the real smaller model
     report["validation"]["search_estimate"] = search.estimate if search.estimate_valid else None
@@ -166,13 +172,14 @@ def _repair(
     pruned: nn.Module,
     model: nn.Module,
     batches: Batches,
+    fit_data: Batches | None,
     unrepaired: dict,
     ridge: float,
     floor: float | None,
     progress: bool,
 ):
-    """Refit a copy of ``pruned`` towards ``model`` (:func:`slimformer.static.repair`) on the validation
-    inputs (not their labels); keep it as :func:`keep_repair` decides.
+    """Refit a copy of ``pruned`` towards ``model`` (:func:`slimformer.static.repair`) on ``fit_data``,
+    else the validation inputs (never labels); keep it as :func:`keep_repair` decides on validation.
 
     The refit pulls the smaller model back towards the input model's hidden states. That recovers
     what the removal of a merely unhelpful part cost, but it can also pull back towards a part the
@@ -181,7 +188,7 @@ def _repair(
     from slimformer.static.repair import repair as refit
 
     fixed = copy.deepcopy(pruned)
-    stats = refit(fixed, model, batches, ridge=ridge, progress=progress)  # reads the inputs, never the labels
+    stats = refit(fixed, model, fit_data or batches, ridge=ridge, progress=progress)  # inputs only
     scores = score_batches(fixed, batches)
     kept = keep_repair(unrepaired, scores, floor)
     logger.info(
@@ -237,11 +244,23 @@ def score_batches(model: nn.Module, batches: Batches) -> dict:
 class _Search:
     """The greedy search over one working copy of the model (masks only; surgery comes after)."""
 
-    def __init__(self, model, config: AxConfig, batches: Batches, importance: Importance | None, progress: bool):
+    def __init__(
+        self,
+        model,
+        config: AxConfig,
+        batches: Batches,
+        importance: Importance | None,
+        progress: bool,
+        fit_data: Batches | None = None,
+    ):
         if not batches:
             raise ValueError("validation_data is empty: pass tokenized validation batches (validation_batches)")
         if any("labels" not in b for b in batches):
             raise ValueError("validation_data: every batch needs 'labels' (the search measures the task loss)")
+        if fit_data is not None and (
+            not fit_data or any("input_ids" not in b or "attention_mask" not in b for b in fit_data)
+        ):
+            raise ValueError("fit_data: pass tokenized batches with input_ids and attention_mask, or None")
         self.config, self.progress = config, progress
         self.structure = Structure.from_model(model)
         self.groups = _neuron_groups(model, self.structure, importance, config.neuron_groups)
@@ -252,6 +271,7 @@ class _Search:
             change_eps=config.change_eps,
             reject_z=config.reject_z,
             compensate_ridge=config.repair_ridge if config.compensate else None,
+            fit_batches=fit_data,
         )
         self.state = State.full(self.structure, hard_attention_of(model))
         self.actions: list[dict] = []
