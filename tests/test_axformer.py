@@ -362,6 +362,30 @@ def test_compensated_search_returns_the_model_it_measured(family, tiny_tokenizer
     assert not torch.allclose(logits(pruned, make_inputs()), logits(result.model, make_inputs()))
 
 
+def test_refits_fit_on_separate_inputs_when_given(tiny_tokenizer):
+    from slimformer.axformer.search import _Search
+
+    model, batches = loud_model("bert", tiny_tokenizer)
+    fit = validation_batches(examples(40, seed=5), tiny_tokenizer, batch_size=8, max_length=32)
+    for b in fit:
+        del b["labels"]  # inputs only
+    tokens = sum(int(b["attention_mask"].sum()) for b in fit)
+    search = _Search(model, AxConfig(compensate=True), batches, None, progress=False, fit_data=fit)
+    search.ev.refresh(search.state)
+    search.ev.prepare(search.state, 2)
+    assert search.ev.grams[2]["fc_out"][-1, -1] == tokens  # the bias column counts the fit tokens
+    config = AxConfig(budget="macs=0.5", hard_attention=False, compensate=True)
+    result = axformer(model, config, batches, fit_data=fit, progress=False)
+    report = result.report
+    assert report["repair"]["tokens"] == tokens  # the repair too
+    unrepaired = report["validation"]["unrepaired"]
+    assert unrepaired["loss"] == pytest.approx(report["validation"]["search_estimate"], abs=1e-4)
+    on_validation = axformer(model, config, batches, progress=False).report
+    assert on_validation["repair"]["tokens"] == sum(int(b["attention_mask"].sum()) for b in batches)
+    with pytest.raises(ValueError, match="fit_data"):
+        axformer(model, config, batches, fit_data=[{"labels": torch.zeros(2)}], progress=False)
+
+
 @pytest.mark.parametrize(
     ("repaired", "floor", "kept"),
     [
