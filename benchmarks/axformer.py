@@ -255,12 +255,23 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
         + ". Strict (library defaults): the loss must not rise at all, no accuracy check. The budget row: one "
         "pass of free removals, then forced removals ranked by validation-loss increase per MAC saved. "
         + (
-            "Repair: after each search the output projections are refit by least squares to dense's hidden states "
-            "on the validation inputs, kept when the validation loss does not rise and accuracy stays at least "
+            "Compensated: each removal is measured with the least-squares refit of the kept units' output weights "
+            "and bias, and an accepted removal keeps it. "
+            if args.compensate
+            else ""
+        )
+        + (
+            "Repair: after each search the output projections are refit by least squares to dense's hidden states, "
+            "kept when the validation loss does not rise and accuracy stays at least "
             "the searched model's or the guard's floor; '(unrepaired)' rows "
-            "are the same search without it."
+            "are the same search without it. "
             if args.repair
-            else "No repair after the search."
+            else "No repair after the search. "
+        )
+        + (
+            f"The refits are fit on {args.fit_examples} train inputs (seed 0); validation only judges them."
+            if args.fit_examples
+            else "The refits are fit on the validation inputs."
         ),
     ]
     if args.limit_validation or args.limit_test:

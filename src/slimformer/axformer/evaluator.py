@@ -184,37 +184,33 @@ class Evaluator:
     def refresh(self, state: State) -> None:
         """Run the whole model in ``state``: cache every layer's inputs and the per-sample losses."""
         self.set_topk(state.topk)
-        inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
         losses, correct = [], []
         with self._masked(state):
-            for b, batch in enumerate(self.batches):
-                hidden = self.adapter.embed(self.work, batch["input_ids"], batch.get("token_type_ids"))  # (B, T, d)
-                mask = self.adapter.layer_mask(self.work, hidden, batch["attention_mask"])
-                self.masks[b] = mask
-                for i, layer in enumerate(self.layers):
-                    inputs[i].append(hidden)
-                    hidden = self.adapter.run_layer(layer, hidden, mask)
+            inputs, self.masks, last = self._layer_inputs(self.batches)
+            for b, hidden in enumerate(last):
                 logits = self.adapter.classify(self.work, hidden).float()  # (B, C)
                 losses.append(nn.functional.cross_entropy(logits, self.labels[b], reduction="none"))
                 correct.append(logits.argmax(-1) == self.labels[b])
             if self.fit_batches:
-                self.fit_inputs, self.fit_masks = self._layer_inputs(self.fit_batches)
+                self.fit_inputs, self.fit_masks, _ = self._layer_inputs(self.fit_batches)
                 self.passes += sum(int(b["input_ids"].shape[0]) for b in self.fit_batches) / self.n
         self.inputs = inputs
         self.loss, self.correct = torch.cat(losses), torch.cat(correct)
         self.passes += 1
 
-    def _layer_inputs(self, batches: Batches) -> tuple[list[list[torch.Tensor]], list]:
-        """Every layer's inputs ``[layer][batch] (B, T, d)`` and the layer masks, for ``batches``."""
+    def _layer_inputs(self, batches: Batches) -> tuple[list[list[torch.Tensor]], list, list[torch.Tensor]]:
+        """For ``batches``: every layer's inputs ``[layer][batch] (B, T, d)``, the layer masks and the last
+        layer's outputs ``[batch] (B, T, d)``."""
         inputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        masks = []
+        masks, last = [], []
         for batch in batches:
             hidden = self.adapter.embed(self.work, batch["input_ids"], batch.get("token_type_ids"))
             masks.append(self.adapter.layer_mask(self.work, hidden, batch["attention_mask"]))
             for i, layer in enumerate(self.layers):
                 inputs[i].append(hidden)
                 hidden = self.adapter.run_layer(layer, hidden, masks[-1])
-        return inputs, masks
+            last.append(hidden)
+        return inputs, masks, last
 
     def drop_cache(self, layer: int) -> None:
         """Free the inputs of ``layer`` (a pass moving to earlier layers no longer needs them)."""
