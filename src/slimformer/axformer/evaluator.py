@@ -440,9 +440,9 @@ class Evaluator:
             return
         which, delta = fix
         proj = self._projection(cand.layer, which)
-        proj.weight.add_(delta[:, :-1].to(proj.weight.dtype))
         if proj.bias is None:
             raise ValueError(f"layer {cand.layer}: {which} has no bias; compensation needs one")
+        proj.weight.add_(delta[:, :-1].to(proj.weight.dtype))
         proj.bias.add_(delta[:, -1].to(proj.bias.dtype))
 
     @contextmanager
