@@ -31,8 +31,8 @@ validation inputs, so the sublayer's output moves as little as it can; no labels
 removes what the rest of the sublayer can absorb, and the model it measured is the one it returns.
 
 After the search, with ``repair`` on, the smaller model's output projections are refit by least
-squares towards the input model's hidden states on the validation inputs (as after one-shot
-pruning); the refit is kept only when the validation loss does not rise and accuracy holds
+squares towards the input model's hidden states on ``fit_data``, else the validation inputs (as
+after one-shot pruning); the refit is kept only when the validation loss does not rise and accuracy holds
 (:func:`keep_repair`). It recovers most of what forced removals cost; after an accuracy-first
 search, which ends on a validation accuracy above the input model's, it tends to give that back and
 is then discarded.
