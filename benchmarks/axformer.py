@@ -43,16 +43,19 @@ from slimformer.axformer import (
     hard_attention_of,
     validation_batches,
 )
+from slimformer.axformer.search import score_batches
 from slimformer.bench import environment, make_bench_inputs, time_callable
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
 from slimformer.data import load_task
 from slimformer.evaluate import evaluate
+from slimformer.exits import training_batches
 from slimformer.export import save_model
 from slimformer.hf_remote.modeling_slimformer import topk_attention
 from slimformer.models import load_model
 from slimformer.pipeline import RECIPES, finetune_cached
 from slimformer.quantize import quantize_dynamic_int8, save_quantized, size_on_disk
+from slimformer.recover import RecoverConfig, recover
 from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune
 from slimformer.structure import Structure
@@ -156,6 +159,7 @@ def run_task(name: str, args, workdir: Path) -> dict:
             budget=Budget.parse(args.budget), max_passes=1, repair=args.repair, compensate=args.compensate
         )
     starts = {label: dense for label in configs}
+    train = None  # labelled train batches, built when a recovery fine-tune needs them
     if args.seed_from:  # one-shot pruning first, then the accuracy-first search from there (composition)
         method, _, budget = args.seed_from.partition(":")
         seed_label = f"{method} {budget}"
@@ -180,6 +184,18 @@ def run_task(name: str, args, workdir: Path) -> dict:
         if result.unrepaired is not None:  # the same search without the refit
             models[f"{label} (unrepaired)"] = result.unrepaired
         log.info("%s %s: %s s, report %s", name, label, searches[label]["seconds"], result.report["validation"])
+        if args.recover_epochs:  # a short distillation from dense on the train split, same shapes
+            if train is None:
+                train = training_batches(task.split("train"), tokenizer, max_length=recipe.max_length, seed=0)
+            rec = recover(result.model, dense, train, RecoverConfig(epochs=args.recover_epochs), progress=args.progress)
+            before, after = score_batches(result.model, val), score_batches(rec.model, val)
+            rec.report["validation"] = {"before": before, "after": after}
+            searches[f"{label} + recover"] = {
+                "seconds": round(searches[label]["seconds"] + rec.report["seconds"], 1),
+                "report": rec.report,
+            }
+            models[f"{label} + recover"] = rec.model
+            log.info("%s %s + recover: validation %s -> %s", name, label, before, after)
 
     rows = []
     for label, model in list(models.items()):
@@ -219,6 +235,12 @@ def run_task(name: str, args, workdir: Path) -> dict:
             "accuracy_first_int8_at_least_dense": acc_int8["accuracy"] >= base["accuracy"],
             "accuracy_first_int8_1.5x_faster_b32": acc_int8["speedup_b32"] >= 1.5,
         }
+    if args.accuracy_first and args.recover_epochs:
+        by_name = {r["name"]: r for r in rows}
+        rec, rec_int8 = by_name["axformer accuracy-first + recover"], by_name["axformer accuracy-first + recover int8"]
+        targets["recovered_at_least_dense"] = rec["accuracy"] >= base["accuracy"]
+        targets["recovered_1.5x_faster_b32"] = rec["speedup_b32"] >= 1.5
+        targets["recovered_int8_3x_smaller"] = rec_int8["size_vs_dense"] >= 3.0
     for r in rows:
         if r["name"].endswith("+ axformer accuracy-first"):  # the composition, against dense fp32 too
             targets["seeded_at_least_dense"] = r["accuracy"] >= base["accuracy"]
@@ -272,6 +294,13 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             f"The refits are fit on {args.fit_examples} train inputs (seed 0); validation only judges them."
             if args.fit_examples
             else "The refits are fit on the validation inputs."
+        )
+        + (
+            f" '+ recover': the searched model fine-tuned {args.recover_epochs} epoch(s) on the whole train split, "
+            "distilled from dense (recover defaults: task loss + logit and per-layer hidden distillation), shapes "
+            "unchanged; its search time includes the fine-tune."
+            if args.recover_epochs
+            else ""
         ),
     ]
     if args.limit_validation or args.limit_test:
@@ -294,6 +323,14 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             )
         for label, search in res["searches"].items():
             rep = search["report"]
+            if "recover_config" in rep:
+                before, after = rep["validation"]["before"], rep["validation"]["after"]
+                lines += [
+                    "",
+                    f"Recovery of {label.removesuffix(' + recover')}: validation accuracy {before['accuracy']:.4f} -> "
+                    f"{after['accuracy']:.4f}, loss {before['loss']:.4f} -> {after['loss']:.4f} "
+                    f"({rep['seconds']:.0f} s).",
+                ]
             if rep.get("method") == "axformer" and rep.get("repair"):
                 plain, fixed = rep["validation"]["unrepaired"], rep["repair"]["repaired"]
                 lines += [
@@ -368,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="fit the least-squares refits (compensate, repair) on this many train inputs (0: validation inputs)",
+    )
+    parser.add_argument(
+        "--recover-epochs",
+        type=int,
+        default=0,
+        help="also fine-tune each searched model this many epochs on the train split, distilled from dense "
+        "('+ recover' rows; 0: none)",
     )
     parser.add_argument(
         "--seed-from",

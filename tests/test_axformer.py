@@ -525,3 +525,8 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     compensated = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair", "--compensate"])
     assert compensated.exit_code == 0, compensated.output
     assert json.loads(compensated.stdout)["config"]["compensate"] is True
+    recovered = CliRunner().invoke(app, [*args, "--overwrite", "--recover-epochs", "1"])
+    assert recovered.exit_code == 0, recovered.output
+    rec = json.loads(recovered.stdout)["recover"]
+    assert rec["steps"] == 2 and rec["examples_per_epoch"] == 48  # 48 train rows in batches of 32
+    assert rec["validation"]["before"]["n"] == rec["validation"]["after"]["n"] == 6

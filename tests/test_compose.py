@@ -140,3 +140,30 @@ def test_axformer_step_parses_and_runs_after_prune(csv_task, tiny_tokenizer):
     out, report = compress(model, steps, context)
     assert report["steps"][1]["macs"] <= 0.6 * dense * 1.05  # may overshoot the budget by one unit
     assert "validation" in context.cache
+
+
+def test_recover_step_distils_from_the_recipe_input(csv_task, tiny_tokenizer, monkeypatch):
+    from slimformer import recover as recover_module
+
+    seen = {}
+    real = recover_module.recover
+
+    def spy(model, teacher, train_data, config, **kwargs):
+        seen.update(teacher=teacher, examples=sum(len(b["labels"]) for b in train_data), config=config)
+        return real(model, teacher, train_data, config, **kwargs)
+
+    monkeypatch.setattr(recover_module, "recover", spy)
+    steps = parse_recipe(
+        [{"step": "prune", "method": "magnitude", "budget": "macs=0.7"}, {"step": "recover", "max_steps": 2}]
+    )
+    with pytest.raises(RecipeError, match="step 1 \\(recover\\)"):
+        parse_recipe([{"step": "recover", "epoch": 1}])
+    model = make_tiny_model("bert", num_labels=2)
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=16, progress=False)
+    out, report = compress(model, steps, context)
+    assert seen["teacher"] is model  # the recipe's input, not the pruned model it follows
+    assert seen["examples"] == len(csv_task.split("train")) and seen["config"].max_steps == 2
+    assert report["steps"][1]["macs"] == report["steps"][0]["macs"]  # shapes unchanged
+    pruned_only, _ = compress(model, steps[:1], context)
+    trained, pruned = out.state_dict(), pruned_only.state_dict()
+    assert any(not torch.equal(trained[k], pruned[k]) for k in pruned)

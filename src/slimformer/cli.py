@@ -392,7 +392,7 @@ def compress(
 
     The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
     fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
-    Steps: prune (optin, fisher, magnitude, random), axformer, int8 (last).
+    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 (last).
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress

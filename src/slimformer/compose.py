@@ -6,6 +6,7 @@ kind's config fields, e.g.::
     steps:
       - {step: prune, method: optin, budget: macs=0.5}
       - {step: axformer, budget: macs=0.4}
+      - {step: recover, epochs: 1}
       - {step: int8}
 
 It comes from a YAML or JSON file (:func:`load_recipe`) or a Python list (:func:`parse_recipe`).
@@ -97,6 +98,16 @@ class RecipeContext:
                 max_length=self.max_length,
             )
         return self.cache["calibration"]
+
+    def training_batches(self):
+        """The whole train split, labelled and length-grouped (for steps that train)."""
+        if "training" not in self.cache:
+            from slimformer.exits import training_batches
+
+            self.cache["training"] = training_batches(
+                self.task.split("train"), self.tokenizer, max_length=self.max_length, seed=self.seed
+            )
+        return self.cache["training"]
 
 
 class RecipeError(ValueError):
@@ -205,6 +216,7 @@ def compress(model, steps: list[Step], context: RecipeContext) -> tuple[Any, dic
     from slimformer.structure import Structure
 
     reference = Structure.from_model(model)
+    context.cache["input_model"] = model  # the teacher of a recover step
     current = copy.deepcopy(model)
     entries = []
     t_all = time.perf_counter()
@@ -270,7 +282,22 @@ def _run_axformer(model, config, context: RecipeContext):
         context.cache["validation"] = validation_batches(
             context.task.split("validation"), context.tokenizer, max_length=context.max_length, seed=context.seed
         )
-    return axformer(model, config, context.cache["validation"], progress=context.progress).model
+    # the refits are fit on train inputs (as the CLI does), so validation only judges them
+    fit = context.calibration_batches() if config.compensate or config.repair else None
+    return axformer(model, config, context.cache["validation"], fit_data=fit, progress=context.progress).model
+
+
+def _parse_recover(fields: dict[str, Any]):
+    from slimformer.recover import RecoverConfig
+
+    return RecoverConfig.from_dict(fields)
+
+
+def _run_recover(model, config, context: RecipeContext):
+    from slimformer.recover import recover
+
+    teacher = context.cache.get("input_model", model)
+    return recover(model, teacher, context.training_batches(), config, progress=context.progress).model
 
 
 def save_result(model, tokenizer, folder: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:
@@ -292,6 +319,15 @@ def _register_builtin() -> None:
             run=_run_axformer,
             data="validation",
             help="accuracy-driven removal searched on the validation split (+ hard top-k attention where it helps)",
+        )
+    )
+    register_step(
+        StepKind(
+            name="recover",
+            parse=_parse_recover,
+            run=_run_recover,
+            data="train",
+            help="short fine-tune on the train split, distilled from the recipe's input model (shapes unchanged)",
         )
     )
     register_step(

@@ -80,6 +80,14 @@ def axformer_command(
             "validation split only judges them (0: fit on the validation inputs)",
         ),
     ] = 1024,
+    recover_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="after the search, fine-tune the smaller model this many epochs on the train split, distilled "
+            "from the input model (0: no fine-tune; shapes never change)",
+        ),
+    ] = 0,
     batch_size: Annotated[int, typer.Option(help="validation examples per batch")] = 32,
     evaluate_split: Annotated[
         str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")
@@ -152,6 +160,11 @@ def axformer_command(
             )
         result = axformer(m, config, batches, fit_data=fit, progress=not as_json)
         report = {"model": model, "task": data.name, "max_length": length, **result.report}
+        if recover_epochs:
+            result.model, report["recover"] = _recover(
+                result.model, m, data, tok, batches, epochs=recover_epochs, max_length=length, seed=seed,
+                progress=not as_json,
+            )  # fmt: skip
         if evaluate_split:
             test = data.split(evaluate_split)
             report["metrics"] = {
@@ -187,6 +200,13 @@ def axformer_command(
             f"repair: validation accuracy {plain['accuracy']:.4f} -> {fixed['accuracy']:.4f}, loss {plain['loss']:.4f}"
             f" -> {fixed['loss']:.4f}: {'kept' if report['repair']['kept'] else 'discarded'}"
         )
+    if report.get("recover"):
+        rec = report["recover"]
+        before, after = rec["validation"]["before"], rec["validation"]["after"]
+        typer.echo(
+            f"recover ({rec['recover_config']['epochs']} epoch(s), {rec['seconds']:.0f}s): validation accuracy "
+            f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}, loss {before['loss']:.4f} -> {after['loss']:.4f}"
+        )
     if "metrics" in report:
         typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
     if "int8" in report:
@@ -194,6 +214,18 @@ def axformer_command(
         if "metrics" in report["int8"]:
             line += f", {evaluate_split} accuracy {report['int8']['metrics']['accuracy']:.4f}"
         typer.echo(line)
+
+
+def _recover(model, teacher, data, tok, validation, *, epochs: int, max_length: int, seed: int, progress: bool):
+    """Distil ``model`` from ``teacher`` on the train split; the model and a report with validation before/after."""
+    from slimformer.axformer.search import score_batches
+    from slimformer.exits import training_batches
+    from slimformer.recover import RecoverConfig, recover
+
+    train = training_batches(data.split("train"), tok, max_length=max_length, seed=seed)
+    result = recover(model, teacher, train, RecoverConfig(epochs=epochs, seed=seed), progress=progress)
+    before, after = score_batches(model, validation), score_batches(result.model, validation)
+    return result.model, {**result.report, "validation": {"before": before, "after": after}}
 
 
 def _parse_topk(text: str) -> list[int | float]:

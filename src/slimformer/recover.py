@@ -1,0 +1,244 @@
+"""Recovery fine-tuning: a short distillation of a compressed classifier from the model it came from.
+
+A one-shot or searched compression (OPTIN, AxFormer, magnitude, ...) leaves the kept weights as
+they were, tuned for a network that no longer exists. ``recover(model, teacher, train_data,
+RecoverConfig())`` trains a copy of ``model`` for an epoch or two on labelled TRAIN batches, with
+
+    (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher || student at temperature T)
+    + hidden_weight * mean over layers of ||h_student - h_teacher||^2 / ||h_teacher||^2
+
+where each student layer is matched to the teacher layer it came from (``Structure`` origins), so
+a model that lost whole layers still gets a per-layer signal. Shapes do not change: every head
+and neuron removed stays removed, top-k attention settings stay as they were. Validation data is
+never read here, so it can still judge the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimformer.exits.config import _from_dict, _int, _num
+
+logger = logging.getLogger(__name__)
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverConfig:
+    """Hyper-parameters of :func:`recover`. Every field is validated on construction."""
+
+    epochs: int = field(default=1, metadata={"help": "passes over the training batches (>= 1)"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (smoke runs)"})
+    lr: float = field(default=3e-5, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "share of steps with a linear warmup, in [0, 1)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of logit distillation next to the task loss, [0, 1]"})
+    temperature: float = field(default=2.0, metadata={"help": "distillation temperature (> 0)"})
+    hidden_weight: float = field(
+        default=1.0, metadata={"help": "weight of per-layer hidden-state distillation (>= 0; 0 switches it off)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the batch order and dropout"})
+
+    def __post_init__(self) -> None:
+        _int(self, "epochs", 1)
+        _int(self, "max_steps", 1, optional=True)
+        _num(self, "lr", low=0.0, open_low=True)
+        _num(self, "warmup_ratio", low=0.0)
+        if self.warmup_ratio >= 1.0:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
+        _num(self, "weight_decay", low=0.0)
+        _num(self, "alpha", low=0.0, high=1.0)
+        _num(self, "temperature", low=0.0, open_low=True)
+        _num(self, "hidden_weight", low=0.0)
+        _int(self, "seed", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecoverConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, data)
+
+
+@dataclass
+class RecoverResult:
+    """The fine-tuned copy (in eval mode) and a JSON-ready report."""
+
+    model: Any
+    report: dict
+
+
+def _layer_outputs(model, batch: dict):
+    """Logits ``(B, C)`` and every layer's output ``(B, T, d)``, through the family adapter."""
+    from slimformer.arch import get_adapter
+
+    ad = get_adapter(model)
+    hidden = ad.embed(model, batch["input_ids"], batch.get("token_type_ids"))
+    mask = ad.layer_mask(model, hidden, batch["attention_mask"])
+    states = []
+    for layer in ad.layers(model):
+        hidden = ad.run_layer(layer, hidden, mask)
+        states.append(hidden)
+    return ad.classify(model, hidden), states
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    import torch
+
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or p.numel() == 0:
+                continue
+            (no_decay if name == "bias" or isinstance(module, torch.nn.LayerNorm) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def recover_loss(logits, hidden, t_logits, t_hidden, labels, attention_mask, config: RecoverConfig):
+    """The loss of :class:`RecoverConfig` and its parts as floats.
+
+    ``hidden``/``t_hidden`` are matched lists of ``(B, T, d)`` layer outputs (may be empty).
+    """
+    import torch.nn.functional as F
+
+    t = config.temperature
+    task = F.cross_entropy(logits.float(), labels)
+    soft = F.softmax(t_logits.float() / t, dim=-1)  # (B, C)
+    kd = F.kl_div(F.log_softmax(logits.float() / t, dim=-1), soft, reduction="batchmean") * t * t
+    loss = (1 - config.alpha) * task + config.alpha * kd
+    hid = logits.new_zeros(())
+    if hidden:
+        real = attention_mask.unsqueeze(-1).to(hidden[0].dtype)  # (B, T, 1)
+        tokens = real.sum().clamp(min=1)
+        for s, h in zip(hidden, t_hidden, strict=True):
+            err = ((s - h).pow(2) * real).sum() / tokens
+            hid = hid + err / ((h.pow(2) * real).sum() / tokens).clamp(min=1e-6)
+        hid = hid / len(hidden)
+        loss = loss + config.hidden_weight * hid
+    parts = {"loss": loss, "task": task, "distill": kd, "hidden": hid}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def recover(model, teacher, train_data: list, config: RecoverConfig | None = None, *, progress: bool = True):
+    """Fine-tune a copy of ``model`` on labelled train batches, distilling from ``teacher``.
+
+    Args:
+        model: the compressed sequence classifier (a plain, pruned model; not changed).
+        teacher: the model it was compressed from (same family and labels; not changed).
+        train_data: tokenized batches with ``labels`` (e.g. :func:`slimformer.exits.training_batches`
+            on the train split). Never the split that will judge the result.
+        config: hyper-parameters (default :class:`RecoverConfig`).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`RecoverResult` with the trained copy in eval mode.
+
+    Raises:
+        ValueError: no batches, batches without labels, a teacher with another number of classes,
+            or a student layer whose origin the teacher does not have (with ``hidden_weight > 0``).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from slimformer.structure import Structure
+
+    config = config or RecoverConfig()
+    if not isinstance(config, RecoverConfig):
+        raise ValueError(f"config={config!r}: must be a RecoverConfig")
+    if not train_data:
+        raise ValueError("recover needs training batches (slimformer.exits.training_batches on the train split)")
+    if any("labels" not in b for b in train_data):
+        raise ValueError("recover needs labelled batches (a 'labels' entry in every batch)")
+    if model.config.num_labels != teacher.config.num_labels:
+        raise ValueError(
+            f"the teacher has {teacher.config.num_labels} classes but the model has {model.config.num_labels}"
+        )
+    pairs: list[tuple[int, int]] = []  # (student layer, teacher layer) with the same origin
+    if config.hidden_weight > 0:
+        t_origin = {s.origin: j for j, s in enumerate(Structure.from_model(teacher).layers)}
+        for i, s in enumerate(Structure.from_model(model).layers):
+            if s.origin not in t_origin:
+                raise ValueError(
+                    f"student layer {i} comes from original layer {s.origin}, which the teacher does not have: "
+                    "pass the model it was compressed from, or set hidden_weight=0"
+                )
+            pairs.append((i, t_origin[s.origin]))
+    t0 = time.perf_counter()
+    set_seed(config.seed)
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+    student = copy.deepcopy(model).requires_grad_(True)
+    accelerator = Accelerator()
+    steps_per_epoch = len(train_data)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    teacher.to(accelerator.device)
+    net = accelerator.unwrap_model(student)
+    rng = random.Random(config.seed)
+    history, step = [], 0
+    bar = tqdm(total=total, desc="recover", unit="step", disable=not progress)
+    student.train()
+    for epoch in range(config.epochs):
+        order = list(range(steps_per_epoch))
+        rng.shuffle(order)
+        sums: dict[str, float] = {}
+        t_epoch, n = time.perf_counter(), 0
+        for idx in order:
+            if step >= total:
+                break
+            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
+            with torch.no_grad():
+                t_logits, t_states = _layer_outputs(teacher, batch)
+            logits, states = _layer_outputs(net, batch)
+            loss, parts = recover_loss(
+                logits,
+                [states[i] for i, _ in pairs],
+                t_logits,
+                [t_states[j] for _, j in pairs],
+                batch["labels"],
+                batch["attention_mask"],
+                config,
+            )
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, n = step + 1, n + 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        if n:
+            history.append(
+                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
+                 **{k: v / n for k, v in sums.items()}}
+            )  # fmt: skip
+            logger.info("recovery epoch %d: %s", epoch + 1, history[-1])
+    bar.close()
+    net = accelerator.unwrap_model(student, keep_fp32_wrapper=False).eval()
+    accelerator.free_memory()
+    report = {
+        "recover_config": config.to_dict(),
+        "steps": step,
+        "examples_per_epoch": sum(len(b["labels"]) for b in train_data),
+        "hidden_pairs": len(pairs),
+        "epochs": history,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return RecoverResult(model=net, report=report)
