@@ -150,6 +150,7 @@ def run_task(name: str, args, workdir: Path) -> dict:
         tolerance_from=args.tolerance_from,
         max_accuracy_drop=args.max_accuracy_drop,
         max_worse_fraction=args.max_worse_fraction,
+        holdout=args.holdout,
     )
     if args.accuracy_first:
         configs["axformer accuracy-first"] = accuracy_first
@@ -296,6 +297,13 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             else "The refits are fit on the validation inputs."
         )
         + (
+            f" Held-out rule: {args.holdout:.0%} of the validation batches are kept out of the accuracy-first "
+            "search; it returns the longest prefix of its accepted changes whose held-out loss stays within the "
+            "tolerance of dense's and held-out accuracy at least dense's."
+            if args.holdout
+            else ""
+        )
+        + (
             f" '+ recover': the searched model fine-tuned {args.recover_epochs} epoch(s) on the whole train split, "
             "distilled from dense (recover defaults: task loss + logit and per-layer hidden distillation), shapes "
             "unchanged; its search time includes the fine-tune."
@@ -330,6 +338,13 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
                     f"Recovery of {label.removesuffix(' + recover')}: validation accuracy {before['accuracy']:.4f} -> "
                     f"{after['accuracy']:.4f}, loss {before['loss']:.4f} -> {after['loss']:.4f} "
                     f"({rep['seconds']:.0f} s).",
+                ]
+            if rep.get("holdout"):
+                hold = rep["holdout"]
+                lines += [
+                    "",
+                    f"Held-out rule of {label} ({hold['examples']} examples): kept {hold['kept']} of "
+                    f"{hold['accepted']} accepted changes.",
                 ]
             if rep.get("method") == "axformer" and rep.get("repair"):
                 plain, fixed = rep["validation"]["unrepaired"], rep["repair"]["repaired"]
@@ -405,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="fit the least-squares refits (compensate, repair) on this many train inputs (0: validation inputs)",
+    )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="accuracy-first: AxConfig.holdout (share of the validation batches that only picks where to stop)",
     )
     parser.add_argument(
         "--recover-epochs",

@@ -1,6 +1,7 @@
 """AxFormer: hard (top-k) attention, the accuracy-driven search, its budgets, save/load and CLI."""
 
 import copy
+import dataclasses
 import json
 import random
 
@@ -386,6 +387,48 @@ def test_refits_fit_on_separate_inputs_when_given(tiny_tokenizer):
         axformer(model, config, batches, fit_data=[{"labels": torch.zeros(2)}], progress=False)
 
 
+def test_split_holdout_spreads_the_held_out_batches():
+    from slimformer.axformer.search import split_holdout
+
+    batches = [{"i": i} for i in range(10)]
+    search, held = split_holdout(batches, 0.3)
+    assert [b["i"] for b in held] == [3, 6, 9] and len(search) == 7
+    assert [b["i"] for b in split_holdout(batches, 0.5)[1]] == [1, 3, 5, 7, 9]
+    with pytest.raises(ValueError, match="held-out batches"):
+        split_holdout(batches[:1], 0.5)
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_holdout_stops_where_held_out_data_stops_agreeing(compensate, tiny_tokenizer):
+    from slimformer.axformer.search import split_holdout
+
+    model, batches = loud_model("bert", tiny_tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    search_part, held = split_holdout(batches, 0.5)
+    for b in search_part:  # random labels: removals look free to the search; the held-out labels are the
+        b["labels"] = torch.randint(0, 3, b["labels"].shape, generator=gen)  # model's own predictions
+    config = AxConfig(
+        hard_attention=False, repair=False, compensate=compensate, loss_tolerance=1.0, tolerance_from="start",
+        max_worse_fraction=1.0, max_accuracy_drop=0.1, holdout=0.5,
+    )  # fmt: skip
+    result = axformer(model, config, batches, progress=False)
+    rep, hold = result.report, result.report["holdout"]
+    assert hold["examples"] == sum(len(b["labels"]) for b in held) and hold["before"]["accuracy"] == 1.0
+    assert 0 < hold["kept"] < hold["accepted"] == len(rep["actions"]) == len(hold["curve"])  # stopped midway
+    assert sum(bool(a.get("undone")) for a in rep["actions"]) == hold["accepted"] - hold["kept"]
+    # the returned model is the kept prefix: it scores on the held-out batches what the curve recorded there
+    expected = hold["curve"][hold["kept"] - 1]
+    got = score_batches(result.model, held)
+    assert got["accuracy"] == expected["accuracy"] >= 0.9 and got["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    assert all(c["accuracy"] < 0.9 for c in hold["curve"][hold["kept"] :])
+    # ... and the search batches what the search measured
+    assert rep["validation"]["after"]["loss"] == pytest.approx(rep["validation"]["search_estimate"], abs=1e-5)
+    # without the rule the search keeps every change it accepted
+    free = axformer(model, dataclasses.replace(config, holdout=0.0), search_part, progress=False).report
+    assert free["holdout"] is None and len(free["actions"]) == hold["accepted"]
+    assert free["relative"]["macs"] < rep["relative"]["macs"]
+
+
 @pytest.mark.parametrize(
     ("repaired", "floor", "kept"),
     [
@@ -484,11 +527,14 @@ def test_config_round_trip():
         ("hard_attention", "yes"),
         ("tolerance_from", "first"),
         ("eval_rows", True),
+        ("holdout", 0.95),
     ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         AxConfig(**{field: value})
+    with pytest.raises(ValueError, match="holdout=0.5 picks where a search without a budget stops"):
+        AxConfig(holdout=0.5, budget="macs=0.5")
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -530,3 +576,10 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     rec = json.loads(recovered.stdout)["recover"]
     assert rec["steps"] == 2 and rec["examples_per_epoch"] == 48  # 48 train rows in batches of 32
     assert rec["validation"]["before"]["n"] == rec["validation"]["after"]["n"] == 6
+    refused = CliRunner().invoke(app, [*args, "--overwrite", "--holdout", "0.5"])
+    assert refused.exit_code != 0 and "holdout=0.5" in refused.output
+    free = [a for a in args if a not in ("--budget", "macs=0.6,seq=16")]
+    held = CliRunner().invoke(app, [*free, "--overwrite", "--holdout", "0.5", "--batch-size", "2"])
+    assert held.exit_code == 0, held.output
+    hold = json.loads(held.stdout)["holdout"]
+    assert hold["examples"] == 2 and json.loads(held.stdout)["validation_examples"] == 4

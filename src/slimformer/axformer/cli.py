@@ -57,6 +57,15 @@ def axformer_command(
             "(kept when validation loss does not rise and accuracy holds)"
         ),
     ] = True,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="no budget only: share of the validation split kept out of the search; the search stops at the "
+            "longest prefix of its changes that still passes on it (0: off)",
+        ),
+    ] = 0.0,
     neuron_groups: Annotated[
         int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
     ] = 8,
@@ -126,6 +135,7 @@ def axformer_command(
                 "hard_attention": hard_attention,
                 "compensate": compensate,
                 "repair": repair,
+                "holdout": holdout,
                 "neuron_groups": neuron_groups,
                 "max_passes": max_passes,
                 **_parse_options(set_ or []),
@@ -194,6 +204,12 @@ def axformer_command(
         f"{val['after']['accuracy']:.4f}, loss {val['before']['loss']:.4f} -> {val['after']['loss']:.4f} "
         f"({report['seconds']['total']:.1f}s); top-k layers {report['topk'] or 'none'}; saved to {out}"
     )
+    if report.get("holdout"):
+        hold = report["holdout"]
+        typer.echo(
+            f"held-out rule ({hold['examples']} validation examples kept out of the search): kept {hold['kept']} of "
+            f"{hold['accepted']} accepted changes"
+        )
     if report.get("repair"):
         fixed, plain = report["repair"]["repaired"], report["validation"]["unrepaired"]
         typer.echo(

@@ -75,6 +75,16 @@ class AxConfig:
             "help": "ridge of both refits (compensate, repair), relative to the mean squared unit activation (>= 0)"
         },
     )
+    holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "no budget only: share of the validation batches kept out of the search (0: none). After every "
+            "accepted change the model is scored on them, and the search returns the longest prefix of its changes "
+            "whose held-out loss stays within loss_tolerance of the input model's and whose held-out accuracy stays "
+            "at least the input's (minus max_accuracy_drop when set): where to stop is judged on data the search "
+            "did not select on"
+        },
+    )
     change_eps: float = field(
         default=1e-4, metadata={"help": "per-sample loss changes smaller than this (nats) count as unchanged"}
     )
@@ -146,6 +156,12 @@ class AxConfig:
         _number(self, "repair_ridge", low=0.0)
         if self.max_accuracy_drop is not None:
             _number(self, "max_accuracy_drop", low=0.0, high=1.0)
+        _number(self, "holdout", low=0.0, high=0.9)
+        if self.holdout > 0 and self.budget is not None:
+            raise ValueError(
+                f"holdout={self.holdout!r} picks where a search without a budget stops; with budget="
+                f"{str(self.budget)!r} the budget decides (set holdout=0)"
+            )
         _number(self, "topk_min_gain", low=0.0)
         _number(self, "reject_z", low=0.0)
         _number(self, "budget_step", low=0.0, high=1.0, open_low=True)

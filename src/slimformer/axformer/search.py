@@ -30,6 +30,13 @@ validation inputs, so the sublayer's output moves as little as it can; no labels
 :mod:`slimformer.axformer.evaluator`), and an accepted removal keeps its refit: the search then
 removes what the rest of the sublayer can absorb, and the model it measured is the one it returns.
 
+A search that keeps ~50 removals on one validation set also selects on its noise: each passes on
+the very samples that judge it. With ``holdout`` (no budget), a share of the validation batches is
+kept out of the search; after every accepted change the model is scored on them, and the search
+returns the longest prefix of its changes whose held-out loss stays within ``loss_tolerance`` of
+the input model's and whose held-out accuracy stays at least the input's (minus
+``max_accuracy_drop``). The held-out data only chooses how far down one path to go.
+
 After the search, with ``repair`` on, the smaller model's output projections are refit by least
 squares towards the input model's hidden states on ``fit_data``, else the validation inputs (as
 after one-shot pruning); the refit is kept only when the validation loss does not rise and accuracy holds
@@ -114,7 +121,10 @@ def axformer(
         slimformer.budget.InfeasibleBudget: the budget is below the smallest model the search can make.
     """
     t0 = time.perf_counter()
-    search = _Search(model, config, validation_data, importance, progress, fit_data)
+    held = None
+    if config.holdout > 0:  # the search selects on the rest; the held-out batches only pick where it stops
+        validation_data, held = split_holdout(validation_data, config.holdout)
+    search = _Search(model, config, validation_data, importance, progress, fit_data, held)
     state = search.run()
     t_search = time.perf_counter() - t0
 
@@ -146,6 +156,7 @@ def axformer(
     report["validation"]["unrepaired"] = after
     report["repair"] = repaired
     report["topk"] = {str(i): k for i, k in topk.items()}
+    report["holdout"] = search.holdout_report()
     report["seconds"] = {
         "search": round(t_search, 3),
         "surgery": round(t_surgery, 3),
@@ -252,6 +263,7 @@ class _Search:
         importance: Importance | None,
         progress: bool,
         fit_data: Batches | None = None,
+        held: Batches | None = None,
     ):
         if not batches:
             raise ValueError("validation_data is empty: pass tokenized validation batches (validation_batches)")
@@ -285,12 +297,19 @@ class _Search:
         self.passes_run = 0
         self.rounds = 0
         self.estimate_valid = True
+        self.held = held  # held-out batches that pick how many accepted changes to keep (see AxConfig.holdout)
+        self.held_before: dict | None = None
+        self.curve: list[dict] = []  # held-out score after each accepted change
+        self.best: tuple[int, State, dict | None] | None = None  # (changes kept, state, work weights)
 
     # --- driver --------------------------------------------------------------------------------
     def run(self) -> State:
         ev = self.ev
         ev.refresh(self.state)
         self.before = {"loss": float(ev.loss.double().mean()), "accuracy": float(ev.correct.double().mean())}
+        if self.held:
+            self.held_before = ev.score(self.state, self.held)
+            self._snapshot()
         for p in range(self.config.max_passes):
             if self.fits():
                 break
@@ -302,7 +321,47 @@ class _Search:
                 break
         if self.budget is not None and not self.fits():
             self._force()
+        if self.held and self.best[0] < len(self.actions):
+            self._stop_early()
         return self.state
+
+    # --- the held-out stopping rule ----------------------------------------------------------
+    def _held_ok(self, score: dict) -> bool:
+        """The held-out loss within the tolerance of the input model's, accuracy at least its (minus the guard)."""
+        ref, cfg = self.held_before, self.config
+        drop = cfg.max_accuracy_drop or 0.0
+        return score["loss"] <= ref["loss"] + cfg.loss_tolerance and score["accuracy"] >= ref["accuracy"] - drop - 1e-12
+
+    def _snapshot(self) -> None:
+        """Remember the current prefix of changes (with compensation, the refit weights too)."""
+        weights = None
+        if self.config.compensate:
+            weights = {k: v.detach().clone() for k, v in self.ev.work.state_dict().items()}
+        self.best = (len(self.actions), self.state, weights)
+
+    def _stop_early(self) -> None:
+        """Go back to the longest prefix of changes that passed on the held-out batches."""
+        kept, state, weights = self.best
+        logger.info("axformer held-out rule: keeping %d of %d accepted changes", kept, len(self.actions))
+        for a in self.actions[kept:]:
+            a["undone"] = True
+        if weights is not None:
+            self.ev.work.load_state_dict(weights)
+        self.state = state
+        self.ev.refresh(state)
+        self.estimate_valid = True
+
+    def holdout_report(self) -> dict | None:
+        if not self.held:
+            return None
+        return {
+            "fraction": self.config.holdout,
+            "examples": self.held_before["n"],
+            "before": self.held_before,
+            "accepted": len(self.actions),
+            "kept": self.best[0],
+            "curve": self.curve,
+        }
 
     def fits(self) -> bool:
         return self.budget is not None and self.budget.measure(self.state.structure(self.structure)) <= self.limit
@@ -427,6 +486,13 @@ class _Search:
         action = {"phase": phase, "layer": self.structure.layers[c.layer].origin, "change": c.describe()}
         action.update(o.to_dict(), forced=forced)
         self.actions.append(action)
+        if self.held and not forced:
+            score = self.ev.score(self.state, self.held)
+            macs = cost_of(self.state.structure(self.structure), 128).macs / cost_of(self.structure, 128).macs
+            self.curve.append({"changes": len(self.actions), "macs": macs, **score})
+            action["holdout"] = score
+            if self._held_ok(score):
+                self._snapshot()
         logger.info("axformer %s: layer %d %s (loss %+.5f)", phase, c.layer, c.describe(), o.delta)
 
     # --- budget mode: forced removals, cheapest loss per unit of budget first --------------------
@@ -559,6 +625,19 @@ def _neuron_groups(
         order = torch.argsort(scores.float(), stable=True)  # least important first
         out.append([tuple(int(j) for j in g) for g in torch.tensor_split(order, min(n_groups, shape.ffn)) if len(g)])
     return out
+
+
+def split_holdout(batches: Batches, fraction: float) -> tuple[Batches, Batches]:
+    """Split batches into (search, held-out), the held-out ones spread evenly: about ``fraction`` of them."""
+    held_idx = {i for i in range(len(batches)) if math.floor((i + 1) * fraction) > math.floor(i * fraction)}
+    search = [b for i, b in enumerate(batches) if i not in held_idx]
+    held = [b for i, b in enumerate(batches) if i in held_idx]
+    if not search or not held:
+        raise ValueError(
+            f"holdout={fraction!r} leaves {len(search)} search and {len(held)} held-out batches out of "
+            f"{len(batches)}: each side needs at least one (more validation data, or another holdout)"
+        )
+    return search, held
 
 
 def validation_batches(
