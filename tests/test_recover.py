@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import make_inputs, make_tiny_model
 from slimformer.axformer import hard_attention_of, set_hard_attention
+from slimformer.exits.train import teacher_outputs
 from slimformer.recover import RecoverConfig, recover
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
@@ -101,7 +102,7 @@ def test_layers_are_matched_by_origin_not_position(monkeypatch):
     recover(student, teacher, data, RecoverConfig(max_steps=1), progress=False)
     x = {k: v for k, v in data[0].items() if k != "labels"}
     with torch.no_grad():
-        t_states = mod._layer_outputs(teacher, x)[1]
+        t_states = teacher_outputs(teacher, x)[1]
     ((s_states, targets),) = seen
     assert len(targets) == 2
     # student layer 0 is teacher layer 0; student layer 1 (origin 2) is held to teacher layer 2, not 1

@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +25,6 @@ from typing import Any
 from slimformer.exits.config import _from_dict, _int, _num
 
 logger = logging.getLogger(__name__)
-
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,21 +73,7 @@ class RecoverResult:
     report: dict
 
 
-def _layer_outputs(model, batch: dict):
-    """Logits ``(B, C)`` and every layer's output ``(B, T, d)``, through the family adapter."""
-    from slimformer.arch import get_adapter
-
-    ad = get_adapter(model)
-    hidden = ad.embed(model, batch["input_ids"], batch.get("token_type_ids"))
-    mask = ad.layer_mask(model, hidden, batch["attention_mask"])
-    states = []
-    for layer in ad.layers(model):
-        hidden = ad.run_layer(layer, hidden, mask)
-        states.append(hidden)
-    return ad.classify(model, hidden), states
-
-
-def _param_groups(model, weight_decay: float) -> list[dict]:
+def _param_groups(model, weight_decay: float, lr: float) -> list[dict]:
     import torch
 
     decay, no_decay = [], []
@@ -100,7 +82,10 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
             if not p.requires_grad or p.numel() == 0:
                 continue
             (no_decay if name == "bias" or isinstance(module, torch.nn.LayerNorm) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+    ]
 
 
 def recover_loss(logits, hidden, t_logits, t_hidden, labels, attention_mask, config: RecoverConfig):
@@ -147,12 +132,11 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
             or a student layer whose origin the teacher does not have (with ``hidden_weight > 0``).
     """
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
+    from slimformer.exits.train import teacher_outputs as layer_outputs
     from slimformer.structure import Structure
+    from slimformer.train import train_on_batches
 
     config = config or RecoverConfig()
     if not isinstance(config, RecoverConfig):
@@ -179,60 +163,34 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     set_seed(config.seed)
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     student = copy.deepcopy(model).requires_grad_(True)
-    accelerator = Accelerator()
-    steps_per_epoch = len(train_data)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    teacher.to(accelerator.device)
-    net = accelerator.unwrap_model(student)
-    rng = random.Random(config.seed)
-    history, step = [], 0
-    bar = tqdm(total=total, desc="recover", unit="step", disable=not progress)
-    student.train()
-    for epoch in range(config.epochs):
-        order = list(range(steps_per_epoch))
-        rng.shuffle(order)
-        sums: dict[str, float] = {}
-        t_epoch, n = time.perf_counter(), 0
-        for idx in order:
-            if step >= total:
-                break
-            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
-            with torch.no_grad():
-                t_logits, t_states = _layer_outputs(teacher, batch)
-            logits, states = _layer_outputs(net, batch)
-            loss, parts = recover_loss(
-                logits,
-                [states[i] for i, _ in pairs],
-                t_logits,
-                [t_states[j] for _, j in pairs],
-                batch["labels"],
-                batch["attention_mask"],
-                config,
-            )
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, n = step + 1, n + 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        if n:
-            history.append(
-                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
-                 **{k: v / n for k, v in sums.items()}}
-            )  # fmt: skip
-            logger.info("recovery epoch %d: %s", epoch + 1, history[-1])
-    bar.close()
-    net = accelerator.unwrap_model(student, keep_fp32_wrapper=False).eval()
-    accelerator.free_memory()
+
+    def loss_fn(net, batch):
+        with torch.no_grad():
+            t_logits, t_states = layer_outputs(teacher, batch)
+        logits, states = layer_outputs(net, batch)
+        return recover_loss(
+            logits,
+            [states[i] for i, _ in pairs],
+            t_logits,
+            [t_states[j] for _, j in pairs],
+            batch["labels"],
+            batch["attention_mask"],
+            config,
+        )
+
+    net, history, step = train_on_batches(
+        student,
+        _param_groups(student, config.weight_decay, config.lr),
+        train_data,
+        loss_fn,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        desc="recover",
+        frozen=(teacher,),
+        progress=progress,
+    )
     report = {
         "recover_config": config.to_dict(),
         "steps": step,

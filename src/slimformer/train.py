@@ -463,3 +463,85 @@ def finetune(
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop the accelerator's references to model / optimizer / loaders
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# a plain step loop over pre-built batches (distillation-style training of a copy)
+
+
+def train_on_batches(
+    student,
+    param_groups: list[dict],
+    train_data: list,
+    loss_fn,
+    *,
+    epochs: int,
+    max_steps: int | None,
+    warmup_ratio: float,
+    seed: int,
+    desc: str,
+    frozen: tuple = (),
+    progress: bool = True,
+):
+    """Train ``student`` in place on ``train_data`` (a list of tensor batches), reshuffled each epoch.
+
+    AdamW over ``param_groups`` (each with its ``lr`` or the first group's), linear warmup then
+    decay, gradients clipped to :data:`MAX_GRAD_NORM`, on an ``accelerate.Accelerator``.
+    ``loss_fn(model, batch)`` returns ``(loss, {part: float})``; the per-epoch means of the parts
+    make the history. ``frozen`` modules (a teacher) are moved to the accelerator's device too.
+
+    Returns:
+        ``(model, history, steps)``: the unwrapped model in eval mode, one dict per epoch, steps taken.
+    """
+    import random
+
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    accelerator = Accelerator()
+    steps_per_epoch = len(train_data)
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps)
+    optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0].get("lr", 1e-3))
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)
+    wrapped, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    for module in frozen:
+        module.to(accelerator.device)
+    net = accelerator.unwrap_model(wrapped)
+    rng = random.Random(seed)
+    history, step = [], 0
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
+    wrapped.train()
+    for epoch in range(epochs):
+        order = list(range(steps_per_epoch))
+        rng.shuffle(order)
+        sums: dict[str, float] = {}
+        t_epoch, n = time.perf_counter(), 0
+        for idx in order:
+            if step >= total:
+                break
+            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
+            loss, parts = loss_fn(net, batch)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, n = step + 1, n + 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        if n:
+            history.append(
+                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
+                 **{k: v / n for k, v in sums.items()}}
+            )  # fmt: skip
+            logger.info("%s epoch %d: %s", desc, epoch + 1, history[-1])
+    bar.close()
+    net = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False).eval()
+    accelerator.free_memory()
+    return net, history, step

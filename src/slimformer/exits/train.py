@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +23,6 @@ from torch.nn import functional as F
 from slimformer.exits.config import ExitConfig, ExitRule, SlenderConfig
 
 logger = logging.getLogger(__name__)
-
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass
@@ -50,7 +46,8 @@ def training_batches(examples, tokenizer, *, batch_size: int = 32, max_length: i
 
 
 def teacher_outputs(teacher, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The dense teacher's final logits ``(B, C)`` and every layer's output ``(B, T, d)``."""
+    """A classifier's final logits ``(B, C)`` and every layer's output ``(B, T, d)``, through its family
+    adapter (used for the dense teacher, and for the student in :func:`slimformer.recover.recover`)."""
     from slimformer.arch import get_adapter
 
     ad = get_adapter(teacher)
@@ -126,12 +123,10 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
     Raises:
         ValueError: no batches, batches without labels, or a teacher with another depth.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     from slimformer.exits.model import MultiExitModel
+    from slimformer.train import train_on_batches
 
     if not isinstance(config, ExitConfig):
         raise ValueError(f"config={config!r}: must be an ExitConfig")
@@ -154,60 +149,32 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
             f"hidden-state distillation needs a teacher as deep as the student: {depth_t} vs "
             f"{student.num_layers} layers (set hidden_weight=0 or pass a matching teacher)"
         )
-    accelerator = Accelerator()
-    steps_per_epoch = len(train_data)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    optimizer = torch.optim.AdamW(_param_groups(student, config))
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    teacher.to(accelerator.device)
-    net = accelerator.unwrap_model(student)
-    rng = random.Random(config.seed)
-    history, step = [], 0
-    bar = tqdm(total=total, desc="exit train", unit="step", disable=not progress)
-    student.train()
-    for epoch in range(config.epochs):
-        order = list(range(steps_per_epoch))
-        rng.shuffle(order)
-        sums: dict[str, float] = {}
-        t_epoch, n = time.perf_counter(), 0
-        for idx in order:
-            if step >= total:
-                break
-            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
-            with torch.no_grad():
-                t_logits, t_hidden = teacher_outputs(teacher, batch)
-            logits, hidden = net.all_exits(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch.get("token_type_ids"),
-                hidden_states=config.hidden_weight > 0,
-            )
-            loss, parts = exit_loss(
-                logits, hidden, t_logits, t_hidden, batch["labels"], batch["attention_mask"], config
-            )
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, n = step + 1, n + 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        if n:
-            history.append(
-                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
-                 **{k: v / n for k, v in sums.items()}}
-            )  # fmt: skip
-            logger.info("exit training epoch %d: %s", epoch + 1, history[-1])
-    bar.close()
-    net = accelerator.unwrap_model(student, keep_fp32_wrapper=False).eval()
+
+    def loss_fn(net, batch):
+        with torch.no_grad():
+            t_logits, t_hidden = teacher_outputs(teacher, batch)
+        logits, hidden = net.all_exits(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            hidden_states=config.hidden_weight > 0,
+        )
+        return exit_loss(logits, hidden, t_logits, t_hidden, batch["labels"], batch["attention_mask"], config)
+
+    net, history, step = train_on_batches(
+        student,
+        _param_groups(student, config),
+        train_data,
+        loss_fn,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        desc="exit train",
+        frozen=(teacher,),
+        progress=progress,
+    )
     net.set_rule(ExitRule(kind="none"))
-    accelerator.free_memory()
     report = {
         "exit_config": config.to_dict(),
         "steps": step,
