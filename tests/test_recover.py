@@ -91,13 +91,13 @@ def test_layers_are_matched_by_origin_not_position(monkeypatch):
     full = KeepPlan(heads=((0, 1, 2, 3),) * 3, ffn=(tuple(range(37)),) * 3, layers=(True, False, True))
     student = apply_plan(copy.deepcopy(teacher), full)  # teacher layers 0 and 2, nothing else removed
     seen = []
-    real = mod.recover_loss
+    real = mod.exit_loss
 
     def spy(logits, hidden, t_logits, t_hidden, *args, **kwargs):
         seen.append(([s.detach() for s in hidden], list(t_hidden)))
         return real(logits, hidden, t_logits, t_hidden, *args, **kwargs)
 
-    monkeypatch.setattr(mod, "recover_loss", spy)
+    monkeypatch.setattr(mod, "exit_loss", spy)
     data = _batches(teacher, 1)
     recover(student, teacher, data, RecoverConfig(max_steps=1), progress=False)
     x = {k: v for k, v in data[0].items() if k != "labels"}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slimformer.exits.config import _from_dict, _int, _num
+from slimformer.exits.train import exit_loss, teacher_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -73,46 +74,6 @@ class RecoverResult:
     report: dict
 
 
-def _param_groups(model, weight_decay: float, lr: float) -> list[dict]:
-    import torch
-
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or p.numel() == 0:
-                continue
-            (no_decay if name == "bias" or isinstance(module, torch.nn.LayerNorm) else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lr": lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-    ]
-
-
-def recover_loss(logits, hidden, t_logits, t_hidden, labels, attention_mask, config: RecoverConfig):
-    """The loss of :class:`RecoverConfig` and its parts as floats.
-
-    ``hidden``/``t_hidden`` are matched lists of ``(B, T, d)`` layer outputs (may be empty).
-    """
-    import torch.nn.functional as F
-
-    t = config.temperature
-    task = F.cross_entropy(logits.float(), labels)
-    soft = F.softmax(t_logits.float() / t, dim=-1)  # (B, C)
-    kd = F.kl_div(F.log_softmax(logits.float() / t, dim=-1), soft, reduction="batchmean") * t * t
-    loss = (1 - config.alpha) * task + config.alpha * kd
-    hid = logits.new_zeros(())
-    if hidden:
-        real = attention_mask.unsqueeze(-1).to(hidden[0].dtype)  # (B, T, 1)
-        tokens = real.sum().clamp(min=1)
-        for s, h in zip(hidden, t_hidden, strict=True):
-            err = ((s - h).pow(2) * real).sum() / tokens
-            hid = hid + err / ((h.pow(2) * real).sum() / tokens).clamp(min=1e-6)
-        hid = hid / len(hidden)
-        loss = loss + config.hidden_weight * hid
-    parts = {"loss": loss, "task": task, "distill": kd, "hidden": hid}
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
-
-
 def recover(model, teacher, train_data: list, config: RecoverConfig | None = None, *, progress: bool = True):
     """Fine-tune a copy of ``model`` on labelled train batches, distilling from ``teacher``.
 
@@ -134,9 +95,8 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     import torch
     from accelerate.utils import set_seed
 
-    from slimformer.exits.train import teacher_outputs as layer_outputs
     from slimformer.structure import Structure
-    from slimformer.train import train_on_batches
+    from slimformer.train import _param_groups, train_on_batches
 
     config = config or RecoverConfig()
     if not isinstance(config, RecoverConfig):
@@ -166,10 +126,10 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
 
     def loss_fn(net, batch):
         with torch.no_grad():
-            t_logits, t_states = layer_outputs(teacher, batch)
-        logits, states = layer_outputs(net, batch)
-        return recover_loss(
-            logits,
+            t_logits, t_states = teacher_outputs(teacher, batch)
+        logits, states = teacher_outputs(net, batch)
+        return exit_loss(  # one exit, the classifier's own: task + logit + per-layer hidden distillation
+            [logits],
             [states[i] for i, _ in pairs],
             t_logits,
             [t_states[j] for _, j in pairs],
@@ -178,9 +138,10 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
             config,
         )
 
+    groups = [{**g, "lr": config.lr} for g in _param_groups(student, config.weight_decay)]
     net, history, step = train_on_batches(
         student,
-        _param_groups(student, config.weight_decay, config.lr),
+        groups,
         train_data,
         loss_fn,
         epochs=config.epochs,

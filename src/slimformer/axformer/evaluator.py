@@ -198,20 +198,12 @@ class Evaluator:
         self.loss, self.correct = torch.cat(losses), torch.cat(correct)
         self.passes += 1
 
-    @torch.inference_mode()
-    def score(self, state: State, batches: Batches) -> dict:
-        """Mean loss and accuracy of the working model in ``state`` on other batches (a full forward each)."""
-        losses, correct = [], []
+    @contextmanager
+    def applied(self, state: State):
+        """The working model as it is in ``state`` (masks and top-k), for a plain forward pass."""
         self.set_topk(state.topk)
         with self._masked(state):
-            for batch in batches:
-                logits = self.adapter.forward(
-                    self.work, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-                ).float()  # (B, C)
-                losses.append(nn.functional.cross_entropy(logits, batch["labels"], reduction="none"))
-                correct.append(logits.argmax(-1) == batch["labels"])
-        loss, hit = torch.cat(losses), torch.cat(correct)
-        return {"loss": float(loss.double().mean()), "accuracy": float(hit.double().mean()), "n": int(loss.shape[0])}
+            yield self.work
 
     def _layer_inputs(self, batches: Batches) -> tuple[list[list[torch.Tensor]], list, list[torch.Tensor]]:
         """For ``batches``: every layer's inputs ``[layer][batch] (B, T, d)``, the layer masks and the last

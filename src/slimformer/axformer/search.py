@@ -308,7 +308,7 @@ class _Search:
         ev.refresh(self.state)
         self.before = {"loss": float(ev.loss.double().mean()), "accuracy": float(ev.correct.double().mean())}
         if self.held:
-            self.held_before = ev.score(self.state, self.held)
+            self.held_before = self._held_score()
             self._snapshot()
         for p in range(self.config.max_passes):
             if self.fits():
@@ -326,6 +326,10 @@ class _Search:
         return self.state
 
     # --- the held-out stopping rule ----------------------------------------------------------
+    def _held_score(self) -> dict:
+        with self.ev.applied(self.state) as work:
+            return score_batches(work, self.held)
+
     def _held_ok(self, score: dict) -> bool:
         """The held-out loss within the tolerance of the input model's, accuracy at least its (minus the guard)."""
         ref, cfg = self.held_before, self.config
@@ -487,7 +491,7 @@ class _Search:
         action.update(o.to_dict(), forced=forced)
         self.actions.append(action)
         if self.held and not forced:
-            score = self.ev.score(self.state, self.held)
+            score = self._held_score()
             macs = cost_of(self.state.structure(self.structure), 128).macs / cost_of(self.structure, 128).macs
             self.curve.append({"changes": len(self.actions), "macs": macs, **score})
             action["holdout"] = score

@@ -69,7 +69,8 @@ def exit_loss(
     attention_mask: torch.Tensor,
     config: ExitConfig,
 ) -> tuple[torch.Tensor, dict]:
-    """The joint loss (see :class:`ExitConfig`) and its parts as floats."""
+    """The joint loss (see :class:`ExitConfig`) and its parts as floats. Only ``temperature``, ``alpha``
+    and ``hidden_weight`` are read, so :func:`slimformer.recover.recover` uses it too (one exit)."""
     n = len(logits)
     weights = [i / (n * (n + 1) / 2) for i in range(1, n + 1)]  # exit i weighs i, summing to 1
     t = config.temperature
