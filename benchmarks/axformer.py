@@ -48,13 +48,13 @@ from slimformer.bench import environment, make_bench_inputs, time_callable
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
 from slimformer.data import load_task
-from slimformer.evaluate import evaluate
+from slimformer.evaluate import metrics_from_logits, predict
 from slimformer.exits import training_batches
 from slimformer.export import save_model
 from slimformer.hf_remote.modeling_slimformer import topk_attention
 from slimformer.models import load_model
 from slimformer.pipeline import RECIPES, finetune_cached
-from slimformer.quantize import quantize_dynamic_int8, save_quantized, size_on_disk
+from slimformer.quantize import bf16_supported, quantize_dynamic_int8, save_quantized, size_on_disk, to_bf16
 from slimformer.recover import RecoverConfig, recover
 from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune
@@ -103,7 +103,8 @@ def kernel_timing(rounds: int) -> dict:
 
 
 def measure(name: str, model, tokenizer, test, max_length: int, folder: Path, *, int8: bool) -> dict:
-    metrics = evaluate(model, tokenizer, test, max_length=max_length, progress=False)
+    logits = predict(model, tokenizer, test, max_length=max_length, progress=False)
+    metrics = metrics_from_logits(logits, [ex.label for ex in test], logits.shape[1])
     if int8:
         save_quantized(model, tokenizer, folder)
     else:
@@ -119,7 +120,19 @@ def measure(name: str, model, tokenizer, test, max_length: int, folder: Path, *,
         "params": cost_of(structure, SEQ_LEN).params,
         "layers": [{"heads": s.heads, "ffn": s.ffn} for s in structure.layers],
         "topk": {str(i): k for i, k in hard_attention_of(model).items()},
+        "predictions": logits.argmax(-1).tolist(),
     }
+
+
+def paired_with(row: dict, base: dict, labels: list[int]) -> dict:
+    """Test examples the row gets right and dense wrong (better) and the reverse (worse), with McNemar's
+    exact two-sided p-value: how likely a split at least this uneven is if the two models were equally good."""
+    from scipy.stats import binomtest
+
+    better = sum(p == y != q for p, q, y in zip(row["predictions"], base["predictions"], labels, strict=True))
+    worse = sum(q == y != p for p, q, y in zip(row["predictions"], base["predictions"], labels, strict=True))
+    p_value = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
+    return {"better": better, "worse": worse, "p_value": round(float(p_value), 4)}
 
 
 def run_task(name: str, args, workdir: Path) -> dict:
@@ -209,8 +222,14 @@ def run_task(name: str, args, workdir: Path) -> dict:
         rows.append(
             measure(f"{label} int8", q, tokenizer, test, recipe.max_length, workdir / name / f"{label} q", int8=True)
         )
+        if args.bf16:
+            h = to_bf16(model)
+            models[f"{label} bf16"] = h
+            rows.append(measure(f"{label} bf16", h, tokenizer, test, recipe.max_length,
+                                workdir / name / f"{label} bf16", int8=False))  # fmt: skip
         if label in searches:
-            rows[-2]["search_seconds"] = rows[-1]["search_seconds"] = searches[label]["seconds"]
+            for r in rows[-(3 if args.bf16 else 2) :]:
+                r["search_seconds"] = searches[label]["seconds"]
             if hard_attention_of(model):  # the same model with dense attention: what top-k costs / buys
                 plain = clear_hard_attention(copy.deepcopy(model))
                 models[f"{label} (top-k off)"] = plain
@@ -219,7 +238,11 @@ def run_task(name: str, args, workdir: Path) -> dict:
 
     latency = interleaved_latency(models, args.rounds, args.calls)
     base = next(r for r in rows if r["name"] == "dense")
+    labels = [ex.label for ex in test]
     for r in rows:
+        r["vs_dense"] = paired_with(r, base, labels)
+    for r in rows:
+        del r["predictions"]
         for b in BATCHES:
             r[f"latency_b{b}_ms"] = latency[r["name"]][b]["median_ms"]
             r[f"speedup_b{b}"] = latency["dense"][b]["median_ms"] / latency[r["name"]][b]["median_ms"]
@@ -236,6 +259,14 @@ def run_task(name: str, args, workdir: Path) -> dict:
             "accuracy_first_int8_at_least_dense": acc_int8["accuracy"] >= base["accuracy"],
             "accuracy_first_int8_1.5x_faster_b32": acc_int8["speedup_b32"] >= 1.5,
         }
+    if args.accuracy_first and args.bf16:  # bf16 speeds dense up too: the pruning's share is against dense bf16
+        by_name = {r["name"]: r for r in rows}
+        half, dense_half = by_name["axformer accuracy-first bf16"], by_name["dense bf16"]
+        targets["accuracy_first_bf16_at_least_dense"] = half["accuracy"] >= base["accuracy"]
+        targets["accuracy_first_bf16_1.5x_faster_b32"] = half["speedup_b32"] >= 1.5
+        targets["accuracy_first_bf16_1.5x_faster_b32_than_dense_bf16"] = (
+            dense_half["latency_b32_ms"] / half["latency_b32_ms"] >= 1.5
+        )
     if args.accuracy_first and args.recover_epochs:
         by_name = {r["name"]: r for r in rows}
         rec, rec_int8 = by_name["axformer accuracy-first + recover"], by_name["axformer accuracy-first + recover int8"]
@@ -309,7 +340,17 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             "unchanged; its search time includes the fine-tune."
             if args.recover_epochs
             else ""
-        ),
+        )
+        + (
+            " 'bf16': every weight cast to bfloat16, computing in bf16 (this CPU "
+            + ("has" if bf16_supported() else "has NO")
+            + " native bf16 matrix instructions); it speeds dense up as much, so the pruning's own share is "
+            "the ratio to 'dense bf16'."
+            if args.bf16
+            else ""
+        )
+        + " 'vs dense': test examples the model gets right and dense wrong / the reverse, with McNemar's exact "
+        "two-sided p-value (small: the difference is unlikely to be chance).",
     ]
     if args.limit_validation or args.limit_test:
         lines += ["", f"**Reduced run**: validation limited to {args.limit_validation}, test to {args.limit_test}."]
@@ -318,13 +359,14 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
             "",
             f"## {res['task']} ({res['validation_examples']} validation / {res['test_examples']} test examples)",
             "",
-            "| model | test acc | F1 | MACs | size MB | x smaller | ms @b1 | ms @b32 | speedup b1 / b32 | top-k layers "
-            "| search s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| model | test acc | F1 | vs dense: better / worse (p) | MACs | size MB | x smaller | ms @b1 | ms @b32 "
+            "| speedup b1 / b32 | top-k layers | search s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["rows"]:
             lines.append(
-                f"| {r['name']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['macs_rel']:.3f} | "
+                f"| {r['name']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['vs_dense']['better']} / "
+                f"{r['vs_dense']['worse']} ({r['vs_dense']['p_value']:.2f}) | {r['macs_rel']:.3f} | "
                 f"{r['size_on_disk'] / 1e6:.1f} | {r['size_vs_dense']:.2f} | {r['latency_b1_ms']:.1f} | "
                 f"{r['latency_b32_ms']:.0f} | {r['speedup_b1']:.2f} / {r['speedup_b32']:.2f} | "
                 f"{r['topk'] or '-'} | {r.get('search_seconds', '-')} |"
@@ -440,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the accuracy-first search from a one-shot pruned model, e.g. optin:macs=0.6 "
         "(256 calibration examples from train, repair on); both rows are reported",
     )
+    parser.add_argument("--bf16", action="store_true", help="also measure a bfloat16 copy of every model")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=2, help="timed calls per model per round")
     parser.add_argument("--limit-validation", type=int, default=None, help="smoke runs: validation examples")

@@ -167,3 +167,27 @@ def test_recover_step_distils_from_the_recipe_input(csv_task, tiny_tokenizer, mo
     pruned_only, _ = compress(model, steps[:1], context)
     trained, pruned = out.state_dict(), pruned_only.state_dict()
     assert any(not torch.equal(trained[k], pruned[k]) for k in pruned)
+
+
+def test_prune_then_bf16_saves_half_size_and_loads_bf16(csv_task, tiny_tokenizer, tmp_path):
+    from slimformer.models import load_model
+    from slimformer.quantize import is_bf16
+
+    with pytest.raises(RecipeError, match="step 1 \\(bf16\\) must be the last step"):
+        parse_recipe([{"step": "bf16"}, {"step": "int8"}])
+    assert STEPS["bf16"].terminal
+    with pytest.raises(RecipeError, match="step 1 \\(bf16\\): .*no fields"):
+        parse_recipe([{"step": "bf16", "keep": "classifier"}])
+    model = make_tiny_model("roberta", num_labels=2)
+    steps = parse_recipe([{"step": "prune", "method": "magnitude", "budget": "params=0.8"}, {"step": "bf16"}])
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=32, progress=False)
+    out, report = compress(model, steps, context)
+    assert is_bf16(out) and not is_bf16(model)
+    assert [e["step"] for e in report["steps"]] == ["prune", "bf16"]
+    assert report["steps"][1]["params"] == report["steps"][0]["params"]  # shapes unchanged by the cast
+    folder = save_result(out, tiny_tokenizer, tmp_path / "m", extra=report)
+    loaded, _ = load_model(str(folder))
+    assert is_bf16(loaded)
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, out(input_ids=ids).logits, rtol=0, atol=0)

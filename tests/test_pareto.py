@@ -61,3 +61,23 @@ def test_sweep_tiny_model(tmp_path, tiny_tokenizer):
     assert png.stat().st_size > 1000
     table = markdown(points, batch_sizes=(1,))
     assert table.count("\n") == len(points) + 1 and "magnitude" in table
+
+
+def test_sweep_precision_suffixes(tmp_path, tiny_tokenizer):
+    rows = ["text,label"] + [f"good fun movie {i},pos" if i % 2 else f"bad dull plot {i},neg" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    task = load_task(str(tmp_path / "t.csv"))
+    model = make_tiny_model("bert", num_labels=2)
+    config = ParetoConfig(
+        methods=("magnitude", "magnitude+bf16", "magnitude+int8"), budgets=(0.6,), seq_len=16, repeats=1, calibration=16
+    )
+    points = sweep(model, tiny_tokenizer, task, config, progress=False)["points"]
+    by = {p["key"]: p for p in points}
+    assert set(by) == {
+        "dense", "magnitude@0.6", "magnitude+bf16@0.6", "magnitude+int8@0.6", "dense+bf16@1.0", "dense+int8@1.0"
+    }  # fmt: skip
+    assert by["magnitude+bf16@0.6"]["macs"] == by["magnitude@0.6"]["macs"]
+    assert 0.45 < by["magnitude+bf16@0.6"]["bytes"] / by["magnitude@0.6"]["bytes"] < 0.65  # pickle overhead
+    assert 0.45 < by["dense+bf16@1.0"]["bytes"] / by["dense"]["bytes"] < 0.65
+    with pytest.raises(ValueError, match="each also \\+int8, \\+bf16"):
+        ParetoConfig(methods=("magnitude+fp8",))

@@ -1,4 +1,4 @@
-"""int8 dynamic quantization: outputs stay close, modules really change, save -> load is exact."""
+"""int8 dynamic quantization and bf16: outputs stay close, modules really change, save -> load is exact."""
 
 import json
 
@@ -11,13 +11,16 @@ from conftest import make_inputs, make_tiny_model
 from slimformer.axformer import hard_attention_of, set_hard_attention
 from slimformer.export import save_model
 from slimformer.quantize import (
+    Bf16Config,
     Int8Config,
+    is_bf16,
     is_quantized,
     is_quantized_folder,
     load_quantized,
     quantize_dynamic_int8,
     save_quantized,
     size_on_disk,
+    to_bf16,
 )
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
@@ -112,3 +115,56 @@ def test_size_on_disk_counts_files(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
     assert size_on_disk(tmp_path / "a") == 10 and size_on_disk(tmp_path) == 15
+
+
+# ---- bf16 --------------------------------------------------------------------------------------------------
+
+
+def test_bf16_copy_stays_close_and_really_is_bf16(tiny_model, tiny_inputs):
+    expected = logits(tiny_model, tiny_inputs)
+    half = to_bf16(tiny_model)
+    got = logits(half, tiny_inputs)
+    assert is_bf16(half) and not is_bf16(tiny_model)  # the input model is untouched
+    assert got.dtype is torch.bfloat16 and not torch.equal(got.float(), expected)
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.02 * float(expected.abs().max()) + 1e-3)
+    assert Structure.from_model(half) == Structure.from_model(tiny_model)
+
+
+def test_pruned_bf16_model_with_top_k_saves_half_size_and_loads_exactly(tiny_model, tiny_tokenizer, tmp_path):
+    from slimformer.models import load_model
+
+    apply_plan(tiny_model, KeepPlan.removing(tiny_model, heads={0: [1]}, attention=[1], ffn=[2], layers=[]))
+    set_hard_attention(tiny_model, {0: 2})
+    half = to_bf16(tiny_model)
+    fp32_folder = save_model(tiny_model, None, tmp_path / "fp32")
+    folder = save_model(half, tiny_tokenizer, tmp_path / "bf16")
+    weights = "model.safetensors"
+    assert (folder / weights).stat().st_size < 0.55 * (fp32_folder / weights).stat().st_size
+    loaded, _ = load_model(str(folder))
+    assert is_bf16(loaded) and hard_attention_of(loaded) == {0: 2}
+    assert Structure.from_model(loaded) == Structure.from_model(half)
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(loaded, inputs), logits(half, inputs), rtol=0, atol=0)
+
+
+def test_bf16_and_int8_do_not_stack(tiny_model):
+    with pytest.raises(ValueError, match="int8 quantization starts from the fp32 model"):
+        quantize_dynamic_int8(to_bf16(tiny_model))
+    with pytest.raises(ValueError, match="bf16 applies to an fp32 model"):
+        to_bf16(quantize_dynamic_int8(tiny_model))
+    with pytest.raises(ValueError, match="bf16 takes no fields"):
+        Bf16Config.from_dict({"keep": "classifier"})
+
+
+def test_bf16_warns_where_the_cpu_has_no_native_bf16(tiny_model, monkeypatch, caplog):
+    import slimformer.quantize as quantize
+
+    monkeypatch.setattr(quantize, "bf16_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="slimformer.quantize"):
+        to_bf16(tiny_model)
+    assert "slower than fp32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(quantize, "bf16_supported", lambda: True)
+    with caplog.at_level("WARNING", logger="slimformer.quantize"):
+        to_bf16(tiny_model)
+    assert caplog.text == ""

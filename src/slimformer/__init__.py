@@ -35,6 +35,7 @@ _LAZY = {
     "axformer": "slimformer.axformer",
     "AxConfig": "slimformer.axformer",
     "quantize_dynamic_int8": "slimformer.quantize",
+    "to_bf16": "slimformer.quantize",
     "compress": "slimformer.compose",
     "parse_recipe": "slimformer.compose",
     "export_onnx": "slimformer.onnx_export",

@@ -392,7 +392,8 @@ def compress(
 
     The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
     fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
-    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 (last).
+    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 or
+    bf16 (last).
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress
@@ -435,7 +436,7 @@ def pareto(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the plots and tables (must be empty or new)")],
     task: TaskOpt = "rotten_tomatoes",
     methods: Annotated[
-        str, typer.Option(help="comma-separated pruning methods; METHOD+int8 adds its int8 version")
+        str, typer.Option(help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version")
     ] = "optin,fisher,magnitude,optin+int8",
     budgets: Annotated[str, typer.Option(help="comma-separated relative budgets in (0, 1]")] = "0.8,0.6,0.5,0.4,0.3",
     kind: Annotated[str, typer.Option(help="budget kind of the sweep: macs, params or memory")] = "macs",
@@ -501,7 +502,7 @@ def demo(
     task: TaskOpt = "rotten_tomatoes",
     repeats: Annotated[int, typer.Option(help="timed runs per batch size (all models interleaved)")] = 10,
     methods: Annotated[
-        str, typer.Option(help="comma-separated methods of the sweep; METHOD+int8 adds its dynamic int8 version")
+        str, typer.Option(help="comma-separated methods of the sweep; METHOD+int8 / METHOD+bf16 adds that version")
     ] = "optin,fisher,optin+int8",
     budgets: Annotated[str, typer.Option(help="comma-separated MACs budgets of the sweep (fractions)")] = "0.6,0.4",
     onnx: Annotated[

@@ -7,7 +7,7 @@ kind's config fields, e.g.::
       - {step: prune, method: optin, budget: macs=0.5}
       - {step: axformer, budget: macs=0.4}
       - {step: recover, epochs: 1}
-      - {step: int8}
+      - {step: int8}        # or {step: bf16}
 
 It comes from a YAML or JSON file (:func:`load_recipe`) or a Python list (:func:`parse_recipe`).
 Every step is parsed and the whole chain checked before any work starts (:func:`parse_recipe`), so
@@ -269,6 +269,18 @@ def _run_int8(model, config, context: RecipeContext):
     return quantize_dynamic_int8(model, config, inplace=True)
 
 
+def _parse_bf16(fields: dict[str, Any]):
+    from slimformer.quantize import Bf16Config
+
+    return Bf16Config.from_dict(fields)
+
+
+def _run_bf16(model, config, context: RecipeContext):
+    from slimformer.quantize import to_bf16
+
+    return to_bf16(model, inplace=True)
+
+
 def _parse_axformer(fields: dict[str, Any]):
     from slimformer.axformer import AxConfig
 
@@ -337,6 +349,15 @@ def _register_builtin() -> None:
             run=_run_int8,
             terminal=True,
             help="dynamic int8 quantization of every Linear (and the word embeddings); must be the last step",
+        )
+    )
+    register_step(
+        StepKind(
+            name="bf16",
+            parse=_parse_bf16,
+            run=_run_bf16,
+            terminal=True,
+            help="cast every weight to bfloat16 (half the size; faster only on CPUs with native bf16); must be last",
         )
     )
     register_step(

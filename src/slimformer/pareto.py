@@ -6,7 +6,8 @@ the cost model, or the real bytes of an int8 model's weights) and times all of t
 with the dense model (:func:`slimformer.bench.bench_models`), so latencies are comparable.
 :func:`pareto_front` marks the points no other point beats on both axes; :func:`plot_frontier`
 draws them. Methods are variant producers registered in :data:`PRODUCERS`: each one-shot pruning
-method, and ``int8`` suffixes (``optin+int8``: the pruned model, then dynamic int8).
+method, and precision suffixes (``optin+int8``: the pruned model, then dynamic int8; ``optin+bf16``:
+the pruned model cast to bfloat16).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ParetoConfig:
 
     methods: tuple[str, ...] = field(
         default=("optin", "fisher", "magnitude"),
-        metadata={"help": "pruning methods; append +int8 (e.g. optin+int8) for the int8 version of each"},
+        metadata={"help": "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each"},
     )
     budgets: tuple[float, ...] = field(
         default=(0.8, 0.6, 0.5, 0.4, 0.3), metadata={"help": "relative budgets in (0, 1], one result per method each"}
@@ -68,11 +69,10 @@ class ParetoConfig:
         if min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes={list(self.batch_sizes)}: each must be >= 1")
         for m in self.methods:
-            base = m.removesuffix("+int8")
+            base = _split(m)[0]
             if base not in available_methods():
-                raise ValueError(
-                    f"methods: unknown method {m!r}; available: {', '.join(available_methods())} (each also +int8)"
-                )
+                available = ", ".join(available_methods())
+                raise ValueError(f"methods: unknown method {m!r}; available: {available} (each also +int8, +bf16)")
 
 
 def available_methods() -> list[str]:
@@ -98,6 +98,21 @@ def _int8(model):
     from slimformer.quantize import quantize_dynamic_int8
 
     return quantize_dynamic_int8(model)
+
+
+def _bf16(model):
+    from slimformer.quantize import to_bf16
+
+    return to_bf16(model, inplace=True)
+
+
+PRECISIONS: dict[str, Callable] = {"int8": _int8, "bf16": _bf16}  # METHOD+SUFFIX: a copy converted by the function
+
+
+def _split(method: str) -> tuple[str, str | None]:
+    """``"optin+int8"`` -> ``("optin", "int8")``; ``"optin"`` -> ``("optin", None)``."""
+    base, plus, suffix = method.rpartition("+")
+    return (base, suffix) if plus and suffix in PRECISIONS else (method, None)
 
 
 def weight_bytes(model) -> int:
@@ -161,11 +176,11 @@ def compress_points(
     points = [_point(name, "dense", 1.0, model, tokenizer, test, config, evaluate, dense_cost, 0.0)]
     if on_point:
         on_point(points[-1])
-    bases = list(dict.fromkeys(m.removesuffix("+int8") for m in config.methods))
+    bases = list(dict.fromkeys(_split(m)[0] for m in config.methods))
     bar = tqdm(total=len(bases) * len(config.budgets), desc="sweep", disable=not progress, leave=False)
     for method in bases:
         want_fp32 = method in config.methods
-        want_int8 = f"{method}+int8" in config.methods
+        wanted = [p for p in PRECISIONS if f"{method}+{p}" in config.methods]
         bar.set_postfix(method=method)
         t0 = time.perf_counter()
         first = Budget(kind=config.kind, value=config.budgets[0], relative=True, seq_len=config.seq_len)
@@ -183,9 +198,9 @@ def compress_points(
             )
             seconds = score_s + time.perf_counter() - t1
             cost = cost_of(Structure.from_model(result.model), config.seq_len)
-            variants = ([(method, result.model)] if want_fp32 else []) + (
-                [(f"{method}+int8", _int8(copy.deepcopy(result.model)))] if want_int8 else []
-            )
+            variants = ([(method, result.model)] if want_fp32 else []) + [
+                (f"{method}+{p}", PRECISIONS[p](copy.deepcopy(result.model))) for p in wanted
+            ]
             for label, m in variants:
                 key = f"{label}@{value}"
                 points.append(_point(key, label, value, m, tokenizer, test, config, evaluate, cost, seconds))
@@ -193,10 +208,12 @@ def compress_points(
                 if on_point:
                     on_point(points[-1])
             bar.update()
-        if want_int8 and "dense+int8@1.0" not in models:
-            m = _int8(copy.deepcopy(model))
-            key = "dense+int8@1.0"
-            points.append(_point(key, "dense+int8", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
+        for p in wanted:
+            key = f"dense+{p}@1.0"
+            if key in models:
+                continue
+            m = PRECISIONS[p](copy.deepcopy(model))
+            points.append(_point(key, f"dense+{p}", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
             models[key] = m
             if on_point:
                 on_point(points[-1])

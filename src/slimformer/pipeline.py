@@ -135,7 +135,7 @@ class DemoConfig:
     )
     methods: tuple[str, ...] = field(
         default=("optin", "fisher", "optin+int8"),
-        metadata={"help": "compression methods of the sweep (METHOD+int8: its dynamic int8 version); empty: none"},
+        metadata={"help": "compression methods of the sweep (METHOD+int8 / METHOD+bf16: that version); empty: none"},
     )
     budgets: tuple[float, ...] = field(
         default=(0.6, 0.4), metadata={"help": "MACs budgets of the sweep, fractions of the dense model's MACs"}

@@ -1,4 +1,4 @@
-"""int8 dynamic quantization: smaller on disk, faster on a CPU, composable with every static method.
+"""int8 dynamic quantization and bf16 weights: smaller on disk, faster on a CPU, composable with every static method.
 
 :func:`quantize_dynamic_int8` uses PyTorch's eager dynamic quantization
 (``torch.ao.quantization.quantize_dynamic``): every ``nn.Linear`` stores int8 weights (one scale
@@ -16,6 +16,12 @@ transformers cannot read ``model_int8.pt``; the fp32 folder is the portable form
 
 For ONNX Runtime, export the fp32 model and use its own dynamic int8 quantization:
 :func:`slimformer.onnx_export.quantize_int8`.
+
+:func:`to_bf16` casts every weight to bfloat16 (same exponent range as fp32, 8 bits of mantissa).
+The model computes in bf16 end to end and saves as an ordinary transformers folder half the size
+(``save_model``; ``from_pretrained`` reads the dtype back). It is only faster on CPUs with native
+bf16 matrix instructions (AVX512-BF16 or AMX, :func:`bf16_supported`); elsewhere it emulates them
+and is slower than fp32, and :func:`to_bf16` says so.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ def quantize_dynamic_int8(model, config: Int8Config | None = None, *, inplace: b
     config = config or Int8Config()
     if is_quantized(model):
         raise ValueError("the model is already quantized")
+    if is_bf16(model):
+        raise ValueError("the model is bf16; int8 quantization starts from the fp32 model")
     if not inplace:
         model = copy.deepcopy(model)
     linear = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
@@ -204,3 +212,59 @@ def size_on_disk(path: str | Path) -> int:
     if p.is_file():
         return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bf16Config:
+    """Settings of :func:`to_bf16` (none yet: every floating-point weight and buffer is cast)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Bf16Config:
+        if data:
+            raise ValueError(f"Bf16Config: unknown field(s) {', '.join(sorted(data))}; bf16 takes no fields")
+        return cls()
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN with AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def is_bf16(model) -> bool:
+    """Whether ``model``'s floating-point weights are all bfloat16."""
+    import torch
+
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return bool(floats) and all(d is torch.bfloat16 for d in floats)
+
+
+def to_bf16(model, *, inplace: bool = False):
+    """A bfloat16 copy of ``model``: every floating-point weight and buffer cast, computing in bf16.
+
+    Logits come out bf16 (:func:`slimformer.evaluate.predict` returns them as fp32). Pruned shapes
+    and top-k settings are kept; the config records ``dtype: bfloat16``, so ``save_model`` writes a
+    folder half the size that loads back in bf16.
+
+    Raises:
+        ValueError: the model is int8-quantized (cast the fp32 model instead).
+    """
+    import torch
+
+    if is_quantized(model):
+        raise ValueError("the model is int8-quantized; bf16 applies to an fp32 model, not on top of int8")
+    if not bf16_supported():
+        logger.warning(
+            "this CPU has no native bf16 matrix instructions (AVX512-BF16 or AMX): a bf16 model will be half the "
+            "size but slower than fp32 here"
+        )
+    if not inplace:
+        model = copy.deepcopy(model)
+    return model.to(torch.bfloat16).eval()
