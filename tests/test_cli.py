@@ -286,3 +286,32 @@ def test_demo_bad_budgets_named(tmp_path):
     result = run("demo", "--budgets", "0.6,abc", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--budgets '0.6,abc'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def headless_folder(tmp_path, tiny_tokenizer):
+    """A base encoder saved without a classification head (what a pretrained checkpoint is)."""
+    full = make_tiny_model("bert", num_labels=2)
+    full.bert.save_pretrained(tmp_path / "base")
+    tiny_tokenizer.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prune", "axformer", "skim train", "slim train"])
+def test_commands_that_need_a_fine_tuned_model_refuse_a_random_head(headless_folder, csv_task, tmp_path, command):
+    extra = {"prune": ["--budget", "macs=0.5", "--out", tmp_path / "o"], "evaluate": []}.get(
+        command, ["--out", tmp_path / "o"]
+    )
+    result = run(*command.split(), headless_folder, "--task", csv_task, *extra)
+    assert result.exit_code != 0
+    assert "no fine-tuned classification head" in result.output and "classifier.weight" in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_headless_model_still_loads_for_fine_tuning(headless_folder):
+    from slimformer.models import load_model
+
+    model, _ = load_model(str(headless_folder), num_labels=2)  # finetune's path: a new head is expected there
+    assert model.config.num_labels == 2
+    with pytest.raises(ValueError, match="no fine-tuned classification head"):
+        load_model(str(headless_folder), require_head=True)

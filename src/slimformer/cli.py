@@ -178,7 +178,7 @@ def evaluate(
     try:
         data = load_task_option(task, text_column, text_pair_column, label_column, seed)
         examples = data.split(split)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         if m.config.num_labels != data.num_labels:
             raise ValueError(
                 f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
@@ -346,7 +346,7 @@ def prune(
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
         data = load_task_option(task, text_column, text_pair_column, label_column)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
         result = run_prune(m, config, batches, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
@@ -405,7 +405,7 @@ def compress(
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
         data = load_task_option(task, text_column, text_pair_column, label_column)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         context = RecipeContext(
             tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
         )
@@ -467,7 +467,7 @@ def pareto(
         )  # fmt: skip
         folder = prepare_output_dir(out, overwrite=overwrite)
         data = load_task_option(task, text_column, text_pair_column, label_column)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         result = sweep(m, tok, data, config, name="dense", progress=not as_json)
     except USER_ERRORS as exc:
         _fail(exc)

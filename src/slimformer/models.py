@@ -92,6 +92,7 @@ def load_model(
     *,
     num_labels: int | None = None,
     label_names: list[str] | None = None,
+    require_head: bool = False,
 ):
     """Load a sequence classifier and its tokenizer.
 
@@ -104,13 +105,16 @@ def load_model(
         name: built-in name (see ``BUILTIN_MODELS``), local folder, or hub id.
         num_labels: number of classes for a new classification head.
         label_names: class names, stored in the config as ``id2label``.
+        require_head: refuse a model whose classification head would be new (random): the commands
+            that compress, evaluate or measure a fine-tuned model would silently work on noise.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode on the CPU.
 
     Raises:
         FileNotFoundError: see :func:`resolve_model_path`.
-        ValueError: the model's architecture is not supported.
+        ValueError: the model's architecture is not supported, or ``require_head`` and it has no
+            trained classification head.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -136,7 +140,16 @@ def load_model(
             kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
+        prefix = model.base_model_prefix + "."
+        new = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix) or ".pooler." in k)
+        if new and require_head:
+            raise ValueError(
+                f"model {name!r} has no fine-tuned classification head ({', '.join(new)} would be random): "
+                f"fine-tune it first (slimformer finetune {name} --task TASK --out DIR) and pass DIR"
+            )
+        if new:
+            logger.warning("model %r: new, randomly initialised classification head (%s)", name, ", ".join(new))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer

@@ -147,7 +147,7 @@ def axformer_command(
         data = load_task(
             task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, seed=seed
         )
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         if m.config.num_labels != data.num_labels:
             raise ValueError(
                 f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"

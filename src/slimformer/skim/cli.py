@@ -120,7 +120,7 @@ def train_command(
         if not resume:
             prepare_output_dir(out, overwrite=overwrite)
         data = _load(task, seed, text_column, text_pair_column, label_column)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         if m.config.num_labels != data.num_labels:
             raise ValueError(
                 f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"

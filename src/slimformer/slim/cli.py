@@ -61,7 +61,7 @@ def train_command(
         if max_steps is not None:
             options["max_steps"] = max_steps
         config = SlimConfig.from_dict(options)
-        m, tok = load_model(model)
+        m, tok = load_model(model, require_head=True)
         if m.config.num_labels != data.num_labels:
             raise ValueError(
                 f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
