@@ -1,7 +1,7 @@
 """Accuracy-latency and accuracy-memory frontiers of MiniLM-L6 on rotten_tomatoes (the README's plots).
 
 The main job's pipeline (:func:`slimformer.pipeline.run_demo`) with a longer sweep: OPTIN, Fisher and
-magnitude pruning at five MACs budgets, OPTIN's dynamic-int8 versions, dense int8, and OPTIN at
+magnitude pruning at five MACs budgets, OPTIN's dynamic-int8 and bf16 versions, dense int8 and bf16, and OPTIN at
 macs=0.5 exported to ONNX with onnxruntime int8. Every model is evaluated on the TEST split and all
 are timed in the same interleaved rounds at the task's typical length (p90 of the training texts).
 Writes benchmarks/results/frontier.{json,md} and docs/frontier_{latency,memory}.png.
@@ -29,7 +29,7 @@ DOCS = ROOT / "docs"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="rotten_tomatoes")
-    parser.add_argument("--methods", default="optin,fisher,magnitude,optin+int8")
+    parser.add_argument("--methods", default="optin,fisher,magnitude,optin+int8,optin+bf16")
     parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3")
     parser.add_argument("--onnx", default="optin@0.5", help="METHOD@BUDGET to export (onnxruntime int8)")
     parser.add_argument("--repeats", type=int, default=15)
