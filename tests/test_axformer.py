@@ -26,6 +26,8 @@ from slimformer.budget import InfeasibleBudget
 from slimformer.cost import cost_of
 from slimformer.data import Example
 from slimformer.export import load_slim, save_model
+from slimformer.models import load_model
+from slimformer.quantize import is_bf16, size_on_disk
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
 from test_export import plain_transformers_logits
@@ -554,6 +556,7 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     out = tmp_path / "ax"
     args = ["axformer-command", str(src), "--task", str(tmp_path / "task.csv"), "--out", str(out)]
     args += ["--budget", "macs=0.6,seq=16", "--evaluate", "test", "--int8-out", str(tmp_path / "int8"), "--json"]
+    args += ["--bf16-out", str(tmp_path / "bf16")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -562,6 +565,12 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     assert json.loads((out / "slimformer.json").read_text())["budget"] == "macs=0.6,seq=16"
     assert load_slim(out) is not None
     assert (tmp_path / "int8" / "model_int8.pt").is_file() and report["int8"]["size_on_disk"] > 0
+    half, _ = load_model(str(tmp_path / "bf16"))
+    assert is_bf16(half) and report["bf16"]["metrics"]["n"] == 6
+    assert Structure.from_model(half) == Structure.from_model(load_slim(out))
+    assert 0 < report["bf16"]["size_on_disk"] < size_on_disk(out)
+    same = CliRunner().invoke(app, [*args[:-1], str(out), "--overwrite"])
+    assert same.exit_code == 2 and "must be different folders" in same.stderr
     assert report["repair"]["tokens"] > 0 and report["validation"]["unrepaired"]["n"] == 6
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "not empty" in again.stderr
