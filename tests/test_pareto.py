@@ -1,6 +1,7 @@
 """Frontier sweep: Pareto flags by hand, a real sweep on a tiny model, config validation, plots."""
 
 import pytest
+import torch
 
 from conftest import make_tiny_model
 from slimformer.data import load_task
@@ -79,5 +80,6 @@ def test_sweep_precision_suffixes(tmp_path, tiny_tokenizer):
     assert by["magnitude+bf16@0.6"]["macs"] == by["magnitude@0.6"]["macs"]
     assert 0.45 < by["magnitude+bf16@0.6"]["bytes"] / by["magnitude@0.6"]["bytes"] < 0.65  # pickle overhead
     assert 0.45 < by["dense+bf16@1.0"]["bytes"] / by["dense"]["bytes"] < 0.65
+    assert all(p.dtype is torch.float32 for p in model.parameters())  # the versions are copies
     with pytest.raises(ValueError, match="each also \\+int8, \\+bf16"):
         ParetoConfig(methods=("magnitude+fp8",))

@@ -12,7 +12,6 @@ the pruned model cast to bfloat16).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -97,16 +96,16 @@ def pareto_front(points: Sequence[dict], x: str, y: str) -> list[bool]:
 def _int8(model):
     from slimformer.quantize import quantize_dynamic_int8
 
-    return quantize_dynamic_int8(model)
+    return quantize_dynamic_int8(model)  # a copy
 
 
 def _bf16(model):
     from slimformer.quantize import to_bf16
 
-    return to_bf16(model, inplace=True)
+    return to_bf16(model)  # a copy
 
 
-PRECISIONS: dict[str, Callable] = {"int8": _int8, "bf16": _bf16}  # METHOD+SUFFIX: a copy converted by the function
+PRECISIONS: dict[str, Callable] = {"int8": _int8, "bf16": _bf16}  # METHOD+SUFFIX: a converted copy of METHOD's model
 
 
 def _split(method: str) -> tuple[str, str | None]:
@@ -199,7 +198,7 @@ def compress_points(
             seconds = score_s + time.perf_counter() - t1
             cost = cost_of(Structure.from_model(result.model), config.seq_len)
             variants = ([(method, result.model)] if want_fp32 else []) + [
-                (f"{method}+{p}", PRECISIONS[p](copy.deepcopy(result.model))) for p in wanted
+                (f"{method}+{p}", PRECISIONS[p](result.model)) for p in wanted
             ]
             for label, m in variants:
                 key = f"{label}@{value}"
@@ -212,7 +211,7 @@ def compress_points(
             key = f"dense+{p}@1.0"
             if key in models:
                 continue
-            m = PRECISIONS[p](copy.deepcopy(model))
+            m = PRECISIONS[p](model)
             points.append(_point(key, f"dense+{p}", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
             models[key] = m
             if on_point:
