@@ -17,6 +17,7 @@ from conftest import WORDS, make_tiny_model
 from slimformer.data import Example, TaskData
 from slimformer.evaluate import predict
 from slimformer.train import FinetuneConfig, finetune, latest_checkpoint
+from slimformer.trainer import decay_groups
 
 # 64 train examples, batch 8: 8 steps per epoch. 8 epochs at lr 3e-3 learn the task (~1 s).
 LEARN = FinetuneConfig(epochs=8, lr=3e-3, batch_size=8, warmup_ratio=0.1, max_length=16, eval_batch_size=16)
@@ -207,7 +208,7 @@ def test_max_steps_caps_training(tokenizer, tmp_path):
 
 def test_no_weight_decay_on_biases_and_layernorm():
     model = new_model()
-    decay, no_decay = (set(map(id, g["params"])) for g in train_mod._param_groups(model, 0.01))
+    decay, no_decay = (set(map(id, g["params"])) for g in decay_groups(model, 0.01))
     for name, p in model.named_parameters():
         expect_no_decay = name.endswith(".bias") or "LayerNorm" in name
         assert (id(p) in no_decay) == expect_no_decay and (id(p) in decay) != expect_no_decay, name
@@ -327,7 +328,7 @@ def test_resume_refuses_changed_config_or_data(tokenizer, tmp_path):
 
 
 def test_resume_without_checkpoint_starts_fresh(tokenizer, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="slimformer.train"):
+    with caplog.at_level(logging.INFO, logger="slimformer"):
         report = run(tokenizer, tmp_path / "new", dataclasses.replace(SHORT, max_steps=2), resume=True)
     assert "starting fresh" in caplog.text
     assert report["resumed_from"] is None and report["global_step"] == 2

@@ -96,7 +96,8 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     from accelerate.utils import set_seed
 
     from slimformer.structure import Structure
-    from slimformer.train import _param_groups, train_on_batches
+    from slimformer.train import train_on_batches
+    from slimformer.trainer import decay_groups
 
     config = config or RecoverConfig()
     if not isinstance(config, RecoverConfig):
@@ -138,7 +139,7 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
             config,
         )
 
-    groups = [{**g, "lr": config.lr} for g in _param_groups(student, config.weight_decay)]
+    groups = decay_groups(student, config.weight_decay, lr_of=lambda _: config.lr)
     net, history, step = train_on_batches(
         student,
         groups,

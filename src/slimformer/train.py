@@ -1,7 +1,7 @@
 """Fine-tune a sequence classifier on a task, with HF Accelerate.
 
-The loop is plain PyTorch (AdamW, linear warmup/decay, gradient clipping) driven through an
-``accelerate.Accelerator``, so the same code runs on the CPU, one GPU, or many GPUs under
+The loop is :class:`slimformer.trainer.Trainer` (AdamW, linear warmup/decay, gradient clipping on an
+``accelerate.Accelerator``), so the same code runs on the CPU, one GPU, or many GPUs under
 ``accelerate launch``. Layout of ``out_dir`` after a run::
 
     out_dir/
@@ -16,24 +16,41 @@ continues from the latest complete one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from slimformer.data import TaskData, make_loader
+from slimformer.trainer import (
+    CHECKPOINTS_DIR,
+    MAX_GRAD_NORM,
+    TRAINER_STATE_NAME,
+    EpochStats,
+    LoopSettings,
+    Trainer,
+    TrainOutcome,
+    check_resumable,
+    decay_groups,
+    latest_checkpoint,
+)
+from slimformer.trainer import write_json as _write_json
 
 logger = logging.getLogger(__name__)
 
-#: Gradients are clipped to this global L2 norm before each optimizer step (the usual BERT recipe).
-MAX_GRAD_NORM = 1.0
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_NAME = "trainer_state.json"
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "MAX_GRAD_NORM",
+    "REPORT_NAME",
+    "TRAINER_STATE_NAME",
+    "FinetuneConfig",
+    "finetune",
+    "latest_checkpoint",
+    "train_on_batches",
+]
+
 REPORT_NAME = "finetune_report.json"
 #: Config fields that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "max_steps")
@@ -127,14 +144,7 @@ _RULES = {
 
 
 # ----------------------------------------------------------------------------------------------
-# output folder and checkpoints
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+# output folder and data
 
 
 def _clear_dir(out: Path) -> None:
@@ -150,56 +160,20 @@ def _clear_dir(out: Path) -> None:
             child.unlink()
 
 
-def latest_checkpoint(out_dir: str | Path) -> tuple[Path, dict] | None:
-    """The latest complete checkpoint in ``out_dir/checkpoints`` and its trainer state, or ``None``."""
-    found = []
-    for d in (Path(out_dir) / CHECKPOINTS_DIR).glob("epoch-*"):
-        m = re.fullmatch(r"epoch-(\d+)", d.name)
-        if m and (d / TRAINER_STATE_NAME).is_file():
-            found.append((int(m[1]), d))
-    if not found:
-        return None
-    _, ckpt = max(found)
-    return ckpt, json.loads((ckpt / TRAINER_STATE_NAME).read_text())
-
-
-def _check_resumable(ckpt: Path, state: dict, config: FinetuneConfig, task: TaskData) -> None:
-    saved, now = state["config"], config.to_dict()
-    diff = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
-    if diff:
-        detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r})" for k in diff)
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: the config differs in {detail}; only "
-            f"{' and '.join(RESUMABLE_CHANGES)} may change (use --overwrite to start over)"
-        )
-    if state["task"]["content_hash"] != task.content_hash:
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it was trained on other data (content_hash "
-            f"{state['task']['content_hash']}, now {task.content_hash})"
-        )
-    if state["epoch"] > config.epochs:
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it has done {state['epoch']} epochs, more than epochs={config.epochs}"
-        )
-
-
-def _param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices/embeddings; none on biases and LayerNorm weights."""
-    import torch
-
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == "bias" or isinstance(module, torch.nn.LayerNorm):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def _checked_splits(model, task: TaskData) -> tuple[list, list]:
+    """The train and validation examples, after checking them against the model's labels."""
+    train_examples = task.split("train")
+    val_examples = task.splits.get("validation", [])
+    if not train_examples:
+        raise ValueError(f"task {task.name!r} has no training examples")
+    model_labels = model.config.num_labels
+    if model_labels != task.num_labels:
+        raise ValueError(f"the model has {model_labels} output classes but task {task.name!r} has {task.num_labels}")
+    for split, examples in (("train", train_examples), ("validation", val_examples)):
+        bad = next((e.label for e in examples if not 0 <= e.label < task.num_labels), None)
+        if bad is not None:
+            raise ValueError(f"{split} label {bad} is outside [0, {task.num_labels}) for task {task.name!r}")
+    return train_examples, val_examples
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,10 +193,11 @@ def finetune(
 ) -> dict:
     """Fine-tune ``model`` on ``task``'s train split, checkpointing each epoch, and save it.
 
-    The model is trained in place (on the accelerator's device). After every epoch it is evaluated
-    on the validation split and a checkpoint is written to ``out_dir/checkpoints/epoch-{n}``. At
-    the end the model (``id2label``/``label2id`` from ``task.label_names``), the tokenizer and
-    ``finetune_report.json`` are saved in ``out_dir``. Only the main process writes files and logs.
+    The model is trained in place (on the accelerator's device) by :class:`slimformer.trainer.Trainer`.
+    After every epoch it is evaluated on the validation split and a checkpoint is written to
+    ``out_dir/checkpoints/epoch-{n}``. At the end the model (``id2label``/``label2id`` from
+    ``task.label_names``), the tokenizer and ``finetune_report.json`` are saved in ``out_dir``.
+    Only the main process writes files and logs.
 
     Args:
         model: a sequence classifier with ``config.num_labels == task.num_labels``.
@@ -243,195 +218,78 @@ def finetune(
         ValueError: inconsistent arguments, labels that do not fit the model, or a checkpoint
             that cannot be resumed with this config / data.
     """
-    import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     from slimformer.evaluate import evaluate
 
     t_start = time.perf_counter()
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: --resume continues, --overwrite restarts")
-    train_examples = task.split("train")
-    val_examples = task.splits.get("validation", [])
-    if not train_examples:
-        raise ValueError(f"task {task.name!r} has no training examples")
-    model_labels = model.config.num_labels
-    if model_labels != task.num_labels:
-        raise ValueError(f"the model has {model_labels} output classes but task {task.name!r} has {task.num_labels}")
-    for split, examples in (("train", train_examples), ("validation", val_examples)):
-        bad = next((e.label for e in examples if not 0 <= e.label < task.num_labels), None)
-        if bad is not None:
-            raise ValueError(f"{split} label {bad} is outside [0, {task.num_labels}) for task {task.name!r}")
-
+    train_examples, val_examples = _checked_splits(model, task)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output folder {str(out)!r} is a file")
-    accelerator = Accelerator()
-    is_main = accelerator.is_main_process
-    n_proc = accelerator.num_processes
-
-    def log(msg: str, *args) -> None:
-        if is_main:
-            logger.info(msg, *args)
-
-    # --- the output folder: refuse, clear, or find the checkpoint to resume from
-    ckpt, state = None, None
-    if out.is_dir() and any(out.iterdir()):
-        if overwrite:
-            accelerator.wait_for_everyone()  # every process has seen the old contents
-            if is_main:
-                log("overwrite: clearing %s", out)
-                _clear_dir(out)
-        elif resume:
-            found = latest_checkpoint(out)
-            if found is not None:
-                ckpt, state = found
-                _check_resumable(ckpt, state, config, task)
-        else:
-            raise FileExistsError(
-                f"output folder {str(out)!r} is not empty: pass --overwrite to replace its contents "
-                "or --resume to continue the training saved in it"
-            )
-    if resume and ckpt is None:
-        log("resume: no checkpoint in %s, starting fresh", out)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-    # --- data, optimizer, schedule
+    trainer = Trainer()
+    found = trainer.open_run(out, resume=resume, overwrite=overwrite)
+    if found is not None:
+        check_resumable(
+            *found, config.to_dict(), may_change=RESUMABLE_CHANGES, epochs=config.epochs,
+            data_hash=task.content_hash, saved_hash=found[1]["task"]["content_hash"],
+            hint="use --overwrite to start over",
+        )  # fmt: skip
     set_seed(config.seed)
-    epochs_done = state["epoch"] if state else 0
-    global_step = state["global_step"] if state else 0
-    history: list[dict] = list(state["history"]) if state else []
 
-    def train_loader_for(epoch: int):
-        # a new shuffle per epoch, padded per batch; the same on every process (sharded by prepare)
+    def loader_for(epoch: int):
+        # a new shuffle per epoch, padded per batch; the same on every process (sharded by the trainer)
         return make_loader(
-            train_examples,
-            tokenizer,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-            shuffle=True,
-            group_by_length=config.group_by_length,
-            seed=config.seed + epoch,
-        )
+            train_examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+            shuffle=True, group_by_length=config.group_by_length, seed=config.seed + epoch,
+        )  # fmt: skip
 
-    train_loader = train_loader_for(epochs_done)
-    steps_per_epoch = math.ceil(len(train_loader) / n_proc)  # optimizer steps per epoch, per process
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    # accelerate steps a prepared scheduler once per process for every optimizer step
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps * n_proc, total_steps * n_proc)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))  # weights, optimizer, scheduler and RNG states
-        log("resumed from %s (epoch %d done, step %d)", ckpt, epochs_done, global_step)
-    log(
-        "fine-tuning on %s: %d train / %d validation examples, %d epochs x %d steps (total %d, warmup %d), "
-        "%d process(es)",
-        task.name,
-        len(train_examples),
-        len(val_examples),
-        config.epochs,
-        steps_per_epoch,
-        total_steps,
-        warmup_steps,
-        n_proc,
-    )
+    def loss_fn(net, batch: dict, step: int):
+        # batch: input_ids, attention_mask (, token_type_ids) (B, T); labels (B,)
+        loss = net(**batch).loss  # mean cross-entropy over the batch, ()
+        return loss, {"loss": loss.item()}
 
-    # --- the loop
-    bar = tqdm(
-        total=total_steps,
-        initial=global_step,
-        desc="finetune",
-        unit="step",
-        disable=not (progress and is_main),
-    )
-    for epoch in range(epochs_done, config.epochs):
-        if global_step >= total_steps:
-            break
-        if epoch != epochs_done:
-            train_loader = accelerator.prepare_data_loader(train_loader_for(epoch))
-        t_epoch = time.perf_counter()
-        model.train()
-        loss_sum, n_steps = 0.0, 0
-        for batch in train_loader:
-            # batch: input_ids, attention_mask (, token_type_ids) (B, T); labels (B,)
-            loss = model(**batch).loss  # mean cross-entropy over the batch, ()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            n_steps += 1
-            loss_value = loss.item()
-            loss_sum += loss_value
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if global_step >= total_steps:
-                break
-        # mean training loss of the epoch, averaged over processes
-        train_loss = accelerator.reduce(torch.tensor(loss_sum / n_steps, device=accelerator.device), "mean")
+    def record(stats: EpochStats, net) -> dict:
         val_metrics = None
         if val_examples:
             val_metrics = evaluate(
-                model,
-                tokenizer,
-                val_examples,
-                num_labels=task.num_labels,
-                batch_size=config.eval_batch_size,
-                max_length=config.max_length,
-                progress=False,
-                accelerator=accelerator,
-            )
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss.item(),
-            "steps": n_steps,
-            "global_step": global_step,
-            "lr": scheduler.get_last_lr()[0],
-            "time_s": round(time.perf_counter() - t_epoch, 3),
+                net, tokenizer, val_examples, num_labels=task.num_labels, batch_size=config.eval_batch_size,
+                max_length=config.max_length, progress=False, accelerator=trainer.accelerator,
+            )  # fmt: skip
+        return {
+            "epoch": stats.epoch, "train_loss": stats.means["loss"], "steps": stats.steps,
+            "global_step": stats.global_step, "lr": stats.lr, "time_s": round(stats.time_s, 3),
             "validation": val_metrics,
-        }
-        history.append(record)
-        log(
-            "epoch %d/%d: train loss %.4f, validation %s",
-            epoch + 1,
-            config.epochs,
-            record["train_loss"],
-            val_metrics,
-        )
+        }  # fmt: skip
 
-        # checkpoint; RNG states are saved after evaluation, exactly where the next epoch starts
-        ckpt_dir = out / CHECKPOINTS_DIR / f"epoch-{epoch + 1}"
-        accelerator.save_state(str(ckpt_dir))
-        if is_main:
-            trainer_state = {
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "config": config.to_dict(),
-                "task": {"name": task.name, "content_hash": task.content_hash},
-                "validation": val_metrics,
-                "history": history,
-            }
-            _write_json(ckpt_dir / TRAINER_STATE_NAME, trainer_state)  # last: marks it complete
-        accelerator.wait_for_everyone()
-    bar.close()
+    settings = LoopSettings(
+        epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, warmup_ratio=config.warmup_ratio,
+        desc="finetune", progress=progress,
+    )  # fmt: skip
+    task_id = {"name": task.name, "content_hash": task.content_hash}
+    outcome = trainer.fit(
+        model, decay_groups(model, config.weight_decay), loader_for, loss_fn, settings, record=record,
+        checkpoints=out, meta={"config": config.to_dict(), "task": task_id}, resume_from=found,
+    )  # fmt: skip
+    report = _save_finetuned(trainer, outcome, tokenizer, task, config, out)
+    report["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    if trainer.is_main:
+        _write_json(out / REPORT_NAME, report)
+        trainer.log("saved the fine-tuned model and %s in %s", REPORT_NAME, out)
+    trainer.accelerator.wait_for_everyone()
+    return report
 
-    # --- save the model, the tokenizer and the report
-    stopped_early = config.max_steps is not None and global_step < config.epochs * steps_per_epoch
+
+def _save_finetuned(trainer: Trainer, outcome: TrainOutcome, tokenizer, task: TaskData, config, out: Path) -> dict:
+    """Save the model (with its label names) and the tokenizer; return the report (without timing)."""
+    full = config.epochs * outcome.steps_per_epoch
+    stopped_early = config.max_steps is not None and outcome.global_step < full
     if stopped_early:
-        log("stopped at max_steps=%s (step %d)", config.max_steps, global_step)
-    net = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        trainer.log("stopped at max_steps=%s (step %d)", config.max_steps, outcome.global_step)
+    net = outcome.model
     net.config.id2label = dict(enumerate(task.label_names))
     net.config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    history = outcome.history
     report = {
         "task": {
             "name": task.name,
@@ -439,29 +297,21 @@ def finetune(
             "sizes": task.sizes(),
             "label_names": list(task.label_names),
         },
-        "model": {
-            "model_type": net.config.model_type,
-            "parameters": sum(p.numel() for p in net.parameters()),
-        },
+        "model": {"model_type": net.config.model_type, "parameters": sum(p.numel() for p in net.parameters())},
         "config": config.to_dict(),
         "epochs": history,
         "validation": history[-1]["validation"] if history else None,
-        "global_step": global_step,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
+        "global_step": outcome.global_step,
+        "steps_per_epoch": outcome.steps_per_epoch,
+        "total_steps": outcome.total_steps,
         "stopped_early": stopped_early,
-        "resumed_from": str(ckpt) if ckpt is not None else None,
-        "num_processes": n_proc,
-        "wall_time_s": round(time.perf_counter() - t_start, 3),
+        "resumed_from": str(outcome.resumed_from) if outcome.resumed_from is not None else None,
+        "num_processes": trainer.num_processes,
     }
-    accelerator.wait_for_everyone()
-    if is_main:
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_main:
         net.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        _write_json(out / REPORT_NAME, report)
-        log("saved the fine-tuned model and %s in %s", REPORT_NAME, out)
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()  # drop the accelerator's references to model / optimizer / loaders
     return report
 
 
@@ -485,63 +335,33 @@ def train_on_batches(
 ):
     """Train ``student`` in place on ``train_data`` (a list of tensor batches), reshuffled each epoch.
 
-    AdamW over ``param_groups`` (each with its ``lr`` or the first group's), linear warmup then
-    decay, gradients clipped to :data:`MAX_GRAD_NORM`, on an ``accelerate.Accelerator``.
-    ``loss_fn(model, batch)`` returns ``(loss, {part: float})``; the per-epoch means of the parts
-    make the history. ``frozen`` modules (a teacher) are moved to the accelerator's device too.
+    :class:`slimformer.trainer.Trainer` without checkpoints: AdamW over ``param_groups`` (each with
+    its ``lr`` or the first group's), linear warmup then decay, gradients clipped to
+    :data:`MAX_GRAD_NORM`. ``loss_fn(model, batch)`` returns ``(loss, {part: float})`` with a
+    ``loss`` part; the per-epoch means of the parts make the history. ``frozen`` modules (a
+    teacher) are moved to the accelerator's device too.
 
     Returns:
         ``(model, history, steps)``: the unwrapped model in eval mode, one dict per epoch, steps taken.
     """
     import random
 
-    import torch
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    rng = random.Random(seed)  # one stream over the epochs: epoch e's order follows epoch e - 1's
 
-    accelerator = Accelerator()
-    steps_per_epoch = len(train_data)
-    total = epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, max_steps)
-    optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0].get("lr", 1e-3))
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)
-    wrapped, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    for module in frozen:
-        module.to(accelerator.device)
-    net = accelerator.unwrap_model(wrapped)
-    rng = random.Random(seed)
-    history, step = [], 0
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
-    wrapped.train()
-    for epoch in range(epochs):
-        order = list(range(steps_per_epoch))
+    def batches_for(epoch: int) -> list:
+        order = list(range(len(train_data)))
         rng.shuffle(order)
-        sums: dict[str, float] = {}
-        t_epoch, n = time.perf_counter(), 0
-        for idx in order:
-            if step >= total:
-                break
-            batch = {k: v.to(accelerator.device) for k, v in train_data[idx].items()}
-            loss, parts = loss_fn(net, batch)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, n = step + 1, n + 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        if n:
-            history.append(
-                {"epoch": epoch + 1, "steps": n, "time_s": round(time.perf_counter() - t_epoch, 1),
-                 **{k: v / n for k, v in sums.items()}}
-            )  # fmt: skip
-            logger.info("%s epoch %d: %s", desc, epoch + 1, history[-1])
-    bar.close()
-    net = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False).eval()
-    accelerator.free_memory()
-    return net, history, step
+        return [train_data[i] for i in order]
+
+    def record(stats: EpochStats, net) -> dict:
+        return {"epoch": stats.epoch, "steps": stats.steps, "time_s": round(stats.time_s, 1), **stats.means}
+
+    settings = LoopSettings(
+        epochs=epochs, lr=param_groups[0].get("lr", 1e-3), max_steps=max_steps, warmup_ratio=warmup_ratio,
+        desc=desc, progress=progress,
+    )  # fmt: skip
+    outcome = Trainer().fit(
+        student, param_groups, batches_for, lambda net, batch, step: loss_fn(net, batch), settings,
+        frozen=frozen, record=record, postfix=lambda parts, lr: {"loss": f"{parts['loss']:.3f}"},
+    )  # fmt: skip
+    return outcome.model.eval(), outcome.history, outcome.global_step

@@ -21,6 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from slimformer.exits.config import ExitConfig, ExitRule, SlenderConfig
+from slimformer.losses import blend, hidden_mse, logit_kl
+from slimformer.trainer import decay_groups
 
 logger = logging.getLogger(__name__)
 
@@ -73,38 +75,24 @@ def exit_loss(
     and ``hidden_weight`` are read, so :func:`slimformer.recover.recover` uses it too (one exit)."""
     n = len(logits)
     weights = [i / (n * (n + 1) / 2) for i in range(1, n + 1)]  # exit i weighs i, summing to 1
-    t = config.temperature
-    soft = F.softmax(teacher_logits.float() / t, dim=-1)  # (B, C)
-    task = kd = logits[0].new_zeros(())
+    task = kd = logits[0].new_zeros((), dtype=torch.float32)
     for w, z in zip(weights, logits, strict=True):
         task = task + w * F.cross_entropy(z.float(), labels)
-        kd = kd + w * F.kl_div(F.log_softmax(z.float() / t, dim=-1), soft, reduction="batchmean") * t * t
-    loss = (1 - config.alpha) * task + config.alpha * kd
-    hid = logits[0].new_zeros(())
+        kd = kd + w * logit_kl(z, teacher_logits, config.temperature)
+    loss = blend(task, kd, config.alpha)
+    hid = logits[0].new_zeros((), dtype=torch.float32)
     if config.hidden_weight > 0 and hidden:
-        real = attention_mask.unsqueeze(-1).to(hidden[0].dtype)  # (B, T, 1)
-        tokens = real.sum().clamp(min=1)
-        for s, h in zip(hidden, teacher_hidden, strict=True):
-            err = ((s - h).pow(2) * real).sum() / tokens  # mean over real tokens of ||s - h||^2
-            scale = (h.pow(2) * real).sum() / tokens
-            hid = hid + err / scale.clamp(min=1e-6)
-        hid = hid / len(hidden)
+        hid = hidden_mse(hidden, teacher_hidden, attention_mask)
         loss = loss + config.hidden_weight * hid
     parts = {"loss": loss, "task": task, "distill": kd, "hidden": hid}
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def _param_groups(model, config: ExitConfig) -> list[dict]:
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            head = name.startswith("exits")
-            no_decay = pname == "bias" or isinstance(module, torch.nn.LayerNorm)
-            groups.setdefault((head, no_decay), []).append(p)
-    return [
-        {"params": ps, "lr": config.head_lr if head else config.lr, "weight_decay": 0.0 if nd else config.weight_decay}
-        for (head, nd), ps in groups.items()
-    ]
+    """AdamW groups: the exit heads at ``head_lr``, the backbone at ``lr``."""
+    return decay_groups(
+        model, config.weight_decay, lr_of=lambda name: config.head_lr if name.startswith("exits") else config.lr
+    )
 
 
 def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, progress: bool = True) -> ExitResult:
