@@ -236,10 +236,17 @@ class Trainer:
             logger.info(msg, *args)
 
     def open_run(
-        self, out: Path, *, resume: bool, overwrite: bool, label: str = "output folder", flags: bool = True
+        self,
+        out: Path,
+        *,
+        resume: bool,
+        overwrite: bool,
+        label: str = "output folder",
+        names: tuple[str, str] = ("--overwrite", "--resume"),
     ) -> tuple[Path, dict] | None:
         """Make ``out`` ready: refuse a non-empty one, clear it (``overwrite``) or find the checkpoint
-        to ``resume`` from (returned; ``None`` for a fresh start). ``flags``: name the CLI flags.
+        to ``resume`` from (returned; ``None`` for a fresh start). ``names``: how the messages call
+        the overwrite and resume switches.
 
         Raises:
             ValueError: both ``resume`` and ``overwrite``.
@@ -248,7 +255,7 @@ class Trainer:
         """
         from slimformer.train import _clear_dir
 
-        over, res = ("--overwrite", "--resume") if flags else ("overwrite", "resume")
+        over, res = names
         if resume and overwrite:
             raise ValueError(f"resume and overwrite exclude each other: {res} continues, {over} restarts")
         if out.exists() and not out.is_dir():

@@ -11,7 +11,8 @@ logits, see :mod:`slimformer.slim.gates`) and minimises
   + sparsity_weight * mean_u p_u * cost_u / mean cost              sparsity prior, per byte
 
 The loop runs on Accelerate with one checkpoint per epoch (``RUN/checkpoints/epoch-N``, complete
-once its ``trainer_state.json`` exists) and ``resume``, like :func:`slimformer.train.finetune`.
+once its ``trainer_state.json`` exists) and ``resume``: :class:`slimformer.trainer.Trainer`, as in
+:func:`slimformer.train.finetune`.
 The progress bar shows the task loss, the budget loss and the expected memory.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -28,22 +28,18 @@ import torch
 from torch.nn import functional as F
 
 from slimformer.data import Example, TaskData, make_loader
+from slimformer.losses import hidden_mse, logit_kl
 from slimformer.slim.config import SlimConfig
 from slimformer.slim.gates import SlimmedModel
 from slimformer.slim.run import save_run
-from slimformer.train import (
-    CHECKPOINTS_DIR,
-    TRAINER_STATE_NAME,
-    _clear_dir,
-    _param_groups,
-    _write_json,
-    latest_checkpoint,
-)
+from slimformer.trainer import EpochStats, LoopSettings, Trainer, check_resumable, decay_groups
 
 logger = logging.getLogger(__name__)
 
 #: Config fields that may change between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "eval_budgets", "eval_batch_size")
+#: Loss parts averaged per epoch into the history (as ``mean_<part>``).
+_PARTS = ("task", "distill", "budget", "memory")
 
 
 def slim(
@@ -81,10 +77,7 @@ def slim(
         ValueError: no examples, labels outside the model's classes, a pruned model, or a
             checkpoint made with another config or data.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     t_start = time.perf_counter()
     if resume and overwrite:
@@ -102,128 +95,79 @@ def slim(
         raise ValueError(f"label {bad} is outside the model's {n_labels} classes")
     data_hash = task.content_hash if task else _hash_examples(examples)
 
+    trainer = Trainer()
     out = Path(out_dir) if out_dir is not None else None
-    ckpt = state = None
+    found = None
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"run folder {str(out)!r} is a file")
-        if out.is_dir() and any(out.iterdir()):
-            if overwrite:
-                _clear_dir(out)
-            elif resume:
-                found = latest_checkpoint(out)
-                if found is not None:
-                    ckpt, state = found
-                    _check_resumable(ckpt, state, config, data_hash)
-            else:
-                raise FileExistsError(
-                    f"run folder {str(out)!r} is not empty: pass overwrite (--overwrite) to start over "
-                    "or resume (--resume) to continue the training saved in it"
-                )
-        out.mkdir(parents=True, exist_ok=True)
+        names = ("overwrite (--overwrite)", "resume (--resume)")
+        found = trainer.open_run(out, resume=resume, overwrite=overwrite, label="run folder", names=names)
+        if found is not None:
+            check_resumable(
+                *found, config.to_dict(), may_change=RESUMABLE_CHANGES, epochs=config.epochs,
+                data_hash=data_hash, saved_hash=found[1]["data_hash"],
+            )  # fmt: skip
 
     set_seed(config.seed)
     teacher = copy.deepcopy(model) if teacher is None else teacher
     teacher.eval().requires_grad_(False)
     teacher_net = SlimmedModel(teacher, config.group_size)
     slimmed = SlimmedModel(model, config.group_size)
-    if ckpt is None:
+    if found is None:
         _init_gates(slimmed, teacher, examples, tokenizer, config, progress=progress)
-
-    accelerator = Accelerator()
-    n_steps_epoch = math.ceil(len(examples) / config.batch_size)
-    total = (
-        config.epochs * n_steps_epoch
-        if config.max_steps is None
-        else min(config.max_steps, config.epochs * n_steps_epoch)
-    )
-    groups = _param_groups(slimmed.model, config.weight_decay)
+    groups = decay_groups(slimmed.model, config.weight_decay)
     groups.append({"params": list(slimmed.gates.parameters()), "weight_decay": 0.0, "lr": config.gate_lr})
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
-    slimmed, optimizer, scheduler = accelerator.prepare(slimmed, optimizer, scheduler)
-    net: SlimmedModel = accelerator.unwrap_model(slimmed)
-    teacher_net.to(accelerator.device)
-    epochs_done = state["epoch"] if state else 0
-    step = state["global_step"] if state else 0
-    history: list[dict] = list(state["history"]) if state else []
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        logger.info("resumed from %s (epoch %d, step %d)", ckpt, epochs_done, step)
-    logger.info(
-        "slimming: %d examples, %d epochs x %d steps (total %d)", len(examples), config.epochs, n_steps_epoch, total
-    )
+    enc_mb = slimmed.costs.encoder / 1e6  # expected memory is shown in MB of encoder weights and % of dense
 
-    bar = tqdm(total=total, initial=step, desc="slim", unit="step", disable=not progress)
-    enc_mb = net.costs.encoder / 1e6  # expected memory is shown in MB of encoder weights and % of dense
-    for epoch in range(epochs_done, config.epochs):
-        if step >= total:
-            break
-        loader = accelerator.prepare_data_loader(
-            make_loader(
-                examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
-                shuffle=True, group_by_length=True, seed=config.seed + epoch,
-            )
+    def loader_for(epoch: int):
+        return make_loader(
+            examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+            shuffle=True, group_by_length=True, seed=config.seed + epoch,
         )  # fmt: skip
-        slimmed.train()
-        sums, n = {"task": 0.0, "distill": 0.0, "budget": 0.0, "memory": 0.0}, 0
-        t_epoch = time.perf_counter()
-        for batch in loader:
-            # one budget per step, from the step number alone, so a resumed run draws the same ones
-            target = random.Random(f"{config.seed}:{step}").uniform(config.min_budget, config.max_budget)
-            terms = _step_loss(net, teacher_net, batch, target, config)
-            accelerator.backward(terms["loss"])
-            accelerator.clip_grad_norm_(net.model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n += 1
-            for k in sums:
-                sums[k] += terms[k]
-            bar.update(1)
-            bar.set_postfix(
-                task=f"{terms['task']:.3f}", budget=f"{terms['budget']:.4f}",
-                E_mem=f"{terms['memory'] * enc_mb:.1f}MB/{terms['memory']:.0%}", target=f"{target:.0%}",
-            )  # fmt: skip
-            if step >= total:
-                break
-        record = {
-            "epoch": epoch + 1,
-            "global_step": step,
-            **{f"mean_{k}": v / max(n, 1) for k, v in sums.items()},
-            "time_s": round(time.perf_counter() - t_epoch, 1),
+
+    def loss_fn(net: SlimmedModel, batch: dict, step: int):
+        # one budget per step, from the step number alone, so a resumed run draws the same ones
+        target = random.Random(f"{config.seed}:{step}").uniform(config.min_budget, config.max_budget)
+        terms = _step_loss(net, teacher_net, batch, target, config)
+        return terms.pop("loss"), {**terms, "target": target}
+
+    def postfix(parts: dict[str, float], lr: float) -> dict[str, str]:
+        return {
+            "task": f"{parts['task']:.3f}", "budget": f"{parts['budget']:.4f}",
+            "E_mem": f"{parts['memory'] * enc_mb:.1f}MB/{parts['memory']:.0%}", "target": f"{parts['target']:.0%}",
+        }  # fmt: skip
+
+    def record(stats: EpochStats, net: SlimmedModel) -> dict:
+        return {
+            "epoch": stats.epoch,
+            "global_step": stats.global_step,
+            **{f"mean_{k}": stats.means.get(k, 0.0) for k in _PARTS},
+            "time_s": round(stats.time_s, 1),
             "validation": _validate(net, tokenizer, val, config) if val else None,
         }
-        history.append(record)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        if out is not None:
-            ckpt_dir = out / CHECKPOINTS_DIR / f"epoch-{epoch + 1}"
-            accelerator.save_state(str(ckpt_dir))
-            trainer = {
-                "epoch": epoch + 1,
-                "global_step": step,
-                "config": config.to_dict(),
-                "data_hash": data_hash,
-                "history": history,
-            }
-            _write_json(ckpt_dir / TRAINER_STATE_NAME, trainer)  # last: marks the checkpoint complete
-    bar.close()
-    net.eval()
+
+    settings = LoopSettings(
+        epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, warmup_ratio=config.warmup_ratio,
+        desc="slim", progress=progress,
+    )  # fmt: skip
+    outcome = trainer.fit(
+        slimmed, groups, loader_for, loss_fn, settings, frozen=(teacher_net,), record=record, postfix=postfix,
+        clip=lambda net: net.model.parameters(),  # the gates are not clipped with the weights
+        checkpoints=out, meta={"config": config.to_dict(), "data_hash": data_hash}, resume_from=found,
+    )  # fmt: skip
+    net: SlimmedModel = outcome.model.eval()
     net.info = {
         "task": {"name": task.name, "content_hash": task.content_hash} if task else {"content_hash": data_hash},
         "config": config.to_dict(),
         "report": {
-            "history": history,
-            "global_step": step,
-            "total_steps": total,
-            "resumed_from": str(ckpt) if ckpt else None,
+            "history": outcome.history,
+            "global_step": outcome.global_step,
+            "total_steps": outcome.total_steps,
+            "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
             "wall_time_s": round(time.perf_counter() - t_start, 1),
         },
     }
-    if out is not None:
+    if out is not None and trainer.is_main:
         save_run(net, tokenizer, out)
-    accelerator.free_memory()
     return net
 
 
@@ -235,16 +179,8 @@ def _step_loss(net: SlimmedModel, teacher: SlimmedModel, batch: dict, target: fl
     selection = net.select(target)
     s_out = net(**batch, selection=selection, straight_through=True, hidden_states=True)
     task = F.cross_entropy(s_out.logits, labels)
-    temp = config.temperature
-    kd = F.kl_div(
-        F.log_softmax(s_out.logits / temp, -1), F.log_softmax(t_out.logits / temp, -1), log_target=True,
-        reduction="batchmean",
-    ) * temp**2  # fmt: skip
-    tokens = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-    hid = sum(
-        (((hs - ht) ** 2) * tokens).sum() / ((ht**2) * tokens).sum().clamp(min=1e-6)
-        for hs, ht in zip(s_out.hidden_states, t_out.hidden_states, strict=True)
-    ) / len(s_out.hidden_states)
+    kd = logit_kl(s_out.logits, t_out.logits, config.temperature)
+    hid = hidden_mse(s_out.hidden_states, t_out.hidden_states, batch["attention_mask"])
     expected = net.gates.expected_cost(net.costs) / net.costs.encoder  # () fraction of the dense encoder
     budget = (expected - target) ** 2
     p_h, p_g = net.gates.keep_probs()
@@ -337,18 +273,3 @@ def _hash_examples(examples: list[Example]) -> str:
     for e in examples:
         h.update(json.dumps([e.text, e.text_pair, e.label], ensure_ascii=False).encode() + b"\n")
     return h.hexdigest()[:16]
-
-
-def _check_resumable(ckpt: Path, state: dict, config: SlimConfig, data_hash: str) -> None:
-    saved, now = state["config"], config.to_dict()
-    diff = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
-    if diff:
-        detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r})" for k in diff)
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: the config differs in {detail}; only "
-            f"{', '.join(RESUMABLE_CHANGES)} may change (use overwrite to start over)"
-        )
-    if state["data_hash"] != data_hash:
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it was trained on other data ({state['data_hash']}, now {data_hash})"
-        )
