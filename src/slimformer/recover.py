@@ -95,8 +95,7 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     import torch
     from accelerate.utils import set_seed
 
-    from slimformer.structure import Structure
-    from slimformer.train import train_on_batches
+    from slimformer.train import train_copy
     from slimformer.trainer import decay_groups
 
     config = config or RecoverConfig()
@@ -110,16 +109,7 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
         raise ValueError(
             f"the teacher has {teacher.config.num_labels} classes but the model has {model.config.num_labels}"
         )
-    pairs: list[tuple[int, int]] = []  # (student layer, teacher layer) with the same origin
-    if config.hidden_weight > 0:
-        t_origin = {s.origin: j for j, s in enumerate(Structure.from_model(teacher).layers)}
-        for i, s in enumerate(Structure.from_model(model).layers):
-            if s.origin not in t_origin:
-                raise ValueError(
-                    f"student layer {i} comes from original layer {s.origin}, which the teacher does not have: "
-                    "pass the model it was compressed from, or set hidden_weight=0"
-                )
-            pairs.append((i, t_origin[s.origin]))
+    pairs = _layer_pairs(model, teacher) if config.hidden_weight > 0 else []
     t0 = time.perf_counter()
     set_seed(config.seed)
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
@@ -140,25 +130,33 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
         )
 
     groups = decay_groups(student, config.weight_decay, lr_of=lambda _: config.lr)
-    net, history, step = train_on_batches(
-        student,
-        groups,
-        train_data,
-        loss_fn,
-        epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        desc="recover",
-        frozen=(teacher,),
-        progress=progress,
+    net, trained = train_copy(
+        student, groups, train_data, loss_fn, config, teacher=teacher, desc="recover", progress=progress
     )
     report = {
         "recover_config": config.to_dict(),
-        "steps": step,
-        "examples_per_epoch": sum(len(b["labels"]) for b in train_data),
+        **trained,
         "hidden_pairs": len(pairs),
-        "epochs": history,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return RecoverResult(model=net, report=report)
+
+
+def _layer_pairs(model, teacher) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs with the same origin, one per student layer.
+
+    Raises:
+        ValueError: a student layer whose origin the teacher does not have.
+    """
+    from slimformer.structure import Structure
+
+    t_origin = {s.origin: j for j, s in enumerate(Structure.from_model(teacher).layers)}
+    pairs = []
+    for i, s in enumerate(Structure.from_model(model).layers):
+        if s.origin not in t_origin:
+            raise ValueError(
+                f"student layer {i} comes from original layer {s.origin}, which the teacher does not have: "
+                "pass the model it was compressed from, or set hidden_weight=0"
+            )
+        pairs.append((i, t_origin[s.origin]))
+    return pairs

@@ -48,6 +48,7 @@ __all__ = [
     "FinetuneConfig",
     "finetune",
     "latest_checkpoint",
+    "train_copy",
     "train_on_batches",
 ]
 
@@ -220,8 +221,6 @@ def finetune(
     """
     from accelerate.utils import set_seed
 
-    from slimformer.evaluate import evaluate
-
     t_start = time.perf_counter()
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: --resume continues, --overwrite restarts")
@@ -236,18 +235,44 @@ def finetune(
             hint="use --overwrite to start over",
         )  # fmt: skip
     set_seed(config.seed)
+    settings = LoopSettings.of(config, desc="finetune", progress=progress)
+    task_id = {"name": task.name, "content_hash": task.content_hash}
+    outcome = trainer.fit(
+        model, decay_groups(model, config.weight_decay), _train_loaders(train_examples, tokenizer, config),
+        _classifier_loss, settings, record=_epoch_record(trainer, tokenizer, task, val_examples, config),
+        checkpoints=out, meta={"config": config.to_dict(), "task": task_id}, resume_from=found,
+    )  # fmt: skip
+    report = _save_finetuned(trainer, outcome, tokenizer, task, config, out)
+    report["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    if trainer.is_main:
+        _write_json(out / REPORT_NAME, report)
+        trainer.log("saved the fine-tuned model and %s in %s", REPORT_NAME, out)
+    trainer.accelerator.wait_for_everyone()
+    return report
+
+
+def _train_loaders(train_examples: list, tokenizer, config: FinetuneConfig):
+    """Epoch ``e``'s loader: a new shuffle per epoch (seed + e), the same on every process."""
 
     def loader_for(epoch: int):
-        # a new shuffle per epoch, padded per batch; the same on every process (sharded by the trainer)
         return make_loader(
             train_examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
             shuffle=True, group_by_length=config.group_by_length, seed=config.seed + epoch,
         )  # fmt: skip
 
-    def loss_fn(net, batch: dict, step: int):
-        # batch: input_ids, attention_mask (, token_type_ids) (B, T); labels (B,)
-        loss = net(**batch).loss  # mean cross-entropy over the batch, ()
-        return loss, {"loss": loss.item()}
+    return loader_for
+
+
+def _classifier_loss(net, batch: dict, step: int):
+    """The model's own loss: mean cross-entropy over the batch."""
+    # batch: input_ids, attention_mask (, token_type_ids) (B, T); labels (B,)
+    loss = net(**batch).loss  # ()
+    return loss, {"loss": loss.item()}
+
+
+def _epoch_record(trainer: Trainer, tokenizer, task: TaskData, val_examples: list, config: FinetuneConfig):
+    """The history entry of an epoch: its training loss, and the validation metrics when there is data."""
+    from slimformer.evaluate import evaluate
 
     def record(stats: EpochStats, net) -> dict:
         val_metrics = None
@@ -262,22 +287,7 @@ def finetune(
             "validation": val_metrics,
         }  # fmt: skip
 
-    settings = LoopSettings(
-        epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, warmup_ratio=config.warmup_ratio,
-        desc="finetune", progress=progress,
-    )  # fmt: skip
-    task_id = {"name": task.name, "content_hash": task.content_hash}
-    outcome = trainer.fit(
-        model, decay_groups(model, config.weight_decay), loader_for, loss_fn, settings, record=record,
-        checkpoints=out, meta={"config": config.to_dict(), "task": task_id}, resume_from=found,
-    )  # fmt: skip
-    report = _save_finetuned(trainer, outcome, tokenizer, task, config, out)
-    report["wall_time_s"] = round(time.perf_counter() - t_start, 3)
-    if trainer.is_main:
-        _write_json(out / REPORT_NAME, report)
-        trainer.log("saved the fine-tuned model and %s in %s", REPORT_NAME, out)
-    trainer.accelerator.wait_for_everyone()
-    return report
+    return record
 
 
 def _save_finetuned(trainer: Trainer, outcome: TrainOutcome, tokenizer, task: TaskData, config, out: Path) -> dict:
@@ -365,3 +375,19 @@ def train_on_batches(
         frozen=frozen, record=record, postfix=lambda parts, lr: {"loss": f"{parts['loss']:.3f}"},
     )  # fmt: skip
     return outcome.model.eval(), outcome.history, outcome.global_step
+
+
+def train_copy(
+    student, param_groups: list[dict], train_data: list, loss_fn, config, *, teacher, desc: str, progress: bool
+):
+    """:func:`train_on_batches` with the schedule of ``config`` (``epochs``, ``max_steps``,
+    ``warmup_ratio``, ``seed``), distilling from ``teacher``.
+
+    Returns:
+        ``(model, report)``: the model in eval mode; steps, examples per epoch and the history.
+    """
+    net, history, step = train_on_batches(
+        student, param_groups, train_data, loss_fn, epochs=config.epochs, max_steps=config.max_steps,
+        warmup_ratio=config.warmup_ratio, seed=config.seed, desc=desc, frozen=(teacher,), progress=progress,
+    )  # fmt: skip
+    return net, {"steps": step, "examples_per_epoch": sum(len(b["labels"]) for b in train_data), "epochs": history}

@@ -172,6 +172,18 @@ class LoopSettings:
     desc: str = "train"
     progress: bool = True
 
+    @classmethod
+    def of(cls, config, *, desc: str, progress: bool = True) -> LoopSettings:
+        """The settings of a method config that has ``epochs``, ``lr``, ``max_steps`` and ``warmup_ratio``."""
+        return cls(
+            epochs=config.epochs,
+            lr=config.lr,
+            max_steps=config.max_steps,
+            warmup_ratio=config.warmup_ratio,
+            desc=desc,
+            progress=progress,
+        )
+
 
 @dataclass
 class EpochStats:
@@ -212,6 +224,22 @@ def default_record(stats: EpochStats, model) -> dict:
 def default_postfix(parts: dict[str, float], lr: float) -> dict[str, str]:
     """Every loss part and the learning rate."""
     return {**{k: f"{v:.4f}" for k, v in parts.items()}, "lr": f"{lr:.2e}"}
+
+
+@dataclass
+class _Run:
+    """The prepared objects and counters of one :meth:`Trainer.fit`."""
+
+    wrapped: Any  # the prepared model (DDP-wrapped under several processes)
+    net: Any  # the same model unwrapped: what loss_fn runs
+    optimizer: Any
+    scheduler: Any
+    clip_params: list
+    max_grad_norm: float
+    steps_per_epoch: int
+    total: int
+    step: int
+    lrs: list[float] = field(default_factory=list)
 
 
 class Trainer:
@@ -316,73 +344,93 @@ class Trainer:
         """
         acc = self.accelerator
         state = resume_from[1] if resume_from else {}
-        start, step = state.get("epoch", 0), state.get("global_step", 0)
+        start = state.get("epoch", 0)
         history: list[dict] = list(state.get("history", []))
         first = self._epoch_batches(batches_for(start))
-        steps_per_epoch = len(first)
-        total = settings.epochs * steps_per_epoch
-        if settings.max_steps is not None:
-            total = min(total, settings.max_steps)
-        optimizer = self._optimizer(param_groups, settings.lr)
-        warmup = math.ceil(settings.warmup_ratio * total)
-        scheduler = linear_schedule(optimizer, warmup, total, self.num_processes)
-        wrapped, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+        run = self._start(model, param_groups, len(first), settings, state.get("global_step", 0), clip)
         for module in frozen:
             module.to(acc.device)
         if resume_from is not None:
             acc.load_state(str(resume_from[0]))  # weights, optimizer, scheduler and RNG states
-            self.log("resumed from %s (epoch %d done, step %d)", resume_from[0], start, step)
+            self.log("resumed from %s (epoch %d done, step %d)", resume_from[0], start, run.step)
+        bar = self._bar(settings, run.total, run.step)
+
+        def show(parts: dict[str, float], lr: float) -> None:
+            bar.update(1)
+            bar.set_postfix(postfix(parts, lr))
+
+        for epoch in range(start, settings.epochs):
+            if run.step >= run.total:
+                break
+            batches = first if epoch == start else self._epoch_batches(batches_for(epoch))
+            t_epoch = time.perf_counter()
+            n, sums = self._run_epoch(run, batches, loss_fn, show)
+            lr = run.scheduler.get_last_lr()[0]
+            stats = EpochStats(epoch + 1, n, run.step, self._mean(sums, n), lr, time.perf_counter() - t_epoch)
+            history.append(record(stats, run.net))
+            self.log("%s epoch %d/%d: %s", settings.desc, epoch + 1, settings.epochs, history[-1])
+            if checkpoints is not None:
+                self._checkpoint(checkpoints, epoch + 1, run.step, history, meta or {})
+        bar.close()
+        out = acc.unwrap_model(run.wrapped, keep_fp32_wrapper=False)
+        acc.free_memory()  # drop the accelerator's references to model / optimizer / loaders
+        ckpt = resume_from[0] if resume_from else None
+        return TrainOutcome(out, history, run.step, run.steps_per_epoch, run.total, ckpt, run.lrs)
+
+    def _start(self, model, param_groups: list[dict], steps_per_epoch: int, settings: LoopSettings, step: int, clip):
+        """AdamW and the schedule over this run's steps, all prepared by the accelerator."""
+        import torch
+
+        total = settings.epochs * steps_per_epoch
+        if settings.max_steps is not None:
+            total = min(total, settings.max_steps)
+        optimizer = torch.optim.AdamW(param_groups, lr=settings.lr)
+        warmup = math.ceil(settings.warmup_ratio * total)
+        scheduler = linear_schedule(optimizer, warmup, total, self.num_processes)
+        wrapped, optimizer, scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.log(
             "%s: %d epochs x %d steps (total %d, warmup %d), %d process(es)",
             settings.desc, settings.epochs, steps_per_epoch, total, warmup, self.num_processes,
         )  # fmt: skip
-        net = acc.unwrap_model(wrapped)
-        clip_params = list(clip(net) if clip is not None else wrapped.parameters())
-        sync = [p for p in wrapped.parameters() if p.requires_grad]
-        lrs: list[float] = []
-        bar = self._bar(settings, total, step)
-        for epoch in range(start, settings.epochs):
-            if step >= total:
+        net = self.accelerator.unwrap_model(wrapped)
+        return _Run(
+            wrapped=wrapped,
+            net=net,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            clip_params=list(clip(net) if clip is not None else wrapped.parameters()),
+            max_grad_norm=settings.max_grad_norm,
+            steps_per_epoch=steps_per_epoch,
+            total=total,
+            step=step,
+        )
+
+    def _run_epoch(self, run: _Run, batches: Iterable, loss_fn: LossFn, show) -> tuple[int, dict[str, float]]:
+        """Optimizer steps over ``batches`` (until the run's total); the step count and part sums."""
+        acc = self.accelerator
+        run.wrapped.train()
+        sync = [p for p in run.wrapped.parameters() if p.requires_grad]
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches:
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            loss, parts = loss_fn(run.net, batch, run.step)
+            acc.backward(loss)
+            self._average_gradients(sync)
+            acc.clip_grad_norm_(run.clip_params, run.max_grad_norm)
+            run.optimizer.step()
+            run.lrs.append(run.scheduler.get_last_lr()[0])  # the rate this step used
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.step, n = run.step + 1, n + 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            show(parts, run.scheduler.get_last_lr()[0])
+            if run.step >= run.total:
                 break
-            batches = first if epoch == start else self._epoch_batches(batches_for(epoch))
-            wrapped.train()
-            sums: dict[str, float] = {}
-            n, t_epoch = 0, time.perf_counter()
-            for batch in batches:
-                batch = {k: v.to(acc.device) for k, v in batch.items()}
-                loss, parts = loss_fn(net, batch, step)
-                acc.backward(loss)
-                self._average_gradients(sync)
-                acc.clip_grad_norm_(clip_params, settings.max_grad_norm)
-                optimizer.step()
-                lrs.append(scheduler.get_last_lr()[0])  # the rate this step used
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step, n = step + 1, n + 1
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                bar.set_postfix(postfix(parts, scheduler.get_last_lr()[0]))
-                if step >= total:
-                    break
-            stats = EpochStats(epoch + 1, n, step, self._mean(sums, n), scheduler.get_last_lr()[0], 0.0)
-            stats.time_s = time.perf_counter() - t_epoch
-            history.append(record(stats, net))
-            self.log("%s epoch %d/%d: %s", settings.desc, epoch + 1, settings.epochs, history[-1])
-            if checkpoints is not None:
-                self._checkpoint(checkpoints, epoch + 1, step, history, meta or {})
-        bar.close()
-        out = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
-        acc.free_memory()  # drop the accelerator's references to model / optimizer / loaders
-        ckpt = resume_from[0] if resume_from else None
-        return TrainOutcome(out, history, step, steps_per_epoch, total, ckpt, lrs)
+        return n, sums
 
     # --- pieces of the loop
-
-    def _optimizer(self, param_groups: list[dict], lr: float):
-        import torch
-
-        return torch.optim.AdamW(param_groups, lr=lr)
 
     def _epoch_batches(self, batches: Iterable):
         """A DataLoader sharded by accelerate, or this process's share of a list of batches."""

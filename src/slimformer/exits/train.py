@@ -115,7 +115,7 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
     from accelerate.utils import set_seed
 
     from slimformer.exits.model import MultiExitModel
-    from slimformer.train import train_on_batches
+    from slimformer.train import train_copy
 
     if not isinstance(config, ExitConfig):
         raise ValueError(f"config={config!r}: must be an ExitConfig")
@@ -150,25 +150,14 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
         )
         return exit_loss(logits, hidden, t_logits, t_hidden, batch["labels"], batch["attention_mask"], config)
 
-    net, history, step = train_on_batches(
-        student,
-        _param_groups(student, config),
-        train_data,
-        loss_fn,
-        epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        desc="exit train",
-        frozen=(teacher,),
+    net, trained = train_copy(
+        student, _param_groups(student, config), train_data, loss_fn, config, teacher=teacher, desc="exit train",
         progress=progress,
-    )
+    )  # fmt: skip
     net.set_rule(ExitRule(kind="none"))
     report = {
         "exit_config": config.to_dict(),
-        "steps": step,
-        "examples_per_epoch": sum(len(b["labels"]) for b in train_data),
-        "epochs": history,
+        **trained,
         "exit_params": sum(p.numel() for p in net.exits.parameters()),
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -121,25 +121,11 @@ def skim(
     """
     from accelerate.utils import set_seed
 
-    from slimformer.data import TaskData
-    from slimformer.skim.measure import tokenized_batches
     from slimformer.skim.model import build_skim_model
 
     if not isinstance(config, SkimConfig):
         raise ValueError(f"config must be a SkimConfig, got {type(config).__name__}")
-    if validation is None and isinstance(train_data, TaskData):
-        validation = train_data.splits.get("validation") or None
-    examples, batches = _examples_and_batches(train_data, tokenizer, config)
-    num_labels = model.config.num_labels
-    labels = [e.label for e in examples] if examples is not None else [int(y) for b in batches for y in b["labels"]]
-    bad = next((y for y in labels if not 0 <= y < num_labels), None)
-    if bad is not None:
-        raise ValueError(f"training label {bad} is outside [0, {num_labels}) of the model")
-    val_batches = None
-    if validation:
-        val = list(validation)
-        is_batches = isinstance(val[0], dict)
-        val_batches = val if is_batches else tokenized_batches(val, tokenizer, max_length=config.max_length)
+    examples, batches, val_batches = _checked_data(model, train_data, tokenizer, validation, config)
     out = Path(out_dir) if out_dir is not None else None
     found = None
     if resume:
@@ -162,10 +148,7 @@ def skim(
     teacher = model.eval() if config.distill > 0 else None
     outcome = trainer.fit(
         skimmer, _param_groups(skimmer, config), _loader_for(examples, batches, tokenizer, config),
-        _loss_fn(teacher, config), LoopSettings(
-            epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, warmup_ratio=config.warmup_ratio,
-            desc="skim", progress=progress,
-        ),
+        _loss_fn(teacher, config), LoopSettings.of(config, desc="skim", progress=progress),
         frozen=(teacher,) if teacher is not None else (), record=_record_for(val_batches), postfix=_postfix(config),
         checkpoints=out, meta={"config": config.to_dict()}, resume_from=found,
     )  # fmt: skip
@@ -179,6 +162,28 @@ def skim(
         "wall_time_s": round(time.perf_counter() - t_start, 2),
     }
     return SkimResult(outcome.model.eval(), report)
+
+
+def _checked_data(model, train_data, tokenizer, validation, config: SkimConfig):
+    """``(examples, batches, validation batches)``: training examples or batches (one is ``None``)
+    with labels the model has, and the validation data tokenized (``None`` without any)."""
+    from slimformer.data import TaskData
+    from slimformer.skim.measure import tokenized_batches
+
+    if validation is None and isinstance(train_data, TaskData):
+        validation = train_data.splits.get("validation") or None
+    examples, batches = _examples_and_batches(train_data, tokenizer, config)
+    num_labels = model.config.num_labels
+    labels = [e.label for e in examples] if examples is not None else [int(y) for b in batches for y in b["labels"]]
+    bad = next((y for y in labels if not 0 <= y < num_labels), None)
+    if bad is not None:
+        raise ValueError(f"training label {bad} is outside [0, {num_labels}) of the model")
+    val_batches = None
+    if validation:
+        val = list(validation)
+        is_batches = isinstance(val[0], dict)
+        val_batches = val if is_batches else tokenized_batches(val, tokenizer, max_length=config.max_length)
+    return examples, batches, val_batches
 
 
 def _loader_for(examples, batches, tokenizer, config: SkimConfig):

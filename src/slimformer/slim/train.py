@@ -19,6 +19,7 @@ The progress bar shows the task loss, the budget loss and the expected memory.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 import time
@@ -85,28 +86,12 @@ def slim(
     if not isinstance(config, SlimConfig):
         raise ValueError(f"config must be a SlimConfig, got {type(config).__name__}")
     task = train_data if isinstance(train_data, TaskData) else None
-    examples = list(task.split("train") if task else train_data)
-    val = list(task.splits.get("validation", [])) if task else []
-    if not examples:
-        raise ValueError("slim needs at least one training example")
-    n_labels = model.config.num_labels
-    bad = next((e.label for e in examples + val if not 0 <= e.label < n_labels), None)
-    if bad is not None:
-        raise ValueError(f"label {bad} is outside the model's {n_labels} classes")
+    examples, val = _checked_examples(model, train_data)
     data_hash = task.content_hash if task else _hash_examples(examples)
 
     trainer = Trainer()
     out = Path(out_dir) if out_dir is not None else None
-    found = None
-    if out is not None:
-        names = ("overwrite (--overwrite)", "resume (--resume)")
-        found = trainer.open_run(out, resume=resume, overwrite=overwrite, label="run folder", names=names)
-        if found is not None:
-            check_resumable(
-                *found, config.to_dict(), may_change=RESUMABLE_CHANGES, epochs=config.epochs,
-                data_hash=data_hash, saved_hash=found[1]["data_hash"],
-            )  # fmt: skip
-
+    found = _open_run(trainer, out, config, data_hash, resume=resume, overwrite=overwrite)
     set_seed(config.seed)
     teacher = copy.deepcopy(model) if teacher is None else teacher
     teacher.eval().requires_grad_(False)
@@ -116,41 +101,11 @@ def slim(
         _init_gates(slimmed, teacher, examples, tokenizer, config, progress=progress)
     groups = decay_groups(slimmed.model, config.weight_decay)
     groups.append({"params": list(slimmed.gates.parameters()), "weight_decay": 0.0, "lr": config.gate_lr})
-    enc_mb = slimmed.costs.encoder / 1e6  # expected memory is shown in MB of encoder weights and % of dense
-
-    def loader_for(epoch: int):
-        return make_loader(
-            examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
-            shuffle=True, group_by_length=True, seed=config.seed + epoch,
-        )  # fmt: skip
-
-    def loss_fn(net: SlimmedModel, batch: dict, step: int):
-        # one budget per step, from the step number alone, so a resumed run draws the same ones
-        target = random.Random(f"{config.seed}:{step}").uniform(config.min_budget, config.max_budget)
-        terms = _step_loss(net, teacher_net, batch, target, config)
-        return terms.pop("loss"), {**terms, "target": target}
-
-    def postfix(parts: dict[str, float], lr: float) -> dict[str, str]:
-        return {
-            "task": f"{parts['task']:.3f}", "budget": f"{parts['budget']:.4f}",
-            "E_mem": f"{parts['memory'] * enc_mb:.1f}MB/{parts['memory']:.0%}", "target": f"{parts['target']:.0%}",
-        }  # fmt: skip
-
-    def record(stats: EpochStats, net: SlimmedModel) -> dict:
-        return {
-            "epoch": stats.epoch,
-            "global_step": stats.global_step,
-            **{f"mean_{k}": stats.means.get(k, 0.0) for k in _PARTS},
-            "time_s": round(stats.time_s, 1),
-            "validation": _validate(net, tokenizer, val, config) if val else None,
-        }
-
-    settings = LoopSettings(
-        epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, warmup_ratio=config.warmup_ratio,
-        desc="slim", progress=progress,
-    )  # fmt: skip
+    steps = _SlimSteps(teacher_net, config, tokenizer, val, enc_mb=slimmed.costs.encoder / 1e6)
+    loader_for = functools.partial(_loader, examples, tokenizer, config)
     outcome = trainer.fit(
-        slimmed, groups, loader_for, loss_fn, settings, frozen=(teacher_net,), record=record, postfix=postfix,
+        slimmed, groups, loader_for, steps.loss, LoopSettings.of(config, desc="slim", progress=progress),
+        frozen=(teacher_net,), record=steps.record, postfix=steps.postfix,
         clip=lambda net: net.model.parameters(),  # the gates are not clipped with the weights
         checkpoints=out, meta={"config": config.to_dict(), "data_hash": data_hash}, resume_from=found,
     )  # fmt: skip
@@ -169,6 +124,73 @@ def slim(
     if out is not None and trainer.is_main:
         save_run(net, tokenizer, out)
     return net
+
+
+def _open_run(trainer: Trainer, out: Path | None, config: SlimConfig, data_hash: str, *, resume: bool, overwrite: bool):
+    """Ready the run folder (if any); the checkpoint to resume from, checked against config and data."""
+    if out is None:
+        return None
+    names = ("overwrite (--overwrite)", "resume (--resume)")
+    found = trainer.open_run(out, resume=resume, overwrite=overwrite, label="run folder", names=names)
+    if found is not None:
+        check_resumable(
+            *found, config.to_dict(), may_change=RESUMABLE_CHANGES, epochs=config.epochs,
+            data_hash=data_hash, saved_hash=found[1]["data_hash"],
+        )  # fmt: skip
+    return found
+
+
+def _loader(examples: list[Example], tokenizer, config: SlimConfig, epoch: int):
+    """Epoch ``epoch``'s length-grouped, shuffled loader."""
+    return make_loader(
+        examples, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+        shuffle=True, group_by_length=True, seed=config.seed + epoch,
+    )  # fmt: skip
+
+
+class _SlimSteps:
+    """The method-specific parts of the loop: the loss at a sampled budget, the bar, the epoch record."""
+
+    def __init__(self, teacher: SlimmedModel, config: SlimConfig, tokenizer, val: list[Example], *, enc_mb: float):
+        self.teacher, self.config, self.tokenizer, self.val = teacher, config, tokenizer, val
+        self.enc_mb = enc_mb  # expected memory is shown in MB of encoder weights and % of dense
+
+    def loss(self, net: SlimmedModel, batch: dict, step: int):
+        # one budget per step, from the step number alone, so a resumed run draws the same ones
+        cfg = self.config
+        target = random.Random(f"{cfg.seed}:{step}").uniform(cfg.min_budget, cfg.max_budget)
+        terms = _step_loss(net, self.teacher, batch, target, cfg)
+        return terms.pop("loss"), {**terms, "target": target}
+
+    def postfix(self, parts: dict[str, float], lr: float) -> dict[str, str]:
+        mem = parts["memory"]
+        return {
+            "task": f"{parts['task']:.3f}", "budget": f"{parts['budget']:.4f}",
+            "E_mem": f"{mem * self.enc_mb:.1f}MB/{mem:.0%}", "target": f"{parts['target']:.0%}",
+        }  # fmt: skip
+
+    def record(self, stats: EpochStats, net: SlimmedModel) -> dict:
+        return {
+            "epoch": stats.epoch,
+            "global_step": stats.global_step,
+            **{f"mean_{k}": stats.means.get(k, 0.0) for k in _PARTS},
+            "time_s": round(stats.time_s, 1),
+            "validation": _validate(net, self.tokenizer, self.val, self.config) if self.val else None,
+        }
+
+
+def _checked_examples(model, train_data: TaskData | list[Example]) -> tuple[list[Example], list[Example]]:
+    """The train and validation examples, after checking them against the model's labels."""
+    task = train_data if isinstance(train_data, TaskData) else None
+    examples = list(task.split("train") if task else train_data)
+    val = list(task.splits.get("validation", [])) if task else []
+    if not examples:
+        raise ValueError("slim needs at least one training example")
+    n_labels = model.config.num_labels
+    bad = next((e.label for e in examples + val if not 0 <= e.label < n_labels), None)
+    if bad is not None:
+        raise ValueError(f"label {bad} is outside the model's {n_labels} classes")
+    return examples, val
 
 
 def _step_loss(net: SlimmedModel, teacher: SlimmedModel, batch: dict, target: float, config: SlimConfig) -> dict:
