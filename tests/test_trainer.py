@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -18,6 +19,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import WORDS, make_tiny_model
+from slimformer.data import Example, TaskData
 from slimformer.losses import blend, hidden_mse, logit_kl
 from slimformer.trainer import (
     LoopSettings,
@@ -187,6 +190,61 @@ def test_max_steps_ends_the_schedule_there():
     short = train_toy(lambda epoch: batches, settings=LoopSettings(**{**vars(SETTINGS), "max_steps": 5}))
     assert short.global_step == short.total_steps == 5 and [r["steps"] for r in short.history] == [5]
     assert short.lrs[:2] == [0.0, pytest.approx(SETTINGS.lr / 2)]  # warmup: ceil(0.25 * 5) = 2 steps
+
+
+# --- every method resumes bit-exactly after a crash ------------------------------------------------
+
+
+def word_task() -> TaskData:
+    """Label 1 iff the text holds "good"; 32 train / 8 validation examples."""
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(40)]
+    ex = [Example(t, int("good" in t.split())) for t in texts]
+    return TaskData("words", ["no", "yes"], {"train": ex[:32], "validation": ex[32:], "test": []}, "words0")
+
+
+def _skim(tokenizer, out: Path, resume: bool):
+    from slimformer.skim import SkimConfig, skim
+
+    cfg = SkimConfig(epochs=2, batch_size=8, max_length=24, distill=0.5)
+    run = skim(make_tiny_model("bert", num_labels=2), cfg, word_task(), tokenizer=tokenizer, out_dir=out,
+               resume=resume, progress=False)  # fmt: skip
+    return run.model, run.report["resumed_from"]
+
+
+def _slim(tokenizer, out: Path, resume: bool):
+    from slimformer.slim import SlimConfig, slim
+
+    cfg = SlimConfig(epochs=2, batch_size=8, group_size=8, init_examples=16, max_length=16, eval_budgets=(1.0, 0.4))
+    net = slim(make_tiny_model("bert", num_labels=2), cfg, word_task(), tokenizer=tokenizer, out_dir=out,
+               resume=resume, progress=False)  # fmt: skip
+    return net, net.info["report"]["resumed_from"]
+
+
+@pytest.mark.parametrize("method", [_skim, _slim], ids=["skim", "slim"])
+def test_methods_resume_bit_exactly_after_a_crash(method, tiny_tokenizer, tmp_path, monkeypatch):
+    import slimformer.data
+    import slimformer.slim.train
+
+    full, _ = method(tiny_tokenizer, tmp_path / "full", False)
+    real = slimformer.data.make_loader
+
+    def crash_in_epoch_2(*args, **kw):
+        if kw.get("group_by_length") and kw.get("seed") == 1:  # the second epoch's training batches
+            raise RuntimeError("simulated crash")
+        return real(*args, **kw)
+
+    for module in (slimformer.data, slimformer.slim.train):
+        monkeypatch.setattr(module, "make_loader", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        method(tiny_tokenizer, tmp_path / "crashed", False)
+    for module in (slimformer.data, slimformer.slim.train):
+        monkeypatch.setattr(module, "make_loader", real)
+    resumed, resumed_from = method(tiny_tokenizer, tmp_path / "crashed", True)
+    assert resumed_from.endswith("epoch-1")
+    expected = full.state_dict()
+    for name, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 
 # --- two processes ---------------------------------------------------------------------------------
