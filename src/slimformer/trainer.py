@@ -442,17 +442,26 @@ class Trainer:
 
     def _average_gradients(self, params: list) -> None:
         """Mean of the gradients over processes. ``loss_fn`` runs the unwrapped model (methods
-        call more than ``forward``), so DDP's own synchronisation never fires: do it here."""
+        call more than ``forward``), so DDP's own synchronisation never fires: do it here, with
+        one all-reduce per gradient dtype over a flat copy."""
         if self.num_processes == 1:
             return
         import torch
         import torch.distributed as dist
 
+        by_dtype: dict[torch.dtype, list] = {}
         for p in params:
             if p.grad is None:  # unused this step on this process: the others still expect it
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(self.num_processes)
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.num_processes)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def _mean(self, sums: dict[str, float], n: int) -> dict[str, float]:
         """Per-part means over the epoch's steps, averaged over processes."""
