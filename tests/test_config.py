@@ -111,15 +111,17 @@ def test_configs_are_frozen_and_help_texts_are_readable():
     assert helps["lr"] == "learning rate" and set(helps) == {f.name for f in dataclasses.fields(Outer)}
 
 
-def _config_classes() -> list[type[ConfigBase]]:
-    import slimformer.exits.config as exits_config
-    import slimformer.recover as recover
+#: Every module that defines configs; the parametrised test below checks each class in them.
+CONFIG_MODULES = ("slimformer.exits.config", "slimformer.recover", "slimformer.slim.config", "slimformer.skim.config")
 
-    modules = [exits_config, recover]
+
+def _config_classes() -> list[type[ConfigBase]]:
+    import importlib
+
     found = {
         obj
-        for m in modules
-        for obj in vars(m).values()
+        for name in CONFIG_MODULES
+        for obj in vars(importlib.import_module(name)).values()
         if isinstance(obj, type) and issubclass(obj, ConfigBase) and obj is not ConfigBase
     }
     return sorted(found, key=lambda c: c.__name__)
