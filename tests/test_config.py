@@ -118,6 +118,7 @@ CONFIG_MODULES = (
     "slimformer.slim.config",
     "slimformer.skim.config",
     "slimformer.static.prune",
+    "slimformer.axformer.config",
 )
 
 
