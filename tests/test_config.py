@@ -119,6 +119,7 @@ CONFIG_MODULES = (
     "slimformer.skim.config",
     "slimformer.static.prune",
     "slimformer.axformer.config",
+    "slimformer.train",
 )
 
 
