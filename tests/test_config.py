@@ -120,6 +120,7 @@ CONFIG_MODULES = (
     "slimformer.static.prune",
     "slimformer.axformer.config",
     "slimformer.train",
+    "slimformer.quantize",
 )
 
 
