@@ -121,6 +121,7 @@ CONFIG_MODULES = (
     "slimformer.axformer.config",
     "slimformer.train",
     "slimformer.quantize",
+    "slimformer.budget",
 )
 
 
@@ -139,7 +140,8 @@ def _config_classes() -> list[type[ConfigBase]]:
     return sorted(found, key=lambda c: c.__name__)
 
 
-REQUIRED = {"budget": "macs=0.5"}  # the only field without a default in any config
+#: A value for each field that has no default, by field name.
+REQUIRED = {"budget": "macs=0.5", "kind": "macs", "value": 0.5, "relative": True}
 
 
 @pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)
