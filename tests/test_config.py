@@ -122,6 +122,8 @@ CONFIG_MODULES = (
     "slimformer.train",
     "slimformer.quantize",
     "slimformer.budget",
+    "slimformer.bench",
+    "slimformer.onnx_export",
 )
 
 
