@@ -65,8 +65,8 @@ def test_defaults_convert_and_round_trip_through_json():
 @pytest.mark.parametrize(
     ("changes", "allowed"),
     [
-        ({"rate": 1.0}, r"a finite number in \[0, 1\)"),
-        ({"rate": float("nan")}, "finite"),
+        ({"rate": 1.0}, r"a fraction in \[0, 1\)"),
+        ({"lr": float("nan")}, "finite"),
         ({"lr": 0}, "> 0"),
         ({"lr": True}, "> 0"),
         ({"steps": 0}, "None or an integer >= 1"),

@@ -95,6 +95,7 @@ def number(
     open_low: bool = False,
     open_high: bool = False,
     optional: bool = False,
+    what: str = "a finite number",
 ) -> Check:
     """A finite number within the bounds, stored as ``float`` (so 1 and 1.0 round-trip alike)."""
 
@@ -105,7 +106,7 @@ def number(
             _refuse()
         return float(v)
 
-    check = Check(f"a finite number{_bounds(low, high, open_low, open_high)}", convert)
+    check = Check(f"{what}{_bounds(low, high, open_low, open_high)}", convert)
     return _optional(check) if optional else check
 
 
@@ -121,7 +122,7 @@ def non_negative(*, optional: bool = False) -> Check:
 
 def fraction(*, open_low: bool = False, open_high: bool = False, optional: bool = False) -> Check:
     """A number in [0, 1] (either end may be open)."""
-    return number(0, 1, open_low=open_low, open_high=open_high, optional=optional)
+    return number(0, 1, open_low=open_low, open_high=open_high, optional=optional, what="a fraction")
 
 
 def boolean() -> Check:
@@ -140,11 +141,21 @@ def text(*, optional: bool = False) -> Check:
     return _optional(check) if optional else check
 
 
-def tuple_of(item: Check, *, min_len: int = 0, distinct: bool = False) -> Check:
-    """A tuple (or list, as JSON gives it back) whose items each pass ``item``."""
+def tuple_of(
+    item: Check, *, min_len: int = 0, distinct: bool = False, from_text: Callable[[str], Any] | None = None
+) -> Check:
+    """A tuple (or list, as JSON gives it back) whose items each pass ``item``.
+
+    With ``from_text``, comma-separated text (``"0.5,0.3"``, each piece read by ``from_text``) and a
+    single item are accepted too, as CLI options give them.
+    """
     many = f"{'a non-empty' if min_len else 'a'} tuple{' of distinct items' if distinct else ''}"
 
     def convert(v: Any) -> tuple:
+        if from_text is not None and isinstance(v, str):
+            v = [from_text(p.strip()) for p in v.split(",") if p.strip()]
+        elif from_text is not None and not isinstance(v, (tuple, list)):
+            v = (v,)
         if not isinstance(v, (tuple, list)) or len(v) < min_len:
             _refuse()
         out = tuple(item.apply("item", x) for x in v)
