@@ -535,7 +535,7 @@ def test_config_round_trip():
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         AxConfig(**{field: value})
-    with pytest.raises(ValueError, match="holdout=0.5 picks where a search without a budget stops"):
+    with pytest.raises(ValueError, match="holdout=0.5: picks where a search without a budget stops"):
         AxConfig(holdout=0.5, budget="macs=0.5")
 
 

@@ -123,7 +123,7 @@ def test_validation_names_the_field(kwargs, field):
 
 
 def test_from_dict_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown Budget field"):
+    with pytest.raises(ValueError, match="Budget: unknown field"):
         Budget.from_dict({"kind": "macs", "value": 0.5, "relative": True, "seq": 3})
 
 

@@ -237,7 +237,7 @@ def test_config_validation(kwargs, match):
 def test_config_round_trip():
     config = ExportConfig(int8=True, per_channel=False, atol=1e-5)
     assert ExportConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown ExportConfig field"):
+    with pytest.raises(ValueError, match="ExportConfig: unknown field"):
         ExportConfig.from_dict({"int9": True})
 
 

@@ -152,7 +152,7 @@ def test_bf16_and_int8_do_not_stack(tiny_model):
         quantize_dynamic_int8(to_bf16(tiny_model))
     with pytest.raises(ValueError, match="bf16 applies to an fp32 model"):
         to_bf16(quantize_dynamic_int8(tiny_model))
-    with pytest.raises(ValueError, match="bf16 takes no fields"):
+    with pytest.raises(ValueError, match="Bf16Config takes no fields"):
         Bf16Config.from_dict({"keep": "classifier"})
 
 

@@ -45,7 +45,7 @@ def test_config_validates_and_round_trips():
                 {"eval_budgets": (1.5,)}, {"gate_lr": -1.0}, {"group_size": True}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad))):
             SlimConfig(**bad)
-    with pytest.raises(ValueError, match="unknown SlimConfig key"):
+    with pytest.raises(ValueError, match="SlimConfig: unknown field"):
         SlimConfig.from_dict({"epoch": 1})
 
 

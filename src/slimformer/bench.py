@@ -11,11 +11,9 @@ time their own callables with it so every speedup is measured the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import importlib.metadata
 import logging
-import math
 import os
 import platform
 import sys
@@ -28,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimformer.config import ConfigBase, integer, non_negative, tuple_of
+
 logger = logging.getLogger(__name__)
 
 # Ids below this are usually special tokens ([PAD], [CLS], <s>, ...); random text avoids them.
@@ -37,65 +37,31 @@ _PADDING_OFFSET_FAMILIES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchConfig:
+class BenchConfig(ConfigBase):
     """What to measure: batch sizes, sequence length and how many timed repeats."""
 
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"help": "batch sizes to time, each >= 1"})
-    seq_len: int = field(default=128, metadata={"help": "tokens per sequence (>= 2), no padding"})
-    warmup: int = field(default=3, metadata={"help": "untimed calls before timing (>= 0)"})
-    repeats: int = field(default=20, metadata={"help": "timed calls per batch size (>= 1)"})
+    batch_sizes: tuple[int, ...] = field(
+        default=(1, 32),
+        metadata={"check": tuple_of(integer(1), min_len=1, distinct=True), "help": "batch sizes to time, each >= 1"},
+    )
+    seq_len: int = field(default=128, metadata={"check": integer(2), "help": "tokens per sequence (>= 2), no padding"})
+    warmup: int = field(default=3, metadata={"check": integer(0), "help": "untimed calls before timing (>= 0)"})
+    repeats: int = field(default=20, metadata={"check": integer(1), "help": "timed calls per batch size (>= 1)"})
     min_time_s: float = field(
-        default=0.0, metadata={"help": "keep repeating until this many timed seconds are reached too (>= 0)"}
+        default=0.0,
+        metadata={
+            "check": non_negative(),
+            "help": "keep repeating until this many timed seconds are reached too (>= 0)",
+        },
     )
     threads: int | None = field(
-        default=None, metadata={"help": "torch intra-op threads during the run (>= 1); None = torch default"}
+        default=None,
+        metadata={
+            "check": integer(1, optional=True),
+            "help": "torch intra-op threads during the run (>= 1); None = torch default",
+        },
     )
-    seed: int = field(default=0, metadata={"help": "seed of the random input ids (>= 0)"})
-
-    def __post_init__(self) -> None:
-        # JSON gives lists back; store a tuple so the config stays hashable and immutable.
-        if isinstance(self.batch_sizes, list):
-            object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        if not isinstance(self.batch_sizes, tuple) or not self.batch_sizes:
-            raise ValueError(f"batch_sizes={self.batch_sizes!r}: need a non-empty tuple of ints >= 1")
-        for b in self.batch_sizes:
-            if not _is_int(b) or b < 1:
-                raise ValueError(f"batch_sizes={self.batch_sizes!r}: each batch size must be an int >= 1")
-        if len(set(self.batch_sizes)) != len(self.batch_sizes):
-            raise ValueError(f"batch_sizes={self.batch_sizes!r}: batch sizes must be distinct")
-        _check_int("seq_len", self.seq_len, 2)
-        _check_int("warmup", self.warmup, 0)
-        _check_int("repeats", self.repeats, 1)
-        _check_int("seed", self.seed, 0)
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1)
-        ok = isinstance(self.min_time_s, (int, float)) and not isinstance(self.min_time_s, bool)
-        if not ok or not math.isfinite(self.min_time_s) or self.min_time_s < 0:
-            raise ValueError(f"min_time_s={self.min_time_s!r}: must be a finite number >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (batch_sizes as a list)."""
-        d = dataclasses.asdict(self)
-        d["batch_sizes"] = list(self.batch_sizes)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError rather than being dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown BenchConfig field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
+    seed: int = field(default=0, metadata={"check": integer(0), "help": "seed of the random input ids (>= 0)"})
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:

@@ -19,13 +19,12 @@ latency and ``dtype`` only by memory budgets. Memory units: ``B``, decimal ``kB`
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from slimformer.config import ConfigBase, boolean, integer, one_of, positive
 from slimformer.cost import cost_of
 from slimformer.structure import LayerShape, Structure
 
@@ -78,39 +77,43 @@ class InfeasibleBudget(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Budget:
+class Budget(ConfigBase):
     """An upper bound on one cost of the compressed model (see the module docstring)."""
 
-    kind: str = field(metadata={"help": "what is bounded: macs, params, memory (bytes) or latency (ms)"})
-    value: float = field(metadata={"help": "fraction of the dense model's cost in (0, 1] when relative, else absolute"})
-    relative: bool = field(metadata={"help": "value is a fraction of the dense (unpruned) model's cost"})
-    seq_len: int = field(default=DEFAULT_SEQ_LEN, metadata={"help": "tokens per sequence for macs and latency"})
-    batch_size: int = field(default=1, metadata={"help": "sequences per batch, latency budgets only"})
-    dtype: str = field(default="fp32", metadata={"help": "weight storage for memory budgets: fp32, fp16 or int8"})
+    kind: str = field(
+        metadata={"check": one_of(*KINDS), "help": "what is bounded: macs, params, memory (bytes) or latency (ms)"}
+    )
+    value: float = field(
+        metadata={
+            "check": positive(),
+            "help": "fraction of the dense model's cost in (0, 1] when relative, else absolute",
+        }
+    )
+    relative: bool = field(
+        metadata={"check": boolean(), "help": "value is a fraction of the dense (unpruned) model's cost"}
+    )
+    seq_len: int = field(
+        default=DEFAULT_SEQ_LEN, metadata={"check": integer(1), "help": "tokens per sequence for macs and latency"}
+    )
+    batch_size: int = field(
+        default=1, metadata={"check": integer(1), "help": "sequences per batch, latency budgets only"}
+    )
+    dtype: str = field(
+        default="fp32",
+        metadata={"check": one_of(*DTYPES), "help": "weight storage for memory budgets: fp32, fp16 or int8"},
+    )
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}: must be one of {', '.join(KINDS)}")
-        if not isinstance(self.relative, bool):
-            raise ValueError(f"relative={self.relative!r}: must be True or False")
+    def _check(self) -> None:
         v = self.value
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"value={v!r}: must be a finite number > 0")
         if self.relative and v > 1:
-            raise ValueError(f"value={v!r}: a relative budget is a fraction of the dense model's cost, in (0, 1]")
+            self._fail("value", "a relative budget is a fraction of the dense model's cost, in (0, 1]")
         if not self.relative and self.kind in ("macs", "params", "memory") and v < 1:
-            raise ValueError(f"value={v!r}: an absolute {self.kind} budget counts {UNITS[self.kind]}, so must be >= 1")
-        for name in ("seq_len", "batch_size"):
-            n = getattr(self, name)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name}={n!r}: must be an int >= 1")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: must be one of {', '.join(DTYPES)}")
+            self._fail("value", f"an absolute {self.kind} budget counts {UNITS[self.kind]}, so must be >= 1")
         # Settings that do not affect the bounded cost are refused rather than silently ignored.
         if self.batch_size != 1 and self.kind != "latency":
-            raise ValueError(f"batch_size={self.batch_size}: only latency budgets depend on the batch size")
+            self._fail("batch_size", "only latency budgets depend on the batch size")
         if self.dtype != "fp32" and self.kind != "memory":
-            raise ValueError(f"dtype={self.dtype!r}: only memory budgets depend on the dtype")
+            self._fail("dtype", "only memory budgets depend on the dtype")
 
     # --- text and dict forms -------------------------------------------------------------------
     @classmethod
@@ -176,18 +179,6 @@ class Budget:
             if _parse_value(self.kind, text, ValueError)[0] == float(self.value):
                 return text
         return repr(float(self.value)) + ("ms" if self.kind == "latency" else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Budget:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Budget field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
 
     # --- evaluation ----------------------------------------------------------------------------
     def measure(self, structure: Structure, *, latency_table: LatencyTable | None = None) -> float:

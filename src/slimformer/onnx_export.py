@@ -16,11 +16,9 @@ PyTorch-quantized modules (export the fp32 model and quantize with ``int8=True``
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
 import logging
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from slimformer.bench import BenchConfig, environment, max_seq_len
+from slimformer.config import ConfigBase, boolean, fraction, integer, positive
 from slimformer.onnx_runtime import INT8_FILE, ONNX_FILE, Candidate, OnnxModel, compare_latency, load_onnx  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -72,66 +71,50 @@ class OnnxVerificationError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportConfig:
+class ExportConfig(ConfigBase):
     """How to export, quantize and verify; the latency settings are a separate :class:`BenchConfig`."""
 
-    opset: int = field(default=17, metadata={"help": f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"})
-    int8: bool = field(default=False, metadata={"help": "also write model.int8.onnx (onnxruntime dynamic int8)"})
+    opset: int = field(
+        default=17, metadata={"check": integer(MIN_OPSET, MAX_OPSET), "help": f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"}
+    )
+    int8: bool = field(
+        default=False, metadata={"check": boolean(), "help": "also write model.int8.onnx (onnxruntime dynamic int8)"}
+    )
     per_channel: bool = field(
         default=True,
-        metadata={"help": "int8: one weight scale per output channel (False: per matrix; less accurate, as fast)"},
+        metadata={
+            "check": boolean(),
+            "help": "int8: one weight scale per output channel (False: per matrix; less accurate, as fast)",
+        },
     )
     reduce_range: bool = field(
-        default=False, metadata={"help": "int8: 7-bit weights (for CPUs without VNNI, where 8 bits can saturate)"}
+        default=False,
+        metadata={"check": boolean(), "help": "int8: 7-bit weights (for CPUs without VNNI, where 8 bits can saturate)"},
     )
-    atol: float = field(default=1e-4, metadata={"help": "fp32: largest allowed max |logit difference| vs PyTorch"})
+    atol: float = field(
+        default=1e-4, metadata={"check": positive(), "help": "fp32: largest allowed max |logit difference| vs PyTorch"}
+    )
     int8_min_agreement: float = field(
         default=0.8,
         metadata={
+            "check": fraction(),
             "help": "int8: smallest share of verification texts whose argmax matches PyTorch, in [0, 1]; a loose "
-            "check that catches a broken quantization, not a small accuracy loss (evaluate on a task for that)"
+            "check that catches a broken quantization, not a small accuracy loss (evaluate on a task for that)",
         },
     )
     check: bool = field(
-        default=True, metadata={"help": "raise OnnxVerificationError when a bound is missed (False: only report it)"}
+        default=True,
+        metadata={
+            "check": boolean(),
+            "help": "raise OnnxVerificationError when a bound is missed (False: only report it)",
+        },
     )
-    max_length: int = field(default=128, metadata={"help": "verification texts are truncated to this many tokens"})
-    verify_batch_size: int = field(default=8, metadata={"help": "texts per padded verification batch (>= 2)"})
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.opset) or not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise ValueError(f"opset={self.opset!r}: must be an int in {MIN_OPSET}..{MAX_OPSET}")
-        for name in ("int8", "per_channel", "reduce_range", "check"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
-        if not _is_number(self.atol) or not math.isfinite(self.atol) or self.atol <= 0:
-            raise ValueError(f"atol={self.atol!r}: must be a finite number > 0")
-        if not _is_number(self.int8_min_agreement) or not 0.0 <= self.int8_min_agreement <= 1.0:
-            raise ValueError(f"int8_min_agreement={self.int8_min_agreement!r}: must be a number in [0, 1]")
-        if not _is_int(self.max_length) or self.max_length < 8:
-            raise ValueError(f"max_length={self.max_length!r}: must be an int >= 8")
-        if not _is_int(self.verify_batch_size) or self.verify_batch_size < 2:
-            raise ValueError(f"verify_batch_size={self.verify_batch_size!r}: must be an int >= 2 (padded batches)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError rather than being dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ExportConfig field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    max_length: int = field(
+        default=128, metadata={"check": integer(8), "help": "verification texts are truncated to this many tokens"}
+    )
+    verify_batch_size: int = field(
+        default=8, metadata={"check": integer(2), "help": "texts per padded verification batch (>= 2)"}
+    )
 
 
 # --- what can be exported ----------------------------------------------------------------------

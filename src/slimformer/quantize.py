@@ -27,15 +27,16 @@ and is slower than fp32, and :func:`to_bf16` says so.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from slimformer.config import ConfigBase, boolean, option
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +45,11 @@ WEIGHTS_FILE = "model_int8.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Int8Config:
+class Int8Config(ConfigBase):
     """How :func:`quantize_dynamic_int8` quantizes."""
 
-    per_channel: bool = field(
-        default=True, metadata={"help": "one int8 scale per output row of each Linear (else one per tensor)"}
-    )
-    embeddings: bool = field(
-        default=True, metadata={"help": "store the word embeddings int8 too (per row, weight-only)"}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("per_channel", "embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Int8Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Int8Config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        return cls(**data)
+    per_channel: bool = option(True, "one int8 scale per output row of each Linear (else one per tensor)", boolean())
+    embeddings: bool = option(True, "store the word embeddings int8 too (per row, weight-only)", boolean())
 
 
 @contextmanager
@@ -215,17 +196,8 @@ def size_on_disk(path: str | Path) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Bf16Config:
+class Bf16Config(ConfigBase):
     """Settings of :func:`to_bf16` (none yet: every floating-point weight and buffer is cast)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Bf16Config:
-        if data:
-            raise ValueError(f"Bf16Config: unknown field(s) {', '.join(sorted(data))}; bf16 takes no fields")
-        return cls()
 
 
 def bf16_supported() -> bool:

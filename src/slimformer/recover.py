@@ -16,54 +16,32 @@ never read here, so it can still judge the result.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from slimformer.exits.config import _from_dict, _int, _num
+from slimformer.config import ConfigBase, fraction, integer, non_negative, option, positive
 from slimformer.exits.train import exit_loss, teacher_outputs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecoverConfig:
+class RecoverConfig(ConfigBase):
     """Hyper-parameters of :func:`recover`. Every field is validated on construction."""
 
-    epochs: int = field(default=1, metadata={"help": "passes over the training batches (>= 1)"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (smoke runs)"})
-    lr: float = field(default=3e-5, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_ratio: float = field(default=0.06, metadata={"help": "share of steps with a linear warmup, in [0, 1)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
-    alpha: float = field(default=0.5, metadata={"help": "weight of logit distillation next to the task loss, [0, 1]"})
-    temperature: float = field(default=2.0, metadata={"help": "distillation temperature (> 0)"})
-    hidden_weight: float = field(
-        default=1.0, metadata={"help": "weight of per-layer hidden-state distillation (>= 0; 0 switches it off)"}
+    epochs: int = option(1, "passes over the training batches (>= 1)", integer(1))
+    max_steps: int | None = option(None, "stop after this many steps (smoke runs)", integer(1, optional=True))
+    lr: float = option(3e-5, "peak learning rate (AdamW)", positive())
+    warmup_ratio: float = option(0.06, "share of steps with a linear warmup, in [0, 1)", fraction(open_high=True))
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)", non_negative())
+    alpha: float = option(0.5, "weight of logit distillation next to the task loss, [0, 1]", fraction())
+    temperature: float = option(2.0, "distillation temperature (> 0)", positive())
+    hidden_weight: float = option(
+        1.0, "weight of per-layer hidden-state distillation (>= 0; 0 switches it off)", non_negative()
     )
-    seed: int = field(default=0, metadata={"help": "seed of the batch order and dropout"})
-
-    def __post_init__(self) -> None:
-        _int(self, "epochs", 1)
-        _int(self, "max_steps", 1, optional=True)
-        _num(self, "lr", low=0.0, open_low=True)
-        _num(self, "warmup_ratio", low=0.0)
-        if self.warmup_ratio >= 1.0:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
-        _num(self, "weight_decay", low=0.0)
-        _num(self, "alpha", low=0.0, high=1.0)
-        _num(self, "temperature", low=0.0, open_low=True)
-        _num(self, "hidden_weight", low=0.0)
-        _int(self, "seed", 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RecoverConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, data)
+    seed: int = option(0, "seed of the batch order and dropout", integer(0))
 
 
 @dataclass

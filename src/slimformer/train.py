@@ -20,9 +20,10 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimformer.config import ConfigBase, boolean, fraction, integer, non_negative, positive
 from slimformer.data import TaskData, make_loader
 from slimformer.trainer import (
     CHECKPOINTS_DIR,
@@ -62,86 +63,47 @@ RESUMABLE_CHANGES = ("epochs", "max_steps")
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(ConfigBase):
     """Hyper-parameters of :func:`finetune`. Every field is validated on construction."""
 
-    epochs: int = field(default=2, metadata={"help": "Passes over the training split."})
-    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW, reached after warmup."})
-    batch_size: int = field(default=32, metadata={"help": "Training examples per step (per process)."})
-    max_length: int = field(default=64, metadata={"help": "Inputs are truncated to this many tokens."})
+    epochs: int = field(default=2, metadata={"check": integer(1), "help": "Passes over the training split."})
+    lr: float = field(
+        default=5e-5, metadata={"check": positive(), "help": "Peak learning rate of AdamW, reached after warmup."}
+    )
+    batch_size: int = field(
+        default=32, metadata={"check": integer(1), "help": "Training examples per step (per process)."}
+    )
+    max_length: int = field(
+        default=64, metadata={"check": integer(2), "help": "Inputs are truncated to this many tokens."}
+    )
     warmup_ratio: float = field(
         default=0.06,
-        metadata={"help": "Fraction of the steps over which the learning rate rises linearly from 0."},
+        metadata={
+            "check": fraction(open_high=True),
+            "help": "Fraction of the steps over which the learning rate rises linearly from 0.",
+        },
     )
     weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay; biases and LayerNorm weights get none."}
+        default=0.01,
+        metadata={"check": non_negative(), "help": "AdamW weight decay; biases and LayerNorm weights get none."},
     )
-    seed: int = field(default=0, metadata={"help": "Random seed for shuffling, dropout and the like."})
-    eval_batch_size: int = field(default=64, metadata={"help": "Examples per forward pass when evaluating."})
+    seed: int = field(
+        default=0, metadata={"check": integer(0, 2**32 - 1), "help": "Random seed for shuffling, dropout and the like."}
+    )
+    eval_batch_size: int = field(
+        default=64, metadata={"check": integer(1), "help": "Examples per forward pass when evaluating."}
+    )
     group_by_length: bool = field(
         default=True,
-        metadata={"help": "Batch texts of similar length together (less padding, faster on CPU)."},
+        metadata={"check": boolean(), "help": "Batch texts of similar length together (less padding, faster on CPU)."},
     )
     max_steps: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many optimizer steps (smoke runs); the LR schedule ends there."},
+        metadata={
+            "check": integer(1, optional=True),
+            "help": "Stop after this many optimizer steps (smoke runs); the LR schedule ends there.",
+        },
     )
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            given = value = getattr(self, f.name)
-            kind, ok, allowed = _RULES[f.name]
-            if value is None and kind == "optional int":
-                continue
-            if kind == "bool":
-                if not isinstance(value, bool):
-                    raise ValueError(f"FinetuneConfig.{f.name}={given!r} is not allowed: it must be {allowed}")
-                continue
-            if kind == "float" and _is_int(value):
-                value = float(value)  # accept lr=1 as 1.0, so JSON round trips compare equal
-            if not (_is_int(value) if kind in ("int", "optional int") else _is_float(value)) or not ok(value):
-                raise ValueError(f"FinetuneConfig.{f.name}={given!r} is not allowed: it must be {allowed}")
-            object.__setattr__(self, f.name, value)
-
-    def to_dict(self) -> dict:
-        """Plain dict of the fields (JSON-serialisable)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`; missing keys take their defaults.
-
-        Raises:
-            ValueError: unknown keys (named), or an invalid value.
-        """
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig key(s): {', '.join(unknown)}; allowed: {', '.join(names)}")
-        return cls(**d)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_float(v) -> bool:
-    return isinstance(v, float) and math.isfinite(v)
-
-
-# field -> (type, check, what is allowed)
-_RULES = {
-    "epochs": ("int", lambda v: v >= 1, "an integer >= 1"),
-    "lr": ("float", lambda v: v > 0, "a finite number > 0"),
-    "batch_size": ("int", lambda v: v >= 1, "an integer >= 1"),
-    "max_length": ("int", lambda v: v >= 2, "an integer >= 2"),
-    "warmup_ratio": ("float", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": ("float", lambda v: v >= 0, "a finite number >= 0"),
-    "seed": ("int", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "eval_batch_size": ("int", lambda v: v >= 1, "an integer >= 1"),
-    "group_by_length": ("bool", None, "true or false"),
-    "max_steps": ("optional int", lambda v: v >= 1, "None or an integer >= 1"),
-}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from slimformer.budget import Budget
+from slimformer.config import ConfigBase, boolean, budget_or_text, integer, non_negative, option
 from slimformer.static.importance import Batches, Importance
 from slimformer.static.select import FFN_MULTIPLE, MIN_FFN
 
@@ -27,38 +28,23 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PruneConfig:
+class PruneConfig(ConfigBase):
     """Settings shared by every one-shot pruning method."""
 
     method: ClassVar[str] = ""
-    budget: Budget = field(metadata={"help": "what the pruned model must fit, e.g. macs=0.5, params=12M, latency=8ms"})
-    repair: bool = field(
-        default=True, metadata={"help": "refit the kept units' output projections by least squares afterwards"}
+    budget: Budget = option(
+        help="what the pruned model must fit, e.g. macs=0.5, params=12M, latency=8ms", check=budget_or_text()
     )
-    seed: int = field(default=0, metadata={"help": "seed of sampling inside the method (and of random scores)"})
-    ffn_multiple: int = field(
-        default=FFN_MULTIPLE,
-        metadata={"help": "round each layer's kept FFN width to a multiple of this (measured: odd widths are slow)"},
+    repair: bool = option(True, "refit the kept units' output projections by least squares afterwards", boolean())
+    seed: int = option(0, "seed of sampling inside the method (and of random scores)", integer(0))
+    ffn_multiple: int = option(
+        FFN_MULTIPLE,
+        "round each layer's kept FFN width to a multiple of this (measured: odd widths are slow)",
+        integer(1),
     )
-    min_ffn: int = field(
-        default=MIN_FFN, metadata={"help": "a layer keeps 0 or at least this many FFN neurons (narrow FFNs are slow)"}
+    min_ffn: int = option(
+        MIN_FFN, "a layer keeps 0 or at least this many FFN neurons (narrow FFNs are slow)", integer(0)
     )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.budget, str):
-            object.__setattr__(self, "budget", Budget.parse(self.budget))
-        if not isinstance(self.budget, Budget):
-            raise ValueError(f"budget={self.budget!r}: must be a Budget or its text form such as 'macs=0.5'")
-        if not isinstance(self.repair, bool):
-            raise ValueError(f"repair={self.repair!r}: must be true or false")
-        for name, low in (("seed", 0), ("ffn_multiple", 1), ("min_ffn", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}={v!r}: must be an integer >= {low}")
-        self._validate()
-
-    def _validate(self) -> None:
-        """Method-specific checks (subclasses)."""
 
     def scorer_options(self) -> dict[str, Any]:
         """The fields this method adds to :class:`PruneConfig` (passed to its scorer)."""
@@ -66,11 +52,8 @@ class PruneConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base}
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"method": self.method}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, Budget) else value
-        return out
+        """The method's name, then every field (the budget as text)."""
+        return {"method": self.method, **super().to_dict()}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PruneConfig:
@@ -79,22 +62,7 @@ class PruneConfig:
         method = data.pop("method", None)
         if method not in METHODS:
             raise ValueError(f"unknown pruning method {method!r}; available: {', '.join(METHODS)}")
-        cls = METHODS[method][0]
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{method}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        return cls(**data)
-
-
-def _positive(config, name: str, *, allow_none: bool = False, kind=int) -> None:
-    v = getattr(config, name)
-    if v is None and allow_none:
-        return
-    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) and v > 0
-    if not ok:
-        allowed = "a number > 0" if kind is float else "an integer >= 1"
-        raise ValueError(f"{name}={v!r}: must be {allowed}{' or None' if allow_none else ''}")
+        return ConfigBase.from_dict.__func__(METHODS[method][0], data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,25 +70,16 @@ class OptinConfig(PruneConfig):
     """OPTIN (Khaki & Plataniotis, ICLR 2024): damage to logits and later layers' features."""
 
     method: ClassVar[str] = "optin"
-    trajectory_weight: float = field(
-        default=1.0, metadata={"help": "weight of the later-layer feature distillation term next to the logit KL"}
+    trajectory_weight: float = option(
+        1.0, "weight of the later-layer feature distillation term next to the logit KL", non_negative()
     )
-    head_examples: int | None = field(
-        default=64, metadata={"help": "calibration examples for the exact per-head masking scores (None = all)"}
+    head_examples: int | None = option(
+        64, "calibration examples for the exact per-head masking scores (None = all)", integer(1, optional=True)
     )
-    neuron_examples: int | None = field(
-        default=None, metadata={"help": "calibration examples for the neuron estimate (None = all)"}
+    neuron_examples: int | None = option(
+        None, "calibration examples for the neuron estimate (None = all)", integer(1, optional=True)
     )
-    probes: int = field(default=1, metadata={"help": "random projections per batch for the feature term of neurons"})
-
-    def _validate(self) -> None:
-        if isinstance(self.trajectory_weight, bool) or not isinstance(self.trajectory_weight, (int, float)):
-            raise ValueError(f"trajectory_weight={self.trajectory_weight!r}: must be a number >= 0")
-        if self.trajectory_weight < 0:
-            raise ValueError(f"trajectory_weight={self.trajectory_weight!r}: must be a number >= 0")
-        _positive(self, "head_examples", allow_none=True)
-        _positive(self, "neuron_examples", allow_none=True)
-        _positive(self, "probes")
+    probes: int = option(1, "random projections per batch for the feature term of neurons", integer(1))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,159 @@
+"""The config base: declared checks, dict round trip, unknown keys, and every config class built on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from slimformer.budget import Budget
+from slimformer.config import (
+    ConfigBase,
+    boolean,
+    budget_or_text,
+    fraction,
+    integer,
+    nested,
+    number,
+    one_of,
+    option,
+    positive,
+    text,
+    tuple_of,
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Inner(ConfigBase):
+    width: int = option(4, "units", integer(1))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Outer(ConfigBase):
+    name: str = option("x", "a name", text())
+    rate: float = option(0.5, "a rate", fraction(open_high=True))
+    lr: float = option(1e-3, "learning rate", positive())
+    steps: int | None = option(None, "optional steps", integer(1, optional=True))
+    mode: str = option("fast", "speed", one_of("fast", "slow"))
+    flag: bool = option(True, "a switch", boolean())
+    sizes: tuple[int, ...] = option((1, 2), "sizes", tuple_of(integer(1), min_len=1, distinct=True))
+    budget: Budget | None = option(None, "a budget", budget_or_text(optional=True))
+    inner: Inner | None = option(None, "nested settings", nested(Inner, optional=True))
+    low: float = option(0.0, "at most high", number())
+    high: float = option(1.0, "at least low", number())
+    tags: dict = option(help="free-form", factory=dict)
+
+    def _check(self) -> None:
+        if self.low > self.high:
+            self._fail("low", f"must be <= high={self.high!r}")
+
+
+def test_defaults_convert_and_round_trip_through_json():
+    c = Outer(lr=1, sizes=[3, 4], budget="macs=0.5", inner={"width": 8})
+    assert c.lr == 1.0 and isinstance(c.lr, float)
+    assert c.sizes == (3, 4)
+    assert c.budget == Budget.parse("macs=0.5")
+    assert c.inner == Inner(width=8)
+    d = c.to_dict()
+    assert d["budget"] == "macs=0.5" and d["sizes"] == [3, 4] and d["inner"] == {"width": 8}
+    assert Outer.from_dict(json.loads(json.dumps(d))) == c
+    assert Outer.from_dict({}) == Outer()
+    assert Outer().tags is not Outer().tags  # a fresh mutable default each time
+
+
+@pytest.mark.parametrize(
+    ("changes", "allowed"),
+    [
+        ({"rate": 1.0}, r"a fraction in \[0, 1\)"),
+        ({"lr": float("nan")}, "finite"),
+        ({"lr": 0}, "> 0"),
+        ({"lr": True}, "> 0"),
+        ({"steps": 0}, "None or an integer >= 1"),
+        ({"steps": 2.0}, "integer"),
+        ({"mode": "medium"}, "one of fast, slow"),
+        ({"flag": 1}, "true or false"),
+        ({"sizes": ()}, "non-empty tuple"),
+        ({"sizes": (1, 1)}, "items repeat"),
+        ({"sizes": (1, 0)}, "each an integer >= 1"),
+        ({"budget": "macs=abc"}, "cannot parse budget"),
+        ({"budget": 0.5}, "a Budget or its text form"),
+        ({"inner": {"width": 0}}, r"Inner\.width=0"),
+        ({"inner": {"depth": 1}}, "unknown field"),
+        ({"name": ""}, "non-empty string"),
+    ],
+)
+def test_refused_values_name_class_field_value_and_what_is_allowed(changes, allowed):
+    ((name, value),) = changes.items()
+    with pytest.raises(ValueError, match=allowed) as info:
+        Outer(**changes)
+    assert f"Outer.{name}={value!r}" in str(info.value) or name == "inner"
+
+
+def test_cross_field_rule_runs_after_the_field_checks():
+    with pytest.raises(ValueError, match=r"Outer\.low=2\.0: must be <= high=1\.0"):
+        Outer(low=2)
+    assert Outer(low=-1.0, high=-0.5).low == -1.0
+
+
+def test_from_dict_refuses_unknown_keys_and_non_mappings():
+    with pytest.raises(ValueError, match=r"Outer: unknown field\(s\) bogus, zzz; allowed: name, rate"):
+        Outer.from_dict({"bogus": 1, "zzz": 2, "rate": 0.1})
+    with pytest.raises(ValueError, match="expected a mapping"):
+        Outer.from_dict([("rate", 0.1)])
+
+
+def test_configs_are_frozen_and_help_texts_are_readable():
+    c = Outer()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.rate = 0.2  # type: ignore[misc]
+    helps = Outer.field_help()
+    assert helps["lr"] == "learning rate" and set(helps) == {f.name for f in dataclasses.fields(Outer)}
+
+
+#: Every module that defines configs; the parametrised test below checks each class in them.
+CONFIG_MODULES = (
+    "slimformer.exits.config",
+    "slimformer.recover",
+    "slimformer.slim.config",
+    "slimformer.skim.config",
+    "slimformer.static.prune",
+    "slimformer.axformer.config",
+    "slimformer.train",
+    "slimformer.quantize",
+    "slimformer.budget",
+    "slimformer.bench",
+    "slimformer.onnx_export",
+)
+
+
+def _config_classes() -> list[type[ConfigBase]]:
+    import importlib
+
+    found = {
+        obj
+        for name in CONFIG_MODULES
+        for obj in vars(importlib.import_module(name)).values()
+        if isinstance(obj, type)
+        and issubclass(obj, ConfigBase)
+        and obj is not ConfigBase
+        and getattr(obj, "method", None) != ""  # PruneConfig: the abstract base of the pruning methods
+    }
+    return sorted(found, key=lambda c: c.__name__)
+
+
+#: A value for each field that has no default, by field name.
+REQUIRED = {"budget": "macs=0.5", "kind": "macs", "value": 0.5, "relative": True}
+
+
+@pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)
+def test_every_config_round_trips_refuses_unknown_keys_and_has_help(cls):
+    required = {f.name: REQUIRED[f.name] for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}  # fmt: skip
+    config = cls(**required)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert cls.from_dict(data) == config
+    with pytest.raises(ValueError, match=f"{cls.__name__}: unknown field"):
+        cls.from_dict({**data, "no_such_field": 1})
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
