@@ -31,13 +31,6 @@ from slimformer.hf_remote.modeling_slimformer import SLIM_CLASSES
 EXIT_KEY = "slimformer_exit"
 FORMAT_VERSION = 1
 
-#: Where each family keeps its own head (dense before the classifier, and the output layer), used
-#: to warm-start the new exit heads; a family missing here starts its exits from random weights.
-HEAD_PATHS = {
-    "bert": ("bert.pooler.dense", "classifier"),
-    "roberta": ("classifier.dense", "classifier.out_proj"),
-}
-
 
 class ExitHead(nn.Module):
     """A small classifier reading one layer's output.
@@ -162,14 +155,14 @@ class MultiExitModel(PreTrainedModel):
             return copy.deepcopy(model)
         if head not in HEAD_KINDS:
             raise ValueError(f"head={head!r}: must be one of {', '.join(HEAD_KINDS)}")
-        family = get_adapter_for_config(model.config).family
+        adapter = get_adapter_for_config(model.config)
         config = copy.deepcopy(model.config)
         config.__dict__.pop("auto_map", None)  # remote code of a saved slender classifier: not this layout
         rule = rule or ExitRule(kind="none")
         setattr(config, EXIT_KEY, {"format": FORMAT_VERSION, "head": head, "rule": rule.to_dict()})
         wrapper = cls(config)
         wrapper.backbone.load_state_dict(model.state_dict())
-        paths = HEAD_PATHS.get(family)
+        paths = adapter.exit_head_paths  # the model's own dense + output layers, where it has them
         if paths is not None:
             dense, out = (model.get_submodule(p) for p in paths)
             with torch.no_grad():
