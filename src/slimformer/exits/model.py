@@ -303,13 +303,13 @@ def exit_cost_table(model: MultiExitModel, seq_len: int) -> dict:
         L`` layers evaluated exits 1..k; a row that runs all ``L`` evaluated exits 1..L-1 and the
         classifier's head (only when the rule is not ``none``).
     """
-    from slimformer.cost import cost_of, head_macs
+    from slimformer.cost import cost_of, embedding_macs, head_macs
     from slimformer.structure import Structure
 
     structure = Structure.from_model(model.backbone)
     cost = cost_of(structure, seq_len)
     exit_macs = [ex.macs(seq_len) for ex in model.exits]
-    by_depth, run = [], 0
+    by_depth, run = [], embedding_macs(structure.dims, seq_len)
     for k, layer in enumerate(cost.layers, start=1):
         run += layer["macs"]
         heads = sum(exit_macs[:k]) + (head_macs(structure.dims) if k == len(cost.layers) else 0)
