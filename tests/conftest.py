@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    BertTokenizerFast,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
-    RobertaConfig,
-    RobertaForSequenceClassification,
-)
+from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+
+from slimformer.arch import FAMILIES as ADAPTER_FAMILIES
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine oversubscribed
 # OpenMP threads slow them down by orders of magnitude.
 torch.set_num_threads(1)
 
-FAMILIES = ("bert", "roberta", "distilbert")
+#: Every registered family: a family is tested by registering its adapter.
+FAMILIES = tuple(ADAPTER_FAMILIES)
 WORDS = (
     "the a an movie film good bad great awful plot actor scene story funny boring love hate "
     "fun dull best worst and but not very too was is it this that of to in".split()
@@ -26,45 +21,15 @@ WORDS = (
 
 
 def make_tiny_model(family: str, *, num_labels: int = 3, layers: int = 3, seed: int = 0):
-    """A seeded, random-weight sequence classifier: hidden 32, 4 heads (head size 8), FFN 37."""
+    """A seeded, random-weight sequence classifier from the adapter's ``tiny_config``.
+
+    Hidden 32, 4 heads (head size 8), FFN 37, vocabulary 99.
+    """
+    if family not in ADAPTER_FAMILIES:
+        raise ValueError(f"family {family!r} has no adapter; registered: {', '.join(ADAPTER_FAMILIES)}")
+    config = ADAPTER_FAMILIES[family].tiny_config(layers=layers, num_labels=num_labels)
     torch.manual_seed(seed)
-    if family == "bert":
-        cfg = BertConfig(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            num_labels=num_labels,
-        )
-        model = BertForSequenceClassification(cfg)
-    elif family == "roberta":
-        cfg = RobertaConfig(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=70,
-            num_labels=num_labels,
-            pad_token_id=1,
-        )
-        model = RobertaForSequenceClassification(cfg)
-    elif family == "distilbert":
-        cfg = DistilBertConfig(
-            vocab_size=99,
-            dim=32,
-            n_layers=layers,
-            n_heads=4,
-            hidden_dim=37,
-            max_position_embeddings=64,
-            num_labels=num_labels,
-        )
-        model = DistilBertForSequenceClassification(cfg)
-    else:
-        raise ValueError(family)
-    return model.eval()
+    return AutoModelForSequenceClassification.from_config(config).eval()
 
 
 def make_inputs(batch: int = 2, seq: int = 7, *, seed: int = 0, pad_last: int = 2) -> dict:

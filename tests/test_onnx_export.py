@@ -58,14 +58,14 @@ def with_segments(model, inputs):
 def test_onnx_matches_pytorch(family, pruned, tiny_tokenizer, tmp_path):
     model = make_tiny_model(family)
     with torch.no_grad():  # random init gives logits ~0.01; scale the output layer so differences show
-        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(100)
+        [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(100)
     dense_logits = logits(model, make_inputs())
     if pruned:
         prune(model)
         shapes = [(s.heads, s.ffn) for s in Structure.from_model(model).layers]
         assert shapes == [(2, 32), (4, 0), (0, 37)]
-        # the check that can fail: pruning really changed the model, so agreement below is not trivial
-        assert (logits(model, make_inputs()) - dense_logits).abs().max() > 1e-2
+        # the check that can fail: pruning changed the model by 10x the tolerance the export is held to
+        assert (logits(model, make_inputs()) - dense_logits).abs().max() > 1e-3
     report = export_onnx(model, tiny_tokenizer, tmp_path / "out", LOOSE_INT8, bench=None, progress=False)
 
     fp32 = report["verification"]["fp32"]

@@ -89,8 +89,8 @@ def test_ungated_and_full_budget_equal_the_base_model(family, tiny_inputs):
         torch.testing.assert_close(net(**tiny_inputs).logits, expected, rtol=0, atol=0)
         with net.at(1.0):
             torch.testing.assert_close(net(**tiny_inputs).logits, expected, rtol=0, atol=0)
-        with net.at(0.3):
-            assert not torch.allclose(net(**tiny_inputs).logits, expected, atol=1e-4)
+        with net.at(0.3):  # (ELECTRA's GELU head leaves random logits ~0.001: differences of ~1e-4)
+            assert not torch.allclose(net(**tiny_inputs).logits, expected, atol=1e-5)
 
 
 def test_straight_through_reaches_the_gates(tiny_inputs):

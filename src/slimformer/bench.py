@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 # Ids below this are usually special tokens ([PAD], [CLS], <s>, ...); random text avoids them.
 _FIRST_SAFE_ID = 11
-# RoBERTa-style models number positions from padding_idx + 1, so that many rows are unusable.
-_PADDING_OFFSET_FAMILIES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,16 +133,20 @@ def max_seq_len(model: torch.nn.Module) -> int | None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is None:
         return None
-    if getattr(config, "model_type", "") in _PADDING_OFFSET_FAMILIES:
-        pad = getattr(config, "pad_token_id", None)
-        limit -= (1 if pad is None else pad) + 1
-    return int(limit)
+    adapter = _adapter(config)
+    return int(limit - (adapter.position_offset(config) if adapter else 0))
+
+
+def _adapter(config):
+    from slimformer.arch import ADAPTERS  # the model's family knows its inputs and position offset
+
+    return ADAPTERS.get(getattr(config, "model_type", None))
 
 
 def _accepts_token_type_ids(model: torch.nn.Module) -> bool:
-    # DistilBERT has no segment embeddings (no type_vocab_size) and no token_type_ids argument.
     config = getattr(model, "config", None)
-    return bool(getattr(config, "type_vocab_size", 0))
+    adapter = _adapter(config)
+    return "token_type_ids" in adapter.input_names(config) if adapter else bool(getattr(config, "type_vocab_size", 0))
 
 
 def make_bench_inputs(model: torch.nn.Module, batch_size: int, seq_len: int, seed: int) -> dict:

@@ -3,7 +3,8 @@
 This is the one source of truth for every budget. MACs are multiply-accumulates for one sequence
 of ``seq_len`` tokens: every Linear layer of the encoder, the two attention matmuls (QK^T and AV)
 and the classification head (pooler + classifier, on the first token only). Embeddings are
-lookups and count 0 MACs; norms, softmax, activations and bias adds are not counted (they are
+lookups and count 0 MACs, except a projection of narrower embeddings up to the hidden size
+(ELECTRA-small), one Linear per token; norms, softmax, activations and bias adds are not counted (they are
 O(T * hidden), under 1% of the total for these models). Tested against
 ``torch.utils.flop_counter.FlopCounterMode`` on real forward passes.
 """
@@ -41,7 +42,15 @@ def layer_params(dims: ModelDims, shape: LayerShape) -> dict[str, int]:
 
 
 def embedding_params(dims: ModelDims) -> int:
-    return (dims.vocab_size + dims.max_positions + dims.type_vocab_size) * dims.hidden + 2 * dims.hidden
+    """Token, position and type tables with their LayerNorm, plus the projection up to ``hidden`` if any."""
+    width = dims.embedding_size or dims.hidden
+    project = width * dims.hidden + dims.hidden if dims.embedding_size else 0
+    return (dims.vocab_size + dims.max_positions + dims.type_vocab_size) * width + 2 * width + project
+
+
+def embedding_macs(dims: ModelDims, seq_len: int) -> int:
+    """Lookups cost nothing; a projection of narrower embeddings (ELECTRA-small) costs one per token."""
+    return seq_len * dims.embedding_size * dims.hidden
 
 
 def head_params(dims: ModelDims) -> int:
@@ -56,7 +65,7 @@ def head_macs(dims: ModelDims) -> int:
 def _linear_weights(dims: ModelDims, structure: Structure) -> int:
     """Weights of Linear layers (what int8 dynamic quantization stores in one byte each)."""
     d = dims.hidden
-    total = d * d + d * dims.num_labels
+    total = d * d + d * dims.num_labels + dims.embedding_size * d
     for s in structure.layers:
         width = s.heads * dims.head_size
         total += 4 * d * width + 2 * d * s.ffn
@@ -110,7 +119,7 @@ def cost_of(structure: Structure, seq_len: int = 128) -> Cost:
         bytes_fp32=4 * params,
         bytes_fp16=2 * params,
         bytes_int8=linear + 4 * (params - linear),  # int8 Linear weights, everything else fp32
-        macs=sum(x["macs"] for x in layers) + head_macs(dims),
+        macs=embedding_macs(dims, seq_len) + sum(x["macs"] for x in layers) + head_macs(dims),
         seq_len=seq_len,
         layers=tuple(layers),
     )

@@ -132,7 +132,7 @@ def load_model(
         model = load_slim(path)
     else:
         config = AutoConfig.from_pretrained(path)
-        get_adapter_for_config(config)  # fail early, naming the model_type, if unsupported
+        adapter = get_adapter_for_config(config)  # fail early, naming the model_type, if unsupported
         kwargs: dict = {}
         if label_names is not None:
             num_labels = len(label_names)
@@ -142,7 +142,7 @@ def load_model(
             kwargs["num_labels"] = num_labels
         model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
         prefix = model.base_model_prefix + "."
-        new = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix) or ".pooler." in k)
+        new = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix) or adapter.is_head_key(k))
         if new and require_head:
             raise ValueError(
                 f"model {name!r} has no fine-tuned classification head ({', '.join(new)} would be random): "

@@ -170,10 +170,9 @@ def check_exportable(model: nn.Module) -> None:
 
 def input_names(model: nn.Module) -> list[str]:
     """Graph inputs: ``input_ids``, ``attention_mask`` and, when the family has segments, ``token_type_ids``."""
-    names = ["input_ids", "attention_mask"]
-    if getattr(model.config, "type_vocab_size", 0):  # DistilBERT has no token-type embeddings
-        names.append("token_type_ids")
-    return names
+    from slimformer.arch import get_adapter_for_config
+
+    return list(get_adapter_for_config(model.config).input_names(model.config))
 
 
 # --- export and quantization -------------------------------------------------------------------

@@ -5,11 +5,23 @@ from __future__ import annotations
 from slimformer.arch.base import ArchAdapter, AttentionView, FFNView, ModelDims
 from slimformer.arch.bert import BertAdapter
 from slimformer.arch.distilbert import DistilBertAdapter
-from slimformer.arch.roberta import RobertaAdapter
+from slimformer.arch.electra import ElectraAdapter
+from slimformer.arch.roberta import CamembertAdapter, RobertaAdapter, XLMRobertaAdapter
 
-#: model_type -> adapter. Tests iterate this, so a new family is tested automatically.
+#: family -> adapter, one per family. Tests build a tiny model of each (``tiny_config``), so
+#: registering a family is what puts it under the shared test suite.
+FAMILIES: dict[str, ArchAdapter] = {}
+#: model_type -> adapter.
 ADAPTERS: dict[str, ArchAdapter] = {}
-for _adapter in (BertAdapter(), RobertaAdapter(), DistilBertAdapter()):
+for _adapter in (
+    BertAdapter(),
+    RobertaAdapter(),
+    DistilBertAdapter(),
+    XLMRobertaAdapter(),
+    CamembertAdapter(),
+    ElectraAdapter(),
+):
+    FAMILIES[_adapter.family] = _adapter
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter
 
@@ -36,6 +48,7 @@ def get_adapter(model) -> ArchAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "FAMILIES",
     "ArchAdapter",
     "AttentionView",
     "FFNView",

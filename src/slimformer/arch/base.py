@@ -30,6 +30,7 @@ class ModelDims:
     max_positions: int
     type_vocab_size: int  # 0 when the family has no token-type embeddings
     num_labels: int
+    embedding_size: int = 0  # width of the embeddings when a Linear lifts them to ``hidden``; 0: none
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,61 @@ class FFNView:
         return self.fc_in.out_features
 
 
+def bert_style_tiny(*, layers: int, num_labels: int) -> dict:
+    """Config fields of a tiny BERT-named model: hidden 32, 4 heads of 8, FFN 37, vocabulary 99."""
+    return {
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "num_labels": num_labels,
+    }
+
+
 class ArchAdapter:
     """Base adapter; a family subclass sets ``family`` and implements the forward pieces.
 
-    A subclass must implement :meth:`dims`, :meth:`base_model`, :meth:`embed`, :meth:`run_layer`
-    and :meth:`classify`. Everything about where the projections live comes from
-    ``FAMILY_PATHS[family]``, shared with the saved models' loading code.
+    A subclass must implement :meth:`dims`, :meth:`tiny_config`, :meth:`base_model`, :meth:`embed`
+    and :meth:`classify` (and :meth:`run_layer` when a layer's call differs). Everything about where
+    the projections live comes from ``FAMILY_PATHS[family]``, shared with the saved models' loading
+    code, whose ``SLIM_CLASSES[family]`` must name the family's classifier class.
+
+    Family details that code outside ``arch/`` needs are attributes here: ``head_paths`` (the
+    modules a base checkpoint lacks), ``exit_head_paths`` (the head's dense and output layers,
+    to warm-start exit heads) and :meth:`position_offset` / :meth:`input_names`.
     """
 
     family: str = ""
     model_types: tuple[str, ...] = ()
+    #: Modules of the classification head, relative to the classifier: a base checkpoint
+    #: (no fine-tuning) lacks them, so they would start random.
+    head_paths: tuple[str, ...] = ("classifier",)
+    #: ``(dense, output)`` Linear layers of a dense + activation + linear head, or ``None``.
+    exit_head_paths: tuple[str, str] | None = None
+
+    # --- family facts --------------------------------------------------------------------------
+    def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
+        """A tiny random-model config of the family (hidden 32, 4 heads, FFN 37, vocabulary 99).
+
+        The shared tests build one model of every registered family from it.
+        """
+        raise NotImplementedError
+
+    def position_offset(self, config) -> int:
+        """Rows of the position table before the first usable one (RoBERTa counts from padding + 1)."""
+        return 0
+
+    def input_names(self, config) -> tuple[str, ...]:
+        """Tensor inputs the classifier takes: ``token_type_ids`` only where it has segment embeddings."""
+        if self.dims(config).type_vocab_size:
+            return ("input_ids", "attention_mask", "token_type_ids")
+        return ("input_ids", "attention_mask")
+
+    def is_head_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the classification head (see ``head_paths``)."""
+        return any(key == p or key.startswith(p + ".") for p in self.head_paths)
 
     @property
     def paths(self) -> dict[str, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from slimformer.arch.base import ArchAdapter, ModelDims
+from slimformer.arch.base import ArchAdapter, ModelDims, bert_style_tiny
 
 
 class BertAdapter(ArchAdapter):
     family = "bert"
     model_types = ("bert",)
+    head_paths = ("bert.pooler", "classifier")  # the pooler is trained with the classifier
+    exit_head_paths = ("bert.pooler.dense", "classifier")
 
     def dims(self, config) -> ModelDims:
         return ModelDims(
@@ -24,6 +26,11 @@ class BertAdapter(ArchAdapter):
             type_vocab_size=config.type_vocab_size,
             num_labels=config.num_labels,
         )
+
+    def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
+        from transformers import BertConfig
+
+        return BertConfig(**bert_style_tiny(layers=layers, num_labels=num_labels))
 
     def base_model(self, model):
         return model.bert

@@ -11,6 +11,8 @@ from slimformer.arch.base import ArchAdapter, ModelDims
 class DistilBertAdapter(ArchAdapter):
     family = "distilbert"
     model_types = ("distilbert",)
+    head_paths = ("pre_classifier", "classifier")
+    # exit heads start random: the pre-classifier is dense + ReLU, not the exits' dense + tanh
 
     def dims(self, config) -> ModelDims:
         return ModelDims(
@@ -24,6 +26,19 @@ class DistilBertAdapter(ArchAdapter):
             max_positions=config.max_position_embeddings,
             type_vocab_size=0,
             num_labels=config.num_labels,
+        )
+
+    def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
+        from transformers import DistilBertConfig
+
+        return DistilBertConfig(
+            vocab_size=99,
+            dim=32,
+            n_layers=layers,
+            n_heads=4,
+            hidden_dim=37,
+            max_position_embeddings=64,
+            num_labels=num_labels,
         )
 
     def base_model(self, model):

@@ -31,13 +31,6 @@ from slimformer.hf_remote.modeling_slimformer import SLIM_CLASSES
 EXIT_KEY = "slimformer_exit"
 FORMAT_VERSION = 1
 
-#: Where each family keeps its own head (dense before the classifier, and the output layer), used
-#: to warm-start the new exit heads; a family missing here starts its exits from random weights.
-HEAD_PATHS = {
-    "bert": ("bert.pooler.dense", "classifier"),
-    "roberta": ("classifier.dense", "classifier.out_proj"),
-}
-
 
 class ExitHead(nn.Module):
     """A small classifier reading one layer's output.
@@ -162,14 +155,14 @@ class MultiExitModel(PreTrainedModel):
             return copy.deepcopy(model)
         if head not in HEAD_KINDS:
             raise ValueError(f"head={head!r}: must be one of {', '.join(HEAD_KINDS)}")
-        family = get_adapter_for_config(model.config).family
+        adapter = get_adapter_for_config(model.config)
         config = copy.deepcopy(model.config)
         config.__dict__.pop("auto_map", None)  # remote code of a saved slender classifier: not this layout
         rule = rule or ExitRule(kind="none")
         setattr(config, EXIT_KEY, {"format": FORMAT_VERSION, "head": head, "rule": rule.to_dict()})
         wrapper = cls(config)
         wrapper.backbone.load_state_dict(model.state_dict())
-        paths = HEAD_PATHS.get(family)
+        paths = adapter.exit_head_paths  # the model's own dense + output layers, where it has them
         if paths is not None:
             dense, out = (model.get_submodule(p) for p in paths)
             with torch.no_grad():
@@ -310,13 +303,13 @@ def exit_cost_table(model: MultiExitModel, seq_len: int) -> dict:
         L`` layers evaluated exits 1..k; a row that runs all ``L`` evaluated exits 1..L-1 and the
         classifier's head (only when the rule is not ``none``).
     """
-    from slimformer.cost import cost_of, head_macs
+    from slimformer.cost import cost_of, embedding_macs, head_macs
     from slimformer.structure import Structure
 
     structure = Structure.from_model(model.backbone)
     cost = cost_of(structure, seq_len)
     exit_macs = [ex.macs(seq_len) for ex in model.exits]
-    by_depth, run = [], 0
+    by_depth, run = [], embedding_macs(structure.dims, seq_len)
     for k, layer in enumerate(cost.layers, start=1):
         run += layer["macs"]
         heads = sum(exit_macs[:k]) + (head_macs(structure.dims) if k == len(cost.layers) else 0)

@@ -27,8 +27,11 @@ import torch
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
+    CamembertForSequenceClassification,
     DistilBertForSequenceClassification,
+    ElectraForSequenceClassification,
     RobertaForSequenceClassification,
+    XLMRobertaForSequenceClassification,
 )
 
 SLIM_KEY = "slimformer"
@@ -67,7 +70,14 @@ FAMILY_PATHS: dict[str, dict[str, str]] = {
         "ffn": "hidden_dim",
     },
 }
-FAMILY_PATHS["roberta"] = {**FAMILY_PATHS["bert"], "layers": "roberta.encoder.layer"}
+# BERT's layers under another base model
+for _family, _base in (
+    ("roberta", "roberta"),
+    ("xlm-roberta", "roberta"),
+    ("camembert", "roberta"),
+    ("electra", "electra"),
+):
+    FAMILY_PATHS[_family] = {**FAMILY_PATHS["bert"], "layers": f"{_base}.encoder.layer"}
 
 
 class HeadlessAttention(nn.Module):
@@ -305,8 +315,29 @@ class SlimDistilBertForSequenceClassification(DistilBertForSequenceClassificatio
         apply_structure(self, "distilbert")
 
 
+class SlimXLMRobertaForSequenceClassification(XLMRobertaForSequenceClassification):
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_structure(self, "xlm-roberta")
+
+
+class SlimCamembertForSequenceClassification(CamembertForSequenceClassification):
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_structure(self, "camembert")
+
+
+class SlimElectraForSequenceClassification(ElectraForSequenceClassification):
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_structure(self, "electra")
+
+
 SLIM_CLASSES = {
     "bert": SlimBertForSequenceClassification,
     "roberta": SlimRobertaForSequenceClassification,
     "distilbert": SlimDistilBertForSequenceClassification,
+    "xlm-roberta": SlimXLMRobertaForSequenceClassification,
+    "camembert": SlimCamembertForSequenceClassification,
+    "electra": SlimElectraForSequenceClassification,
 }

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from slimformer.cost import head_macs, layer_macs
+from slimformer.cost import embedding_macs, head_macs, layer_macs
 from slimformer.structure import Structure
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ def skim_macs(model, tokens: torch.Tensor) -> torch.Tensor:
     dims, per_token = structure.dims, model.skim_predictors[0].macs_per_token()
     tokens = tokens.long().cpu()
     total = torch.full((tokens.shape[0],), head_macs(dims), dtype=torch.float64)
+    total += embedding_macs(dims, 1) * tokens[:, 0].double()  # every real token is embedded
     for i, shape in enumerate(structure.layers):
         total += torch.tensor([layer_macs(dims, shape, int(n))["total"] for n in tokens[:, i]], dtype=torch.float64)
         if i > 0:
