@@ -131,6 +131,24 @@ def load_task_for(name: str, args: argparse.Namespace):
     return replace(task, splits=splits, content_hash=task.content_hash + "-smoke")
 
 
+def task_file(name: str, args: argparse.Namespace) -> str:
+    """A task name for APIs that load the task themselves: ``name``, or in smoke mode a small CSV of it."""
+    if not args.smoke:
+        return name
+    import csv
+
+    from slimformer.data import load_task
+
+    task = load_task(name)
+    path = args.smoke_dir / f"{name}.csv"
+    examples = [e for split in task.splits.values() for e in split[:SMOKE_EXAMPLES]]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((e.text, task.label_names[e.label]) for e in examples)
+    return str(path)
+
+
 def recipe(name: str, args: argparse.Namespace, **changes: Any):
     """The built-in fine-tuning recipe of task ``name`` (with ``changes``); two steps in smoke mode."""
     from slimformer.pipeline import recipe_for
