@@ -13,26 +13,21 @@ speedup ceiling that this fixed part leaves. Writes benchmarks/results/batch1_ov
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
+import harness
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from slimformer.bench import environment, make_bench_inputs
+from slimformer.bench import make_bench_inputs
 from slimformer.cost import cost_of
-from slimformer.data import load_task
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, finetune_cached
-from slimformer.report import write_json
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
 
-OUT = Path(__file__).parent / "results"
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"}
 
 
@@ -63,16 +58,23 @@ def interleaved_walls(models: list, inputs: dict, calls: int) -> list[float]:
     return [sorted(t)[len(t) // 2] for t in times]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=60)
-    parser.add_argument("--shapes", type=Path, default=OUT / "prune_budgets_rotten.json")
-    args = parser.parse_args(argv)
+def smoke_runs(model) -> list[dict]:
+    """Stand-ins for prune_budgets' OPTIN runs on the smoke model: half the heads and neurons per layer."""
+    layers = [{"heads": max(1, x.heads // 2), "ffn": max(1, x.ffn // 2)} for x in Structure.from_model(model).layers]
+    return [{"method": "optin", "seed": 0, "budget": 0.5, "layers": layers}]
 
-    task = load_task("rotten_tomatoes")
-    folder, _ = finetune_cached("minilm-l6", task, RECIPES["rotten_tomatoes"], progress=False)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__, out="batch1_overhead.json")
+    parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--shapes", type=Path, default=harness.RESULTS / "prune_budgets_rotten.json")
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.calls = 3
+
+    folder, _, _ = harness.finetuned("rotten_tomatoes", args)
     dense, _ = load_model(str(folder))
-    runs = json.loads(args.shapes.read_text())["results"][0]["runs"]
+    runs = smoke_runs(dense) if args.smoke else json.loads(args.shapes.read_text())["results"][0]["runs"]
     seed = min(r["seed"] for r in runs)
     rows = []
     dense_macs = cost_of(Structure.from_model(dense), 128).macs
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = make_bench_inputs(dense, 1, 128, 0)
     walls = interleaved_walls([m.eval() for _, _, m in models], inputs, args.calls)
     for (name, _, model), wall in zip(models, walls, strict=True):
-        share, top = profile_share(model, inputs, 10)
+        share, top = profile_share(model, inputs, min(10, args.calls))
         b = {"name": name, "wall_ms": wall, "matmul_ms": wall * share, "other_ms": wall * (1 - share)}
         b["top_other"] = top
         b["macs_rel"] = cost_of(Structure.from_model(model), 128).macs / dense_macs
@@ -100,20 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_x_macs"] = r["speedup"] * r["macs_rel"]
         # If matrix products shrank exactly with MACs and the rest stayed as in dense:
         r["ceiling_x_macs"] = d["wall_ms"] / (d["other_ms"] + d["matmul_ms"] * r["macs_rel"]) * r["macs_rel"]
-    env = environment()
-    report = {
-        "rows": rows,
-        "environment": env,
-        "command": "python benchmarks/batch1_overhead.py " + " ".join(argv or sys.argv[1:]),
-    }
-    write_json(OUT / "batch1_overhead.json", report)
+    env = harness.environment()
+    report = {"rows": rows, "environment": env, "command": args.command}
     lines = [
-        "# Batch-1 time: matrix products vs the rest (MiniLM-L6, 1 x 128 tokens)",
-        "",
+        harness.header("Batch-1 time: matrix products vs the rest (MiniLM-L6, 1 x 128 tokens)", args, env),
         f"Median wall clock of {args.calls} calls per model, all models in alternating calls; matmul = wall x the "
-        f"share of profiled op time in addmm/mm/bmm and the SDPA kernel; other = the rest. {env['processor']}, "
-        f"{env['torch_threads']} threads, torch {env['torch']}, "
-        f"{env['datetime_utc']}. 'ceiling' = the speedup x MACs ratio reachable if matrix products shrank exactly "
+        "share of profiled op time in addmm/mm/bmm and the SDPA kernel; other = the rest. "
+        "'ceiling' = the speedup x MACs ratio reachable if matrix products shrank exactly "
         "with MACs and everything else stayed as in dense.",
         "",
         "| model | MACs | wall ms | matmul ms | other ms | speedup | x MACs | ceiling x MACs |",
@@ -126,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", "Largest non-matmul ops in dense (ms per forward): "
               + ", ".join(f"{k} {v:.2f}" for k, v in d["top_other"].items())]  # fmt: skip
-    (OUT / "batch1_overhead.md").write_text("\n".join(lines) + "\n")
+    harness.write_results(args.out, report, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -10,62 +10,44 @@ latency at batch 1 and 32. Writes benchmarks/results/dense_baseline.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from datetime import datetime, timezone
-from pathlib import Path
+import harness
 
-from slimformer.data import load_task
 from slimformer.pipeline import RECIPES, add_latency, baseline
-from slimformer.report import markdown_table, write_json
-
-OUT = Path(__file__).parent / "results"
+from slimformer.report import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="dense_baseline.json")
     parser.add_argument("--tasks", default=",".join(RECIPES), help="comma-separated built-in tasks")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per batch size")
-    parser.add_argument("--model", default="minilm-l6")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.repeats = 2
 
     rows, details = [], {}
     for name in args.tasks.split(","):
         if name not in RECIPES:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
-        recipe = RECIPES[name]
-        task = load_task(name)
-        base = baseline(args.model, task, recipe)
+        task = harness.load_task_for(name, args)
+        base = baseline(args.model, task, harness.recipe(name, args))
         row, model = base.pop("row"), base.pop("model")
-        row["name"] = f"{args.model} / {name}"
-        environment = add_latency([row], [model], seq_len=base["seq_len"], repeats=args.repeats)
+        row["name"] = f"{'smoke' if args.smoke else args.model} / {name}"
+        environment = add_latency([row], [model], seq_len=base["seq_len"], repeats=args.repeats, progress=False)
         rows.append(row)
         details[name] = base
 
-    report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/dense_baseline.py " + " ".join(argv or sys.argv[1:]),
-        "rows": rows,
-        "details": details,
-        "environment": environment,
-    }
-    write_json(OUT / "dense_baseline.json", report)
-    env = environment
+    environment.update(harness.environment())
+    report = {"command": args.command, "rows": rows, "details": details, "environment": environment}
     md = "\n".join(
         [
-            "# Dense baseline: MiniLM-L6 fine-tuned on the built-in tasks",
-            "",
-            f"Test split; MACs and latency at the task's typical length (p90 of training texts, capped at the "
-            f"fine-tuning max length); latency = median wall clock of {args.repeats} runs, "
-            f"{env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}.",
+            harness.header("Dense baseline: MiniLM-L6 fine-tuned on the built-in tasks", args, environment),
+            "Test split; MACs and latency at the task's typical length (p90 of training texts, capped at the "
+            f"fine-tuning max length); latency = median wall clock of {args.repeats} runs.",
             "",
             markdown_table(rows),
-            "",
         ]
     )
-    (OUT / "dense_baseline.md").write_text(md)
+    harness.write_results(args.out, report, md)
     print(md)
     return 0
 

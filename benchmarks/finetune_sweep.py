@@ -9,40 +9,32 @@ accuracy. Writes benchmarks/results/finetune_sweep.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
-from pathlib import Path
 
-from slimformer.bench import environment
-from slimformer.data import load_task
+import harness
+
 from slimformer.evaluate import evaluate
 from slimformer.models import load_model
 from slimformer.pipeline import finetune_cached
-from slimformer.report import write_json
 from slimformer.train import FinetuneConfig
-
-OUT = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="finetune_sweep.json")
     parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="comma-separated learning rates")
     parser.add_argument("--task", default="rotten_tomatoes")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--model", default="minilm-l6")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
 
-    task = load_task(args.task)
+    task = harness.load_task_for(args.task, args)
     rows = []
     for lr in (float(x) for x in args.lrs.split(",")):
-        config = FinetuneConfig(epochs=args.epochs, lr=lr)
-        folder, _ = finetune_cached(args.model, task, config)
+        config = FinetuneConfig(epochs=args.epochs, lr=lr, max_steps=2 if args.smoke else None)
+        folder, _ = finetune_cached(args.model, task, config, progress=False)
         report = json.loads((folder / "finetune_report.json").read_text())
         model, tokenizer = load_model(str(folder))
-        test = evaluate(model, tokenizer, task.split("test"), max_length=config.max_length)
+        test = evaluate(model, tokenizer, task.split("test"), max_length=config.max_length, progress=False)
         rows.append(
             {
                 "lr": lr,
@@ -54,24 +46,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         logging.info("lr %g: %s", lr, rows[-1])
     best = max(rows, key=lambda r: r["validation_accuracy"])
-    write_json(
-        OUT / "finetune_sweep.json",
-        {
-            "task": args.task,
-            "content_hash": task.content_hash,
-            "rows": rows,
-            "chosen_by_validation": best,
-            "environment": environment(),
-        },
-    )
-    lines = ["| lr | epochs | validation acc | test acc | train time (s) |", "|---|---|---|---|---|"]
+    report = {
+        "command": args.command,
+        "task": args.task,
+        "content_hash": task.content_hash,
+        "rows": rows,
+        "chosen_by_validation": best,
+        "environment": harness.environment(),
+    }
+    lines = [harness.header("Fine-tuning learning rate, chosen on validation", args, report["environment"])]
+    lines += ["| lr | epochs | validation acc | test acc | train time (s) |", "|---|---|---|---|---|"]
     lines += [
         f"| {r['lr']:g} | {r['epochs']} | {r['validation_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
         f"{r['train_time_s']:.0f} |"
         for r in rows
     ]
     lines += ["", f"Chosen by validation accuracy: lr {best['lr']:g}."]
-    (OUT / "finetune_sweep.md").write_text("\n".join(lines) + "\n")
+    harness.write_results(args.out, report, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

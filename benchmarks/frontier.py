@@ -11,33 +11,33 @@ Writes benchmarks/results/frontier.{json,md} and docs/frontier_{latency,memory}.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from slimformer.pipeline import DemoConfig, run_demo
-from slimformer.report import write_json
+import harness
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "benchmarks" / "results"
-DOCS = ROOT / "docs"
+from slimformer.pipeline import DemoConfig, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="frontier.json")
     parser.add_argument("--task", default="rotten_tomatoes")
     parser.add_argument("--methods", default="optin,fisher,magnitude,optin+int8,optin+bf16")
     parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3")
     parser.add_argument("--onnx", default="optin@0.5", help="METHOD@BUDGET to export (onnxruntime int8)")
     parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    parser.add_argument("--plots-dir", type=Path, default=harness.DOCS, help="where the two plots go")
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.methods, args.budgets, args.onnx, args.repeats = "optin,optin+int8", "0.5", "optin@0.5", 1
+        args.plots_dir = args.out.parent
 
     config = DemoConfig(
-        task=args.task,
+        model=args.model,
+        task=harness.task_file(args.task, args),
+        finetune=harness.recipe(args.task, args),
+        calibration=16 if args.smoke else 1024,
         repeats=args.repeats,
         methods=tuple(args.methods.split(",")),
         budgets=tuple(float(b) for b in args.budgets.split(",")),
@@ -45,16 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        report = run_demo(config, run, progress=True)
-        report["command"] = "python benchmarks/frontier.py " + " ".join(argv or sys.argv[1:])
-        DOCS.mkdir(exist_ok=True)
+        report = run_demo(config, run, progress=not args.smoke)
+        report["command"] = args.command
+        args.plots_dir.mkdir(parents=True, exist_ok=True)
         for name in ("frontier_latency.png", "frontier_memory.png"):
-            shutil.copyfile(run / name, DOCS / name)
+            shutil.copyfile(run / name, args.plots_dir / name)
         md = (run / "report.md").read_text()
+    report["environment"].update(harness.environment() | report["environment"])
     md = md.replace("](frontier_", "](../../docs/frontier_")
-    md = md.replace("# slimformer run:", "# Frontier:", 1) + f"\nCommand: `{report['command']}`\n"
-    (OUT / "frontier.md").write_text(md)
-    write_json(OUT / "frontier.json", report)
+    title, _, body = md.partition("\n")
+    title = title.replace("# slimformer run:", "Frontier:", 1).lstrip("# ")
+    md = harness.header(title, args, report["environment"]) + body
+    harness.write_results(args.out, report, md)
     print(md)
     return 0
 

@@ -18,27 +18,20 @@ machine is shared); timings are wall clock on this CPU under whatever else runs 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import random
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 
 from slimformer.arch import get_adapter
-from slimformer.bench import environment
-from slimformer.data import load_task, make_loader
+from slimformer.data import make_loader
 from slimformer.models import load_model
-from slimformer.report import write_json
 from slimformer.static.optin import gauss_newton, masking_terms, pack_examples, score_optin
 
-MODEL = "/root/.cache/slimformer/finetuned/minilm-l6-rotten_tomatoes-e8370839bb94"
-OUT = Path(__file__).parent / "results"
+TASK = "rotten_tomatoes"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -170,8 +163,7 @@ def heads(model, batches, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=MODEL)
+    parser = harness.parser(__file__, __doc__, out="neuron_score_agreement.json")
     parser.add_argument("--examples", type=int, default=256, help="calibration examples for the head study")
     parser.add_argument("--neuron-examples", type=int, default=64, help="examples for exact neuron masking")
     parser.add_argument("--per-layer", type=int, default=32, help="neurons masked exactly per layer")
@@ -180,16 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=5, help="random subsets per size")
     parser.add_argument("--timing-examples", type=int, default=1000, help="score_optin timing run (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.examples, args.neuron_examples, args.per_layer, args.timing_examples = 16, 8, 4, 16
+        args.probes, args.subsets, args.draws = "1", "8", 2
     args.probes = [int(x) for x in args.probes.split(",")]
     args.subsets = [int(x) for x in args.subsets.split(",")]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
-    model, tok = load_model(args.model)
-    train = load_task("rotten_tomatoes").split("train")
+    folder, task, _ = harness.finetuned(TASK, args)
+    model, tok = load_model(str(folder))
+    train = task.split("train")
     sample = random.Random(args.seed).sample(train, max(args.examples, args.timing_examples, args.neuron_examples))
 
     def packed(examples):
@@ -206,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = {"examples": args.timing_examples, "total_seconds": round(time.perf_counter() - t, 1), **imp.info}
         timing.pop("hidden_norms", None)
     report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/neuron_score_agreement.py " + " ".join(argv or sys.argv[1:]),
-        "model": args.model,
+        "command": args.command,
+        "model": str(folder),
         "task": "rotten_tomatoes (train split, seeded sample), batch 32, max_length 64, packed by length",
         "threads": args.threads,
         "neurons": neuron_part,
@@ -216,24 +209,22 @@ def main(argv: list[str] | None = None) -> int:
         "score_optin_defaults": timing,
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "environment": environment(),
+        "environment": harness.environment(),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_json(OUT / "neuron_score_agreement.json", report)
-    (OUT / "neuron_score_agreement.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    md = to_markdown(report, args)
+    harness.write_results(args.out, report, md)
+    print(md)
     return 0
 
 
-def to_markdown(r: dict) -> str:
+def to_markdown(r: dict, args) -> str:
     n, h, env = r["neurons"], r["heads"], r["environment"]
     neuron_rows = [
         {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()} for row in n["estimates"]
     ]
     lines = [
-        "# OPTIN: fast scores against exact masking (MiniLM-L6, rotten_tomatoes)",
-        "",
-        f"{env['processor']}, {r['threads']} thread(s), torch {env['torch']}, {env['datetime_utc']}; load average "
+        harness.header("OPTIN: fast scores against exact masking (MiniLM-L6, rotten_tomatoes)", args, env),
+        f"{r['threads']} thread(s); load average "
         f"{r['load_average_before_after'][0]} -> {r['load_average_before_after'][1]} on {env['logical_cores']} cores "
         "(shared machine: timings are indicative).",
         "",

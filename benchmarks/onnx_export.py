@@ -11,29 +11,24 @@ PyTorch; pruned ONNX int8 >= 4x faster than dense PyTorch fp32 at batch 1 with <
 accuracy. Writes benchmarks/results/onnx_export.{json,md}.
 
     .venv/bin/python benchmarks/onnx_export.py [--repeats 20] [--threads N]
-    .venv/bin/python benchmarks/onnx_export.py --limit 64 --calibration 64 --repeats 2 --out /tmp/smoke  # smoke
+    .venv/bin/python benchmarks/onnx_export.py --smoke --out /tmp/smoke/onnx_export.json
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import torch
 
-from slimformer.bench import BenchConfig, environment
-from slimformer.data import load_task
+from slimformer.bench import BenchConfig
 from slimformer.evaluate import metrics_from_logits, predict
 from slimformer.models import load_model
 from slimformer.onnx_export import ExportConfig, OnnxModel, compare_latency, export_onnx
-from slimformer.pipeline import RECIPES, finetune_cached
-from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune
 
 TASK = "rotten_tomatoes"
@@ -49,9 +44,7 @@ def torch_int8(model):
 
 
 def run(args, log) -> dict:
-    recipe = RECIPES[TASK]
-    task = load_task(TASK)
-    folder, _ = finetune_cached(args.model, task, recipe, progress=False)
+    folder, task, recipe = harness.finetuned(TASK, args)
     dense, tokenizer = load_model(str(folder))
     test = task.split("test")[: args.limit] if args.limit else task.split("test")
     labels = [e.label for e in test]
@@ -59,7 +52,7 @@ def run(args, log) -> dict:
 
     t0 = time.perf_counter()
     batches = calibration_batches(
-        task.split("train"), tokenizer, size=args.calibration, seed=0, max_length=recipe.max_length
+        task.split("train"), tokenizer, size=args.calibration, seed=args.seed, max_length=recipe.max_length
     )
     pruned = prune(dense, PruneConfig.from_dict({"method": "optin", "budget": args.budget}), batches, progress=False)
     log.info("pruned in %.1fs: %s", time.perf_counter() - t0, pruned.report["relative"])
@@ -173,8 +166,9 @@ def markdown(result: dict, args) -> str:
     rel = result["prune"]["relative"]
     dense_acc = result["rows"][REFERENCE]["accuracy"]
     lines = [
-        "# ONNX export of the OPTIN-pruned MiniLM-L6: onnxruntime fp32 and int8",
-        "",
+        harness.header(
+            "ONNX export of the OPTIN-pruned MiniLM-L6: onnxruntime fp32 and int8", args, result["environment"]
+        ),
         f"{TASK}, TEST split ({result['test_examples']} examples); OPTIN {result['prune']['budget']} "
         f"({args.calibration} calibration examples from train): MACs {rel['macs']:.3f}, params {rel['params']:.3f} "
         "of dense. ONNX: opset 17, dynamic batch and sequence axes; int8 = onnxruntime dynamic quantization "
@@ -216,8 +210,7 @@ def markdown(result: dict, args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm-l6")
+    parser = harness.parser(__file__, __doc__, out="onnx_export.json")
     parser.add_argument("--budget", default="macs=0.5")
     parser.add_argument("--calibration", type=int, default=1024, help="calibration examples for OPTIN")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test examples (smoke runs)")
@@ -230,25 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="let idle onnxruntime threads spin-wait (its default; off here so they do not slow the PyTorch calls)",
     )
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "onnx_export"), help="file stem")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
     log = logging.getLogger("onnx_export")
-    torch.manual_seed(0)
+    if args.smoke:
+        args.calibration, args.verify, args.repeats, args.warmup = 16, 8, 1, 1
 
     t0 = time.perf_counter()
     result = run(args, log)
     report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/onnx_export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": args.command,
         "seconds": time.perf_counter() - t0,
-        "environment": environment(),
+        "environment": harness.environment(),
         **result,
     }
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), report)
-    out.with_suffix(".md").write_text(markdown(report, args))
-    print(out.with_suffix(".md").read_text())
+    md = markdown(report, args)
+    harness.write_results(args.out, report, md)
+    print(md)
     return 0
 
 

@@ -11,7 +11,7 @@ Writes benchmarks/results/<out>.{json,md} (updated after every task).
 
     .venv/bin/python benchmarks/prune_budgets.py [--tasks rotten_tomatoes,bbc_news] \
         [--methods optin,fisher,magnitude,random,torch-pruning] [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] \
-        [--calibration 1024] [--no-repair-row] [--threads 1 --skip-latency] [--out prune_budgets]
+        [--calibration 1024] [--no-repair-row] [--threads 1 --skip-latency] [--out benchmarks/results/NAME.json]
 
 On a shared machine, run the accuracy part with ``--threads 1 --skip-latency`` (several at once if
 you like), then time the recorded shapes alone on the quiet machine at the default thread count:
@@ -21,36 +21,31 @@ you like), then time the recorded shapes alone on the quiet machine at the defau
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import torch
 
-from slimformer.bench import BenchConfig, bench_models, environment
+from slimformer.bench import BenchConfig, bench_models
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
-from slimformer.data import load_task
 from slimformer.evaluate import evaluate
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, finetune_cached
-from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune, score
 from slimformer.structure import Structure
 
-OUT = Path(__file__).parent / "results"
-BENCH = dict(batch_sizes=(1, 32), seq_len=128, repeats=15, warmup=2)
+BENCH = dict(batch_sizes=(1, 32), seq_len=128, warmup=2)
 OUTSIDE = "torch-pruning"  # outside baseline, from benchmarks/torch_pruning_baseline.py
 
 
-def timed(models: dict[str, torch.nn.Module]) -> dict[str, dict[int, float]]:
+def timed(models: dict[str, torch.nn.Module], repeats: int) -> dict[str, dict[int, float]]:
     """Median ms per batch size of every model, all timed interleaved (dense included)."""
-    results = bench_models(models, BenchConfig(**BENCH), progress=True)
+    results = bench_models(models, BenchConfig(**BENCH, repeats=repeats), progress=False)
     return {name: {r["batch_size"]: r["median_ms"] for r in res["results"]} for name, res in results.items()}
 
 
@@ -72,9 +67,7 @@ def outside_prune(model, value: float, batches, seed: int):
 
 def run_task(name: str, args, log, save=None) -> dict:
     """Prune, evaluate (and time) one task; ``save(partial_result)`` runs after every seed."""
-    recipe = RECIPES[name]
-    task = load_task(name)
-    folder, _ = finetune_cached(args.model, task, recipe)
+    folder, task, recipe = harness.finetuned(name, args)
     model, tokenizer = load_model(str(folder))
     test = task.split("test")
     dense_metrics = evaluate(model, tokenizer, test, max_length=recipe.max_length, progress=False)
@@ -137,7 +130,7 @@ def run_task(name: str, args, log, save=None) -> dict:
         # All models of the first seed and dense in alternating calls: a speedup is a ratio of two
         # medians taken under the same machine conditions.
         log.info("%s: timing %d models interleaved", name, len(timed_models))
-        add_latency(result, timed(timed_models), args.seeds[0])
+        add_latency(result, timed(timed_models, args.repeats), args.seeds[0])
     result["summary"] = summarize(runs)
     return result
 
@@ -153,7 +146,7 @@ def add_latency(result: dict, ms: dict[str, dict[int, float]], seed: int) -> Non
             run["speedup_vs_macs"] = {b: run["speedup"][b] * run["macs_rel"] for b in ms[key]}
 
 
-def latency_pass(path: Path, log) -> dict:
+def latency_pass(path: Path, args, log) -> dict:
     """Time the first seed's pruned shapes of an earlier run, interleaved with dense, on this machine now.
 
     Latency depends only on the shapes (dense matrix products of the same sizes), so each pruned model
@@ -167,7 +160,8 @@ def latency_pass(path: Path, log) -> dict:
     report = json.loads(path.read_text())
     for result in report["results"]:
         name = result["task"]
-        folder, _ = finetune_cached(report.get("model", "minilm-l6"), load_task(name), RECIPES[name])
+        args.model = report.get("model", args.model)
+        folder, _, _ = harness.finetuned(name, args)
         model, _ = load_model(str(folder))
         seed = min(r["seed"] for r in result["runs"])
         models = {"dense": model}
@@ -182,10 +176,10 @@ def latency_pass(path: Path, log) -> dict:
             )
             models[f"{run['method']}@{run['budget']}"] = apply_plan(copy.deepcopy(model), plan)
         log.info("%s: timing %d models interleaved", name, len(models))
-        add_latency(result, timed(models), seed)
+        add_latency(result, timed(models, args.repeats), seed)
         result["summary"] = summarize(result["runs"])
-    report["latency_environment"] = environment()
-    report["latency_command"] = f"python benchmarks/prune_budgets.py --latency-from {path}"
+    report["latency_environment"] = harness.environment()
+    report["latency_command"] = args.command
     return report
 
 
@@ -219,14 +213,13 @@ def summarize(runs: list[dict]) -> list[dict]:
 def markdown(results: list[dict], args, env: dict, prune_env: dict) -> str:
     """``env``: where latency was measured; ``prune_env``: where pruning and evaluation ran."""
     lines = [
-        "# One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)",
-        "",
+        harness.header("One-shot pruning of MiniLM-L6 at MACs budgets (no retraining)", args, prune_env),
         f"Test split; {args.calibration} calibration examples from train; calibration seeds "
         f"{sorted({r['seed'] for res in results for r in res['runs']})}. Pruning and "
         f"evaluation: {prune_env['torch_threads']} torch thread(s), {prune_env['datetime_utc']}; 'time' is the "
         "method's wall clock there (scoring, selection, surgery, repair) on a machine shared with other jobs.",
         "",
-        f"MACs and latency at {BENCH['seq_len']} tokens; latency = median of {BENCH['repeats']} runs, dense and "
+        f"MACs and latency at {BENCH['seq_len']} tokens; latency = median of {args.repeats} runs, dense and "
         f"every pruned model of the first seed timed in alternating calls, {env['processor']}, "
         f"{env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. Speedup = dense / pruned "
         "wall clock; 'x MACs' = speedup x (pruned MACs / dense MACs), 1.0 is the physical limit.",
@@ -254,7 +247,7 @@ def markdown(results: list[dict], args, env: dict, prune_env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="prune_budgets.json")
     parser.add_argument("--tasks", default="rotten_tomatoes,bbc_news")
     parser.add_argument(
         "--methods",
@@ -264,39 +257,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--calibration", type=int, default=1024)
-    parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--no-repair-row", action="store_true", help="skip the optin-without-repair rows")
-    parser.add_argument("--out", default="prune_budgets", help="file stem under benchmarks/results")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for pruning and evaluation")
     parser.add_argument("--skip-latency", action="store_true", help="no timing (run --latency-from later)")
     parser.add_argument(
         "--latency-from", type=Path, default=None, help="only time the shapes of this earlier run's JSON, in place"
     )
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.methods, args.budgets, args.seeds, args.calibration, args.repeats = "optin,magnitude", "0.5", "0", 16, 2
     args.methods = args.methods.split(",")
     args.budgets = [float(x) for x in args.budgets.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     log = logging.getLogger("prune_budgets")
-    torch.manual_seed(0)
 
     if args.latency_from is not None:
-        report = latency_pass(args.latency_from, log)
-        write_json(args.latency_from, report)
+        report = latency_pass(args.latency_from, args, log)
         env = report["latency_environment"]
         args.calibration, args.seeds = report.get("calibration", args.calibration), report.get("seeds", args.seeds)
-        args.latency_from.with_suffix(".md").write_text(markdown(report["results"], args, env, report["environment"]))
-        print(args.latency_from.with_suffix(".md").read_text())
+        md = markdown(report["results"], args, env, report["environment"])
+        harness.write_results(args.latency_from, report, md)
+        print(md)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     t0, results = time.perf_counter(), []
 
-    def save(done: list[dict]) -> None:
-        env = environment()
+    def save(done: list[dict]) -> str:
+        env = harness.environment()
         report = {
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/prune_budgets.py " + " ".join(argv or sys.argv[1:]),
+            "command": args.command,
             "model": args.model,
             "calibration": args.calibration,
             "seeds": sorted({r["seed"] for res in done for r in res["runs"]}),
@@ -304,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             "environment": env,
             "wall_time_s": round(time.perf_counter() - t0, 1),
         }
-        write_json(OUT / f"{args.out}.json", report)
-        (OUT / f"{args.out}.md").write_text(markdown(done, args, env, env))
+        md = markdown(done, args, env, env)
+        harness.write_results(args.out, report, md)
+        return md
 
     for name in args.tasks.split(","):
         results.append(run_task(name, args, log, save=lambda partial: save([*results, partial])))
-        save(results)
-    print((OUT / f"{args.out}.md").read_text())
+        md = save(results)
+    print(md)
     return 0
 
 

@@ -12,30 +12,22 @@ calibration data, since this machine is shared and absolute times drift).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
 import random
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
+import harness
 import torch
 
 from slimformer.arch import get_adapter
-from slimformer.bench import environment
-from slimformer.data import load_task, make_loader
+from slimformer.data import make_loader
 from slimformer.evaluate import evaluate
 from slimformer.models import load_model
-from slimformer.report import write_json
 from slimformer.static.repair import repair
 from slimformer.surgery import KeepPlan, apply_plan
 
-MODEL = "/root/.cache/slimformer/finetuned/minilm-l6-rotten_tomatoes-e8370839bb94"
-MAX_LENGTH = 64  # the fine-tuning max length
-OUT = Path(__file__).parent / "results"
+TASK = "rotten_tomatoes"
 
 
 @torch.no_grad()
@@ -54,24 +46,25 @@ def magnitude_plan(model, head_fraction: float, ffn_fraction: float) -> KeepPlan
     return KeepPlan.removing(model, heads=heads, neurons=neurons)
 
 
-def accuracy(model, tokenizer, examples) -> float:
-    return evaluate(model, tokenizer, examples, max_length=MAX_LENGTH, progress=False)["accuracy"]
+def accuracy(model, tokenizer, examples, max_length: int) -> float:
+    return evaluate(model, tokenizer, examples, max_length=max_length, progress=False)["accuracy"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="repair_effect.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--calibration", type=int, default=512, help="training examples to repair on")
     parser.add_argument("--ridges", default="1e-3,1e-2,1e-1")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
     torch.set_num_threads(args.threads)
 
-    dense, tokenizer = load_model(MODEL)
-    task = load_task("rotten_tomatoes")
+    folder, task, recipe = harness.finetuned(TASK, args)
+    max_length = recipe.max_length
+    dense, tokenizer = load_model(str(folder))
     validation = task.split("validation")
-    calib_examples = random.Random(0).sample(task.split("train"), args.calibration)
-    batches = list(make_loader(calib_examples, tokenizer, batch_size=32, max_length=MAX_LENGTH))
+    train = task.split("train")
+    calib_examples = random.Random(args.seed).sample(train, min(args.calibration, len(train)))
+    batches = list(make_loader(calib_examples, tokenizer, batch_size=32, max_length=max_length))
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -82,37 +75,44 @@ def main(argv: list[str] | None = None) -> int:
     plan = magnitude_plan(dense, 1 / 3, 0.5)
     pruned = apply_plan(copy.deepcopy(dense), plan)
     rows = [
-        {"model": "dense", "ridge": None, "val_accuracy": accuracy(dense, tokenizer, validation)},
-        {"model": "pruned, no repair", "ridge": None, "val_accuracy": accuracy(pruned, tokenizer, validation)},
+        {"model": "dense", "ridge": None, "val_accuracy": accuracy(dense, tokenizer, validation, max_length)},
+        {
+            "model": "pruned, no repair",
+            "ridge": None,
+            "val_accuracy": accuracy(pruned, tokenizer, validation, max_length),
+        },
     ]
     runs = {}
     for ridge in (float(r) for r in args.ridges.split(",")):
         repaired = copy.deepcopy(pruned)
         stats = repair(repaired, dense, batches, ridge=ridge, progress=False)
-        acc = accuracy(repaired, tokenizer, validation)
+        acc = accuracy(repaired, tokenizer, validation, max_length)
         rows.append({"model": "pruned + repair", "ridge": ridge, "val_accuracy": acc, "repair_s": stats["seconds"]})
         runs[str(ridge)] = stats
 
     report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/repair_effect.py " + " ".join(argv or sys.argv[1:]),
-        "model": MODEL,
-        "plan": "magnitude, per layer: 4 of 12 heads and 768 of 1536 FFN neurons removed",
-        "calibration": {"examples": args.calibration, "tokens": next(iter(runs.values()))["tokens"], "seed": 0},
+        "command": args.command,
+        "model": str(folder),
+        "plan": "magnitude, per layer: a third of the heads and half of the FFN neurons removed",
+        "calibration": {
+            "examples": len(calib_examples),
+            "tokens": next(iter(runs.values()))["tokens"],
+            "seed": args.seed,
+        },
         "validation_examples": len(validation),
         "dense_forward_over_calibration_s": dense_forward_s,
         "load_average": os.getloadavg(),
         "rows": rows,
         "repair_stats": runs,
-        "environment": environment(),
+        "environment": harness.environment(),
     }
-    write_json(OUT / "repair_effect.json", report)
 
     lines = [
-        "# Least-squares repair of a magnitude-pruned MiniLM-L6 (rotten_tomatoes)",
-        "",
-        f"Pruned per layer by weight magnitude: 4/12 heads and 768/1536 FFN neurons. Repair on {args.calibration} "
-        f"training examples ({report['calibration']['tokens']} tokens, max length {MAX_LENGTH}); accuracy on the "
+        harness.header(
+            "Least-squares repair of a magnitude-pruned MiniLM-L6 (rotten_tomatoes)", args, report["environment"]
+        ),
+        f"Pruned per layer by weight magnitude: 4/12 heads and 768/1536 FFN neurons. Repair on {len(calib_examples)} "
+        f"training examples ({report['calibration']['tokens']} tokens, max length {max_length}); accuracy on the "
         f"{len(validation)} VALIDATION examples. {args.threads} torch thread(s) on a shared machine "
         f"(load average {report['load_average'][0]:.1f}); one dense forward over the calibration batches took "
         f"{dense_forward_s:.1f} s.",
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {e['output_error']:.3f} |"
         )
     md = "\n".join(lines) + "\n"
-    (OUT / "repair_effect.md").write_text(md)
+    harness.write_results(args.out, report, md)
     print(md)
     return 0
 

@@ -18,29 +18,26 @@ Writes benchmarks/results/shape_latency.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 
-from slimformer.bench import environment, make_bench_inputs, parse_int_list, time_callable
+from slimformer.bench import make_bench_inputs, parse_int_list, time_callable
 from slimformer.budget import Budget
 from slimformer.cost import layer_macs
 from slimformer.latency import LatencyTable, auto_stack, default_grid, measure_latency_table, time_layer_shapes
 from slimformer.models import load_model
-from slimformer.report import write_json
 from slimformer.static.importance import Importance
 from slimformer.static.select import select
 from slimformer.structure import LayerShape, Structure
 from slimformer.surgery import KeepPlan, apply_plan
 
-OUT = Path(__file__).parent / "results"
+#: FFN widths of the MiniLM sweep (a smaller model sweeps those up to its own width).
 WIDTHS = (1536, 1535, 1024, 1023, 1000, 769, 768, 767, 512, 511, 500, 256, 255, 250, 128, 127, 100, 96, 64, 63)
 WIDTHS += (48, 33, 32, 31, 24, 16, 15, 8, 7, 4, 1, 0)
 
@@ -49,9 +46,17 @@ def _spread(ws: list[int], n: int = 8) -> tuple[int, ...]:
     return tuple(ws[:: max(1, len(ws) // n)][:n])
 
 
-#: Widths in 512..1024 grouped by their largest power-of-two divisor (odd, 2, 4, ..., >= 128).
-ROUNDING = {d: _spread([w for w in range(512, 1025) if w & -w == d]) for d in (1, 2, 4, 8, 16, 32, 64)}
-ROUNDING[128] = (512, 640, 768, 896, 1024)
+def rounding_groups(ffn: int) -> dict[int, tuple[int, ...]]:
+    """Widths in ffn/3..2ffn/3 (512..1024 for MiniLM) grouped by their largest power-of-two divisor.
+
+    Keys 1, 2, 4, ..., 64 (1 = odd) and 128 (every multiple of 128); empty groups are left out.
+    """
+    lo, hi = ffn // 3, 2 * ffn // 3
+    groups = {d: _spread([w for w in range(lo, hi + 1) if w & -w == d]) for d in (1, 2, 4, 8, 16, 32, 64)}
+    groups[128] = tuple(w for w in range(lo, hi + 1) if w % 128 == 0)
+    return {d: ws for d, ws in groups.items() if ws}
+
+
 #: Real pruned models for the table check: (name, heads kept per layer, FFN width per layer).
 MODELS = (
     ("dense", [12] * 6, [1536] * 6),
@@ -64,15 +69,31 @@ MODELS = (
 )
 
 
+def scaled_models(dims, layers: int) -> tuple[tuple[str, list[int], list[int]], ...]:
+    """:data:`MODELS` for a model of other dims: heads and widths scaled, the first ``layers`` layers."""
+    if (dims.num_heads, dims.ffn, layers) == (12, 1536, 6):
+        return MODELS
+    return tuple(
+        (
+            name,
+            [round(h * dims.num_heads / 12) for h in heads[:layers]],
+            [round(f * dims.ffn / 1536) for f in ffn[:layers]],
+        )
+        for name, heads, ffn in MODELS
+    )
+
+
 def ffn_sweep(model, batch: int, seq: int, rounds: int, clock: str) -> dict:
     dims = Structure.from_model(model).dims
+    widths = [w for w in WIDTHS if w <= dims.ffn]
+    widths = widths if dims.ffn in widths else [dims.ffn, *widths]
     t = time_layer_shapes(
-        model, [(0, w) for w in WIDTHS], batch_size=batch, seq_len=seq, rounds=rounds, repeats=3, clock=clock
+        model, [(0, w) for w in widths], batch_size=batch, seq_len=seq, rounds=rounds, repeats=3, clock=clock
     )
     base = t["layers"][(0, 0)]
     top = t["layers"][(0, dims.ffn)] - base
     rows = []
-    for w in WIDTHS:
+    for w in widths:
         ms = t["layers"][(0, w)]
         macs = batch * layer_macs(dims, LayerShape(0, w, 0), seq)["ffn"]
         rows.append(
@@ -91,7 +112,8 @@ def ffn_sweep(model, batch: int, seq: int, rounds: int, clock: str) -> dict:
 
 
 def rounding_sweep(model, batch: int, seq: int, rounds: int, clock: str) -> dict:
-    widths = sorted({w for ws in ROUNDING.values() for w in ws})
+    rounding = rounding_groups(Structure.from_model(model).dims.ffn)
+    widths = sorted({w for ws in rounding.values() for w in ws})
     t = time_layer_shapes(
         model, [(0, w) for w in widths], batch_size=batch, seq_len=seq, rounds=rounds, repeats=3, clock=clock
     )
@@ -99,7 +121,7 @@ def rounding_sweep(model, batch: int, seq: int, rounds: int, clock: str) -> dict
     slope, icpt = np.polyfit(np.array(widths, dtype=float), ms, 1)
     excess = {w: float(m / (slope * w + icpt) - 1) for w, m in zip(widths, ms, strict=True)}
     groups = {}
-    for d, ws in ROUNDING.items():
+    for d, ws in rounding.items():
         name = str(d) if d < 128 else ">=128"
         groups[name] = {"widths": list(ws), "mean_excess": float(np.mean([excess[w] for w in ws]))}
     return {
@@ -140,29 +162,33 @@ def cpu_table(model, batch: int, seq: int, rounds: int) -> LatencyTable:
     )
 
 
-def table_check(batch: int, seq: int, rounds: int) -> dict:
-    """Predicted vs measured ms of real pruned models, with wall-clock and with CPU-time tables."""
-    model, _ = load_model("minilm-l6")
+def table_check(name: str, batch: int, seq: int, rounds: int, budgets: tuple[str, ...]) -> dict:
+    """Predicted vs measured ms of real pruned models of ``name``, with wall-clock and with CPU-time tables.
+
+    ``budgets`` are latency budgets (``"latency=0.5"``) under which selection picks from random scores.
+    """
+    model, _ = load_model(name)
     start = time.perf_counter()
     wall_table = measure_latency_table(model, batch_size=batch, seq_len=seq, cache=False, progress=False)
     measure_s = time.perf_counter() - start
     tables = {"wall": wall_table, "cpu": cpu_table(model, batch, seq, rounds)}
+    dense = Structure.from_model(model)
+    n = len(dense.layers)
     plans = {
-        name: KeepPlan(tuple(tuple(range(h)) for h in heads), tuple(tuple(range(f)) for f in ffn), (True,) * 6)
-        for name, heads, ffn in MODELS
+        label: KeepPlan(tuple(tuple(range(h)) for h in heads), tuple(tuple(range(f)) for f in ffn), (True,) * n)
+        for label, heads, ffn in scaled_models(dense.dims, n)
     }
     # What selection makes from random scores under a latency budget (default shape rounding).
-    dense = Structure.from_model(model)
     g = torch.Generator().manual_seed(0)
     scores = Importance(
         tuple(torch.rand(s.heads, generator=g) for s in dense.layers),
         tuple(torch.rand(s.ffn, generator=g) for s in dense.layers),
     )
-    for text in ("latency=0.5", "latency=0.3"):
+    for text in budgets:
         plans[f"select {text}"] = select(
             dense, scores, Budget.parse(f"{text},batch={batch},seq={seq}"), latency_table=wall_table
         )
-    pruned = {name: apply_plan(load_model("minilm-l6")[0], plan).eval() for name, plan in plans.items()}
+    pruned = {label: apply_plan(load_model(name)[0], plan).eval() for label, plan in plans.items()}
     times = {clock: {name: [] for name in pruned} for clock in tables}
     with torch.inference_mode():
         for r in range(rounds):  # interleaved, so load changes hit every model alike
@@ -190,15 +216,13 @@ def table_check(batch: int, seq: int, rounds: int) -> dict:
     }
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, args) -> str:
     env = report["environment"]
     out = [
-        "# Layer shape vs latency (MiniLM-L6 layer: hidden 384, 12 heads x 32, FFN 1536)",
-        "",
+        harness.header("Layer shape vs latency (MiniLM-L6 layer: hidden 384, 12 heads x 32, FFN 1536)", args, env),
         f"Shape sweeps: one standalone layer of the built-in MiniLM's architecture at a time (the latency "
         f"table chains layers, see its section), {report['seq_len']} tokens per sequence, "
-        f"{report['rounds']} interleaved rounds x 3 calls, medians. {env['processor']}, {env['torch_threads']} torch "
-        f"thread(s) of {env['logical_cores']} cores, torch {env['torch']}, {env['datetime_utc']}. The machine is "
+        f"{report['rounds']} interleaved rounds x 3 calls, medians. The machine is "
         "shared with other jobs, so the shape sweeps use this thread's CPU time (`clock=cpu`: leaves out time spent "
         "waiting for a core); the latency-table check reports both CPU time and wall clock.",
         "",
@@ -258,7 +282,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="shape_latency.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     parser.add_argument("--seq", type=int, default=128)
@@ -267,21 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="clock of the shape sweeps")
     parser.add_argument("--conclusion", default=None, help="file whose text ends the markdown report")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the saved JSON")
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.batches, args.seq, args.rounds = "1", 16, 1
     if args.render:
-        report = json.loads((OUT / "shape_latency.json").read_text())
+        report = json.loads(args.out.read_text())
         if args.conclusion:
             report["conclusion"] = Path(args.conclusion).read_text().strip()
-            write_json(OUT / "shape_latency.json", report)
-        (OUT / "shape_latency.md").write_text(markdown(report) + "\n")
+        harness.write_results(args.out, report, markdown(report, args))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    model, _ = load_model("minilm-l6")
+    model, _ = load_model(args.model)
     parts = set(args.parts.split(","))
     report = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/shape_latency.py " + " ".join(argv or sys.argv[1:]),
+        "command": args.command,
         "seq_len": args.seq,
         "rounds": args.rounds,
         "ffn": [],
@@ -297,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         if "heads" in parts:
             report["heads"].append(heads_sweep(model, batch, args.seq, args.rounds, args.clock))
         if "table" in parts:
-            report["table_check"].append(table_check(batch, args.seq, args.rounds))
-    report["environment"] = environment()
+            budgets = ("latency=0.95",) if args.smoke else ("latency=0.5", "latency=0.3")
+            report["table_check"].append(table_check(args.model, batch, args.seq, args.rounds, budgets))
+    report["environment"] = harness.environment()
     if args.conclusion:
         report["conclusion"] = Path(args.conclusion).read_text().strip()
-    write_json(OUT / "shape_latency.json", report)
-    md = markdown(report)
-    (OUT / "shape_latency.md").write_text(md + "\n")
+    md = markdown(report, args)
+    harness.write_results(args.out, report, md)
     print(md)
     return 0
 

@@ -12,27 +12,23 @@ at ``--whole`` of dense fp32 bytes. Writes benchmarks/results/slim_curve_<task>.
 
     flock /tmp/slimformer-cpu.lock env OMP_NUM_THREADS=2 .venv/bin/python benchmarks/slim_curve.py \
         --tasks rotten_tomatoes [--run DIR] [--threads 2] [--calibration 512]
-    # smoke: --max-steps 5 --limit 100 --budgets 0.5,0.3 --skip-latency --run /tmp/slim-smoke --out smoke
+    # smoke (seconds, tiny random model): --smoke --out /tmp/smoke/slim_curve.json
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import torch
 
-from slimformer.bench import BenchConfig, bench_models, environment
+from slimformer.bench import BenchConfig, bench_models
 from slimformer.budget import Budget
-from slimformer.data import load_task
 from slimformer.evaluate import evaluate
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, cache_dir, finetune_cached
-from slimformer.report import write_json
+from slimformer.pipeline import cache_dir
 from slimformer.slim import SlimConfig, extract, load_run, slim
 from slimformer.slim.gates import unit_costs
 from slimformer.slim.run import is_run_folder
@@ -40,15 +36,12 @@ from slimformer.slim.vocab import unk_report
 from slimformer.static import OptinConfig, calibration_batches, prune, score
 from slimformer.structure import Structure
 
-OUT = Path(__file__).parent / "results"
 SHORT = {"rotten_tomatoes": "rotten", "bbc_news": "bbc"}
 DEFAULT_BUDGETS = "0.9,0.8,0.7,0.6,0.5,0.45,0.4,0.3,0.25,0.2"
 
 
 def run_task(name: str, args, log) -> dict:
-    recipe = RECIPES[name]
-    task = load_task(name)
-    folder, _ = finetune_cached(args.model, task, recipe)
+    folder, task, recipe = harness.finetuned(name, args)
     dense, tok = load_model(str(folder))
     test = task.split("test")[: args.limit] if args.limit else task.split("test")
     validation = task.split("validation")[: args.limit] if args.limit else task.split("validation")
@@ -80,7 +73,9 @@ def run_task(name: str, args, log) -> dict:
     rows.append(_row("dense", 1.0, dense, dense_acc, dense_structure, costs))
 
     # --- OPTIN importance once (scored on train calibration data), reused across budgets
-    batches = calibration_batches(task.split("train"), tok, size=args.calibration, seed=0, max_length=recipe.max_length)
+    batches = calibration_batches(
+        task.split("train"), tok, size=args.calibration, seed=args.seed, max_length=recipe.max_length
+    )
     importance = None if args.skip_optin else score(dense, OptinConfig(budget=mem), batches, progress=False)
 
     for f in args.budgets:
@@ -133,12 +128,12 @@ def run_task(name: str, args, log) -> dict:
             100 * row["bytes_rel"],
         )
 
-    env = environment()
+    env = harness.environment()
     if not args.skip_latency:
         log.info("%s: timing %d models interleaved", name, len(models))
         cfg = BenchConfig(batch_sizes=(1, 32), seq_len=args.seq_len, repeats=args.repeats, warmup=2)
         timed = bench_models(models, cfg, progress=False)
-        env = timed["dense"]["environment"]
+        env = {**env, **timed["dense"]["environment"]}
         keys = list(models)
         for row, key in zip(rows, keys, strict=True):
             ms = {r["batch_size"]: r["median_ms"] for r in timed[key]["results"]}
@@ -213,7 +208,8 @@ def targets(rows: list[dict], dense: float, args) -> dict:
 
 
 def markdown(results: list[dict], args) -> str:
-    lines = ["# Differentiable slimming: one training run, models at 10 budgets (vs OPTIN one-shot + repair)", ""]
+    title = "Differentiable slimming: one training run, models at 10 budgets (vs OPTIN one-shot + repair)"
+    lines = [harness.header(title, args, results[0]["environment"])]
     for res in results:
         env, tr = res["environment"], res["train"]
         lines += [
@@ -283,9 +279,8 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="slim_curve.json")
     parser.add_argument("--tasks", default="rotten_tomatoes")
-    parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--run", default=None, help="run folder (one task only); default: the cache")
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help="fractions of dense encoder memory")
     parser.add_argument("--whole", type=float, default=0.35, help="whole-model budget (fraction of dense fp32 bytes)")
@@ -300,33 +295,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="training steps when a run is trained (smoke)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-optin", action="store_true")
-    parser.add_argument("--out", default="slim_curve", help="file stem under benchmarks/results (+ _<task>)")
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.budgets, args.min_counts, args.calibration, args.max_steps = "0.5,0.3", "1", 16, 2
+        args.repeats, args.seq_len = 2, 16
     args.budgets = [float(x) for x in args.budgets.split(",")]
     args.min_counts = [int(x) for x in args.min_counts.split(",") if x]
     tasks = args.tasks.split(",")
     if args.run and len(tasks) > 1:
         parser.error("--run names one run folder: give one task")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("slimformer.surgery", "slimformer.static", "slimformer.slim.extraction", "slimformer.slim.vocab"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("slim_curve")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     for name in tasks:
         t0 = time.perf_counter()
         res = run_task(name, args, log)
         report = {
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/slim_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": args.command,
             "result": res,
             "wall_time_s": round(time.perf_counter() - t0, 1),
+            "environment": res["environment"],
         }
-        stem = OUT / f"{args.out}_{SHORT.get(name, name)}"
-        write_json(stem.with_suffix(".json"), report)
-        stem.with_suffix(".md").write_text(markdown([res], args))
-        plot(res, stem.with_suffix(".png"))
-        print(stem.with_suffix(".md").read_text())
+        path = harness.sibling(args.out, SHORT.get(name, name))
+        md = markdown([res], args)
+        harness.write_results(path, report, md)
+        plot(res, path.with_suffix(".png"))
+        print(md)
     return 0
 
 
