@@ -1,5 +1,9 @@
-"""CLI subcommands, one module each, every one a thin layer over a library function.
+"""The ``slimformer`` command line: one module per command group, each a thin layer over library functions.
 
-``slimformer.cli`` registers them (e.g. ``app.command("export")(export_command)``); they import
-from ``slimformer.cli`` only inside the command function, so there is no import cycle.
+``common`` holds what they share (option aliases, errors, JSON output, console, logging, the output-folder
+check) and imports none of them; ``app`` builds the typer app from them.
 """
+
+from slimformer.commands.app import app, main
+
+__all__ = ["app", "main"]
