@@ -31,6 +31,7 @@ from slimformer.commands.common import (
     load_task_option,
     max_length_for,
     parse_options,
+    split_metrics,
 )
 
 BudgetOpt = Annotated[
@@ -234,11 +235,9 @@ def _recover(model, teacher, context, *, epochs: int):
 
 
 def _metrics(model, context, split: str) -> dict:
-    from slimformer.evaluate import evaluate
-
-    examples = context.task.split(split)
-    metrics = evaluate(model, context.tokenizer, examples, max_length=context.max_length, progress=context.progress)
-    return {"split": split, **metrics}
+    return split_metrics(
+        model, context.tokenizer, context.task, split, max_length=context.max_length, progress=context.progress
+    )
 
 
 def _save_copy(model, kind: str, folder: Path, context, report: dict, split: str | None, overwrite: bool) -> dict:

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -44,6 +46,11 @@ def SetOpt(config: str, example: str | None = None) -> Any:  # noqa: N802 (reads
     """The repeatable ``--set FIELD=VALUE`` option for the fields of ``config`` (named in the help)."""
     text = f"any other {config} field FIELD=VALUE (repeatable)" + (f", e.g. {example}" if example else "")
     return Annotated[list[str] | None, typer.Option("--set", help=text)]
+
+
+def field_readers(cls: type) -> tuple[Callable[[str], str], Callable[[str], Any]]:
+    """``(help, default)``: readers of ``cls``'s dataclass fields, for an option's help text and default."""
+    return partial(field_help, cls), partial(field_default, cls)
 
 
 def field_help(cls: type, name: str) -> str:
@@ -187,6 +194,14 @@ def fractions(text: str, option: str) -> tuple[float, ...]:
         return tuple(float(b) for b in text.split(",") if b.strip())
     except ValueError:
         raise ValueError(f"{option} {text!r}: expected comma-separated fractions such as 0.6,0.4") from None
+
+
+def split_metrics(model, tokenizer, data, split: str, *, max_length: int, progress: bool) -> dict[str, Any]:
+    """Task metrics of ``model`` on ``split`` of ``data``, as ``{"split": split, **metrics}`` (``--evaluate``)."""
+    from slimformer.evaluate import evaluate
+
+    metrics = evaluate(model, tokenizer, data.split(split), max_length=max_length, progress=progress)
+    return {"split": split, **metrics}
 
 
 def split_examples(data, split: str, limit: int | None = None) -> list:

@@ -21,6 +21,7 @@ from slimformer.commands.common import (
     ensure_output_dir,
     fail,
     load_task_option,
+    split_metrics,
 )
 
 
@@ -50,7 +51,6 @@ def compress(
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress
-    from slimformer.evaluate import evaluate as run_eval
     from slimformer.models import load_model
 
     try:
@@ -64,8 +64,9 @@ def compress(
         result, report = run_compress(m, steps, context)
         report = {"model": model, "task": data.name, "recipe": str(recipe), **report}
         if evaluate_split:
-            metrics = run_eval(result, tok, data.split(evaluate_split), max_length=max_length, progress=not as_json)
-            report["metrics"] = {"split": evaluate_split, **metrics}
+            report["metrics"] = split_metrics(
+                result, tok, data, evaluate_split, max_length=max_length, progress=not as_json
+            )
         save_result(result, tok, out, overwrite=overwrite, extra=report)
     except USER_ERRORS as exc:
         fail(exc)

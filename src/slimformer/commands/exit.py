@@ -25,6 +25,7 @@ from slimformer.commands.common import (
     max_length_for,
     parse_options,
     split_examples,
+    split_metrics,
 )
 
 exit_app = typer.Typer(
@@ -101,7 +102,6 @@ def train_command(
 ):
     """Add an exit after every layer (optionally slenderizing first), train backbone and exits jointly with
     distillation from the input model, pick the exit threshold on validation data, and save."""
-    from slimformer.evaluate import evaluate as run_eval
     from slimformer.exits.config import CalibrateConfig, ExitConfig, SlenderConfig
     from slimformer.exits.saving import save_exit
     from slimformer.models import load_model
@@ -127,8 +127,9 @@ def train_command(
             c = _calibrate(result.model, data, tok, cal, length, None, not as_json)
             report["calibration"] = {k: v for k, v in c.report.items() if k != "curve"}
         if evaluate_split:
-            metrics = run_eval(result.model, tok, data.split(evaluate_split), max_length=length, progress=not as_json)
-            report["metrics"] = {"split": evaluate_split, **metrics}
+            report["metrics"] = split_metrics(
+                result.model, tok, data, evaluate_split, max_length=length, progress=not as_json
+            )
         save_exit(result.model, tok, out, overwrite=overwrite, extra=report)
     except USER_ERRORS as exc:
         fail(exc)

@@ -21,19 +21,12 @@ from slimformer.commands.common import (
     emit_json,
     ensure_output_dir,
     fail,
-    field_default,
-    field_help,
+    field_readers,
     load_task_option,
 )
 from slimformer.train import FinetuneConfig
 
-
-def _help(name: str) -> str:
-    return field_help(FinetuneConfig, name)
-
-
-def _default(name: str):
-    return field_default(FinetuneConfig, name)
+_help, _default = field_readers(FinetuneConfig)
 
 
 def finetune(

@@ -24,6 +24,7 @@ from slimformer.commands.common import (
     fail,
     load_task_option,
     parse_options,
+    split_metrics,
 )
 
 SetPrune = SetOpt("method", "head_examples=256")
@@ -50,7 +51,6 @@ def prune(
     as_json: JsonOpt = False,
 ):
     """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
-    from slimformer.evaluate import evaluate as run_eval
     from slimformer.export import save_model
     from slimformer.models import load_model
     from slimformer.static import PruneConfig, calibration_batches
@@ -67,8 +67,9 @@ def prune(
         result = run_prune(m, config, batches, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
         if evaluate_split:
-            metrics = run_eval(result.model, tok, data.split(evaluate_split), max_length=128, progress=not as_json)
-            report["metrics"] = {"split": evaluate_split, **metrics}
+            report["metrics"] = split_metrics(
+                result.model, tok, data, evaluate_split, max_length=128, progress=not as_json
+            )
         save_model(result.model, tok, out, overwrite=overwrite, extra=report)
     except USER_ERRORS as exc:
         fail(exc)

@@ -23,8 +23,7 @@ from slimformer.commands.common import (
     emit_json,
     ensure_output_dir,
     fail,
-    field_default,
-    field_help,
+    field_readers,
     load_task_option,
     parse_options,
 )
@@ -36,12 +35,7 @@ skim_app = typer.Typer(
 )
 
 
-def _help(name: str) -> str:
-    return field_help(SkimConfig, name)
-
-
-def _default(name: str):
-    return field_default(SkimConfig, name)
+_help, _default = field_readers(SkimConfig)
 
 
 TaskOpt = Annotated[

@@ -27,6 +27,7 @@ from slimformer.commands.common import (
     max_length_for,
     parse_options,
     split_examples,
+    split_metrics,
 )
 
 slim_app = typer.Typer(
@@ -119,12 +120,9 @@ def extract_command(
         if evaluate_split or prune_vocab:
             data, length = _run_task(slimmed)
             if evaluate_split:
-                from slimformer.evaluate import evaluate
-
-                metrics = evaluate(
-                    result.model, result.tokenizer, data.split(evaluate_split), max_length=length, progress=not as_json
+                report["metrics"] = split_metrics(
+                    result.model, result.tokenizer, data, evaluate_split, max_length=length, progress=not as_json
                 )
-                report["metrics"] = {"split": evaluate_split, **metrics}
             if prune_vocab:
                 from slimformer.slim.vocab import unk_report
 

@@ -1,4 +1,4 @@
-"""The ``slimformer`` typer app: every command module registered under its name."""
+"""The ``slimformer`` typer app: every command module registered under its name (``slimformer.commands.app``)."""
 
 from __future__ import annotations
 
