@@ -21,8 +21,8 @@ from slimformer.axformer import (
     topk_attention,
     validation_batches,
 )
-from slimformer.axformer.cli import axformer_command
 from slimformer.budget import InfeasibleBudget
+from slimformer.commands.axformer import axformer_command
 from slimformer.cost import cost_of
 from slimformer.data import Example
 from slimformer.export import load_slim, save_model

@@ -315,3 +315,108 @@ def test_a_headless_model_still_loads_for_fine_tuning(headless_folder):
     assert model.config.num_labels == 2
     with pytest.raises(ValueError, match="no fine-tuned classification head"):
         load_model(str(headless_folder), require_head=True)
+
+
+# --- the commands package: shared helpers, no cycle, one output-folder rule ---------------------------------
+
+
+def test_common_imports_no_command_module_and_no_torch():
+    code = (
+        "import sys, slimformer.commands.common as c; "
+        "print(sorted(m for m in sys.modules if m.startswith('slimformer.commands.') and m != c.__name__), "
+        "'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"
+
+
+def test_python_dash_m_and_the_old_entry_point_are_the_same_app():
+    import slimformer.commands
+    from slimformer import cli
+
+    assert cli.app is slimformer.commands.app and cli.main is slimformer.commands.main
+    out = subprocess.run([sys.executable, "-m", "slimformer", "list", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "minilm-l6" in json.loads(out.stdout)["models"]
+
+
+def test_ensure_output_dir(tmp_path):
+    from slimformer.commands.common import ensure_output_dir
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.txt").write_text("mine")
+    for ok in (None, tmp_path / "new", tmp_path):  # no folder asked, a new one, and (below) an empty one
+        ensure_output_dir(ok if ok != tmp_path else (tmp_path / "empty"), overwrite=False)
+    (tmp_path / "empty").mkdir()
+    ensure_output_dir(tmp_path / "empty", overwrite=False)
+    with pytest.raises(FileExistsError, match="full.*not empty; choose another or pass --overwrite"):
+        ensure_output_dir(full, overwrite=False)
+    with pytest.raises(FileExistsError, match="pass --overwrite or --resume"):
+        ensure_output_dir(full, overwrite=False, resume=False)
+    ensure_output_dir(full, overwrite=True)
+    ensure_output_dir(full, overwrite=False, resume=True)
+    with pytest.raises(NotADirectoryError, match="x.txt"):
+        ensure_output_dir(full / "x.txt", overwrite=True)
+    assert (full / "x.txt").read_text() == "mine"  # a check only: nothing is removed
+
+
+def test_ensure_distinct_names_the_options(tmp_path):
+    from slimformer.commands.common import ensure_distinct
+
+    ensure_distinct(out=tmp_path / "a", int8_out=tmp_path / "b", bf16_out=None)
+    with pytest.raises(ValueError, match="--out, --int8-out and --bf16-out must be different folders"):
+        ensure_distinct(out=tmp_path / "a", int8_out=None, bf16_out=tmp_path / "x" / ".." / "a")
+
+
+def test_parse_options_and_fractions():
+    from slimformer.commands.common import fractions, parse_options
+
+    assert parse_options(["n=256", "repair=false", "name=optin", "ks=[1, 2]"]) == {
+        "n": 256,
+        "repair": False,
+        "name": "optin",
+        "ks": [1, 2],
+    }
+    assert parse_options(None) == {}
+    with pytest.raises(ValueError, match="--set 'oops': expected FIELD=VALUE"):
+        parse_options(["oops"])
+    assert fractions("0.6, 0.4,", "--budgets") == (0.6, 0.4)
+    with pytest.raises(ValueError, match="--budgets '0.6,x'"):
+        fractions("0.6,x", "--budgets")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prune", "no-such-model"],
+        ["compress", "no-such-model", "--recipe", "RECIPE"],
+        ["axformer", "no-such-model"],
+        ["finetune", "no-such-model"],
+        ["exit", "train", "no-such-model"],
+        ["skim", "train", "no-such-model"],
+        ["slim", "train", "no-such-model"],
+        ["slim", "extract", "no-such-run", "--budget", "memory=0.5"],
+    ],
+)
+def test_a_non_empty_out_is_refused_before_any_work(tmp_path, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"steps": [{"step": "int8"}]}')
+    args = [str(recipe) if a == "RECIPE" else a for a in command]
+    result = (
+        run(*args, "--task", "no_such_task", "--out", out) if "extract" not in command else run(*args, "--out", out)
+    )
+    assert result.exit_code == 2, result.output
+    assert f"output folder {str(out)!r} is not empty" in result.stderr  # not the unknown model, run or task
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_a_non_empty_folder_before_loading(tmp_path):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("export", "no-such-model", "--onnx", out)
+    assert result.exit_code == 2 and "is not empty" in result.stderr

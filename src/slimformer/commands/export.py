@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from slimformer.commands.common import (
+    USER_ERRORS,
+    JsonOpt,
+    emit_json,
+    ensure_output_dir,
+    fail,
+    field_help,
+    load_task_option,
+)
+
 
 def _help(name: str) -> str:
     from slimformer.onnx_export import ExportConfig
 
-    return {f.name: f for f in dataclasses.fields(ExportConfig)}[name].metadata["help"]
+    return field_help(ExportConfig, name)
 
 
 def _texts(task: str | None, count: int, seed: int) -> list[str] | None:
     """``count`` texts sampled from the task's test split (None without a task: built-in sentences)."""
     if task is None:
         return None
-    from slimformer.data import load_task
-
     if count < 2:
         raise ValueError(f"--verify-examples={count}: need at least 2 (padded batches)")
-    examples = load_task(task).split("test")
+    examples = load_task_option(task).split("test")
     sample = random.Random(seed).sample(examples, min(count, len(examples)))
     return [e.text for e in sample]
 
@@ -99,7 +105,7 @@ def export_command(
     check: Annotated[bool, typer.Option("--check/--no-check", help=_help("check"))] = True,
     seed: Annotated[int, typer.Option(help="seed of the verification sample")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --onnx folder")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")] = False,
+    as_json: JsonOpt = False,
 ):
     """Export a model to ONNX (optionally onnxruntime int8), verified against PyTorch and timed beside it.
 
@@ -108,7 +114,6 @@ def export_command(
     Refused with an error: hard top-k attention, token skimming, early exit, forward hooks, PyTorch-quantized models.
     """
     from slimformer.bench import BenchConfig, parse_int_list
-    from slimformer.cli import USER_ERRORS  # the one list of user-error types (imported late: cli imports us)
     from slimformer.models import load_model
     from slimformer.onnx_export import ExportConfig, OnnxVerificationError, export_onnx
 
@@ -131,8 +136,7 @@ def export_command(
                 warmup=warmup,
                 threads=threads,
             )
-        if onnx.exists() and onnx.is_dir() and any(onnx.iterdir()) and not overwrite:
-            raise FileExistsError(f"output folder {str(onnx)!r} is not empty; choose another or pass --overwrite")
+        ensure_output_dir(onnx, overwrite)
         texts = _texts(task, verify_examples, seed)
         m, tokenizer = load_model(model)
         report = export_onnx(
@@ -140,13 +144,11 @@ def export_command(
         )
         report = {"source": model, "out": str(onnx), **report}
     except OnnxVerificationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc, code=1)
     except USER_ERRORS as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        emit_json(report)
         return
     typer.echo(format_report(report, onnx))
     if not report["passed"]:

@@ -1,40 +1,46 @@
-"""``slimformer skim train|calibrate|report``: thin commands over :mod:`slimformer.skim`.
-
-Registered in :mod:`slimformer.cli` with ``app.add_typer(skim_app, name="skim")``. Importing this
-module loads typer and the (torch-free) config only; the work happens inside the functions.
-"""
+"""``slimformer skim train|calibrate|report``: thin commands over :mod:`slimformer.skim`."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from slimformer.skim.config import SkimConfig
+from slimformer.commands.common import (
+    USER_ERRORS,
+    BatchSizesOpt,
+    JsonOpt,
+    LabelCol,
+    OverwriteOpt,
+    PairCol,
+    ResumeOpt,
+    SeedOpt,
+    SetOpt,
+    TextCol,
+    check_labels,
+    emit_json,
+    ensure_output_dir,
+    fail,
+    field_readers,
+    load_task_option,
+    parse_options,
+)
+from slimformer.skim.config import SkimConfig  # torch-free: its field help texts are the options' help
 
 skim_app = typer.Typer(
     help="Token skimming: a predictor before each layer drops tokens; they are removed for real at inference.",
     no_args_is_help=True,
 )
 
-_FIELDS = {f.name: f for f in dataclasses.fields(SkimConfig)}
 
-
-def _help(name: str) -> str:
-    return _FIELDS[name].metadata["help"]
-
-
-def _default(name: str):
-    return _FIELDS[name].default
+_help, _default = field_readers(SkimConfig)
 
 
 TaskOpt = Annotated[
     str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`) or a CSV/TSV/JSONL file")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")]
 KeepOpt = Annotated[
     float | None, typer.Option("--keep", help="calibrate the threshold shift on validation to this mean kept fraction")
 ]
@@ -50,12 +56,7 @@ LatencyOpt = Annotated[
     ),
 ]
 LatencyBatchOpt = Annotated[int, typer.Option(help="batch size the --latency-ms target is for")]
-
-
-def _load(task: str, seed: int, text_column: str, text_pair_column: str | None, label_column: str):
-    from slimformer.cli import load_task_option
-
-    return load_task_option(task, text_column, text_pair_column, label_column, seed)
+SetSkim = SetOpt("SkimConfig")
 
 
 @skim_app.command("train")
@@ -72,7 +73,7 @@ def train_command(
     distill: Annotated[float, typer.Option(help=_help("distill"))] = _default("distill"),
     max_examples: Annotated[int | None, typer.Option(help=_help("max_examples"))] = None,
     max_steps: Annotated[int | None, typer.Option(help=_help("max_steps"))] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="any other SkimConfig field FIELD=VALUE")] = None,
+    set_: SetSkim = None,
     keep: KeepOpt = None,
     macs: MacsOpt = None,
     latency_ms: LatencyOpt = None,
@@ -80,16 +81,15 @@ def train_command(
     evaluate_split: Annotated[
         str | None, typer.Option("--evaluate", help="report accuracy, kept tokens and MACs on this split (e.g. test)")
     ] = None,
-    text_column: Annotated[str, typer.Option(help="column holding the text (user files)")] = "text",
-    text_pair_column: Annotated[str | None, typer.Option(help="optional second text column (user files)")] = None,
-    label_column: Annotated[str, typer.Option(help="column holding the label (user files)")] = "label",
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
     seed: Annotated[int, typer.Option(help="seed of the data split, the subset and the Gumbel noise")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last epoch checkpoint in --out")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
     """Train skim predictors (fine-tuning the model with them) and save the skimming model."""
-    from slimformer.cli import USER_ERRORS, _emit_json, _fail, _parse_options
     from slimformer.export import prepare_output_dir
     from slimformer.models import load_model
     from slimformer.skim.measure import measure_skim, tokenized_batches
@@ -101,30 +101,17 @@ def train_command(
             raise ValueError("--resume and --overwrite exclude each other")
         config = SkimConfig.from_dict(
             {
-                "skim_weight": skim_weight,
-                "epochs": epochs,
-                "lr": lr,
-                "predictor_lr": predictor_lr,
-                "batch_size": batch_size,
-                "max_length": max_length,
-                "distill": distill,
-                "max_examples": max_examples,
-                "max_steps": max_steps,
-                "seed": seed,
-                **_parse_options(set_ or []),
+                "skim_weight": skim_weight, "epochs": epochs, "lr": lr, "predictor_lr": predictor_lr,
+                "batch_size": batch_size, "max_length": max_length, "distill": distill, "max_examples": max_examples,
+                "max_steps": max_steps, "seed": seed, **parse_options(set_),
             }
-        )
-        if out.exists() and any(out.iterdir()) and not resume:
-            if not overwrite:
-                raise FileExistsError(f"output folder {str(out)!r} is not empty; pass --overwrite or --resume")
+        )  # fmt: skip
+        ensure_output_dir(out, overwrite, resume=resume)
         if not resume:
             prepare_output_dir(out, overwrite=overwrite)
-        data = _load(task, seed, text_column, text_pair_column, label_column)
+        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
         m, tok = load_model(model, require_head=True)
-        if m.config.num_labels != data.num_labels:
-            raise ValueError(
-                f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
-            )
+        check_labels(m, data, model, task)
         result = skim(m, config, data, tokenizer=tok, out_dir=out, resume=resume, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
         if keep is not None or macs is not None or latency_ms is not None:
@@ -138,10 +125,14 @@ def train_command(
         write_skim(result.model, tok, out, report=report)
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)  # optimizer states: only for resuming
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _emit_json(report)
-        return
+        emit_json(report)
+    else:
+        _echo_trained(report, out, evaluate_split)
+
+
+def _echo_trained(report: dict, out: Path, evaluate_split: str | None) -> None:
     last = report["epochs"][-1] if report["epochs"] else {}
     typer.echo(f"saved skimming model to {out} ({report['global_step']} steps, {report['wall_time_s']:.0f}s)")
     if "validation" in last:
@@ -198,15 +189,14 @@ def calibrate_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="save the calibrated copy here (default: in place)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
-    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    overwrite: OverwriteOpt = False,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
     """Set the inference threshold shift so validation data meets a kept-token, MACs or latency target.
 
     No retraining: a higher shift keeps fewer tokens. A latency target is timed on this machine.
     """
-    from slimformer.cli import USER_ERRORS, _emit_json, _fail
     from slimformer.models import load_model
     from slimformer.skim.model import is_skim_model
     from slimformer.skim.saving import save_skim
@@ -215,7 +205,7 @@ def calibrate_command(
         m, tok = load_model(str(folder))
         if not is_skim_model(m):
             raise ValueError(f"{str(folder)!r} is not a skimming model; train one with `slimformer skim train`")
-        data = _load(task, seed, "text", None, "label")
+        data = load_task_option(task, seed=seed)
         targets = {"keep": keep, "macs": macs, "latency_ms": latency_ms}
         result = _calibrate(m, data, tok, max_length, targets, latency_batch_size, not as_json)
         if out is None:
@@ -223,9 +213,9 @@ def calibrate_command(
         else:
             save_skim(m, tok, out, overwrite=overwrite, report={"calibration": result})
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
         return
     typer.echo(
         f"shift {result['shift']:.4f}: {result['metric']} {result['achieved']:.4f} (target {result['target']}); "
@@ -240,14 +230,13 @@ def report_command(
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
     max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
     vs: Annotated[str | None, typer.Option("--vs", help="dense model to time against on the same real batches")] = None,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")] = "1,32",
+    batch_sizes: BatchSizesOpt = "1,32",
     repeats: Annotated[int, typer.Option(help="timed rounds per batch size")] = 10,
-    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
     """Accuracy, kept tokens per layer and MACs (predictors counted) on a split; with --vs, wall clock too."""
     from slimformer.bench import parse_int_list
-    from slimformer.cli import USER_ERRORS, _emit_json, _fail
     from slimformer.models import load_model
     from slimformer.skim.measure import measure_skim, tokenized_batches
     from slimformer.skim.model import is_skim_model
@@ -257,7 +246,7 @@ def report_command(
         m, tok = load_model(str(folder))
         if not is_skim_model(m):
             raise ValueError(f"{str(folder)!r} is not a skimming model")
-        data = _load(task, seed, "text", None, "label")
+        data = load_task_option(task, seed=seed)
         examples = data.split(split)
         report = measure_skim(m, tokenized_batches(examples, tok, max_length=max_length), progress=not as_json)
         if vs is not None:
@@ -269,9 +258,9 @@ def report_command(
             }
             report["speedup"] = speedups(timing, reference="dense")["skim"]
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     _echo_measure(split, report)
     for b, s in report.get("speedup", {}).items():

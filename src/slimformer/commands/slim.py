@@ -1,8 +1,4 @@
-"""``slimformer slim train | extract | curve``: thin commands over :mod:`slimformer.slim`.
-
-Registered in :mod:`slimformer.cli` with ``app.add_typer(slim_app, name="slim")``. Importing this
-module loads typer only; the work (and torch) happens inside the commands.
-"""
+"""``slimformer slim train | extract | curve``: thin commands over :mod:`slimformer.slim`."""
 
 from __future__ import annotations
 
@@ -11,19 +7,36 @@ from typing import Annotated
 
 import typer
 
+from slimformer.commands.common import (
+    USER_ERRORS,
+    JsonOpt,
+    LabelCol,
+    OverwriteOpt,
+    PairCol,
+    SeedOpt,
+    SetOpt,
+    TaskOpt,
+    TextCol,
+    check_labels,
+    console,
+    emit_json,
+    ensure_output_dir,
+    fail,
+    fractions,
+    load_task_option,
+    max_length_for,
+    parse_options,
+    split_examples,
+    split_metrics,
+)
+
 slim_app = typer.Typer(
     help="Differentiable slimming: train once, then extract a model for any memory budget.",
     no_args_is_help=True,
 )
 
-TaskOpt = Annotated[
-    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`), or a CSV/TSV/JSONL file")
-]
-TextCol = Annotated[str, typer.Option(help="column holding the text (user files)")]
-PairCol = Annotated[str | None, typer.Option(help="optional second text column (user files)")]
-LabelCol = Annotated[str, typer.Option(help="column holding the label (user files)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")]
 DEFAULT_CURVE = "0.9,0.8,0.7,0.6,0.5,0.45,0.4,0.3,0.25,0.2"
+SetSlim = SetOpt("SlimConfig")
 
 
 @slim_app.command("train")
@@ -34,46 +47,39 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(help="passes over the training split (default: SlimConfig's)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate inputs (default: the task's recipe)")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="any SlimConfig field FIELD=VALUE (repeatable)")
-    ] = None,
+    set_: SetSlim = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run folder's latest checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="empty a non-empty run folder first")] = False,
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
-    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
     """Train gates and weights of a fine-tuned model at sampled memory budgets (one run serves every budget)."""
-    from slimformer.cli import USER_ERRORS, _emit_json, _fail, _parse_options, load_task_option
-
     try:
         from slimformer.models import load_model
-        from slimformer.pipeline import recipe_for
         from slimformer.slim.config import SlimConfig
         from slimformer.slim.train import slim
 
+        ensure_output_dir(out, overwrite, resume=resume)
         data = load_task_option(task, text_column, text_pair_column, label_column, seed)
-        options = {"max_length": max_length or recipe_for(data.name).max_length, **_parse_options(set_ or [])}
+        options = {"max_length": max_length_for(data, max_length), **parse_options(set_)}
         if epochs is not None:
             options["epochs"] = epochs
         if max_steps is not None:
             options["max_steps"] = max_steps
         config = SlimConfig.from_dict(options)
         m, tok = load_model(model, require_head=True)
-        if m.config.num_labels != data.num_labels:
-            raise ValueError(
-                f"model {model!r} has {m.config.num_labels} labels but task {task!r} has {data.num_labels}"
-            )
+        check_labels(m, data, model, task)
         slimmed = slim(
             m, config, data, tokenizer=tok, out_dir=out, resume=resume, overwrite=overwrite, progress=not as_json
         )
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     report = slimmed.info["report"]
     if as_json:
-        _emit_json({"run": str(out), **slimmed.info})
+        emit_json({"run": str(out), **slimmed.info})
         return
     last = report["history"][-1] if report["history"] else {}
     typer.echo(f"slimming run saved to {out}: {report['global_step']} steps in {report['wall_time_s']:.0f}s")
@@ -99,30 +105,24 @@ def extract_command(
     evaluate_split: Annotated[
         str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
     """Extract a plain pruned model that fits the budget from a slimming run (seconds, no training)."""
-    from slimformer.cli import USER_ERRORS, _emit_json, _fail
-
     try:
         from slimformer.slim.extraction import extract
         from slimformer.slim.run import load_run
 
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another or pass --overwrite")
+        ensure_output_dir(out, overwrite)
         slimmed, tok = load_run(run)
         result = extract(slimmed, budget, of=of, prune_vocab=prune_vocab, min_count=min_count, tokenizer=tok)
         report = dict(result.report)
         if evaluate_split or prune_vocab:
             data, length = _run_task(slimmed)
             if evaluate_split:
-                from slimformer.evaluate import evaluate
-
-                metrics = evaluate(
-                    result.model, result.tokenizer, data.split(evaluate_split), max_length=length, progress=not as_json
+                report["metrics"] = split_metrics(
+                    result.model, result.tokenizer, data, evaluate_split, max_length=length, progress=not as_json
                 )
-                report["metrics"] = {"split": evaluate_split, **metrics}
             if prune_vocab:
                 from slimformer.slim.vocab import unk_report
 
@@ -132,9 +132,9 @@ def extract_command(
         result.report = report
         result.save(out, overwrite=overwrite)
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _emit_json({"out": str(out), **report})
+        emit_json({"out": str(out), **report})
         return
     rel = report["relative"]
     typer.echo(
@@ -166,30 +166,28 @@ def curve_command(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
-    seed: Annotated[int, typer.Option(help="seed of the data split")] = 0,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
     """Accuracy of the models extracted at a sweep of budgets from one run: a table and a plot."""
-    from slimformer.cli import USER_ERRORS, _console, _emit_json, _fail, _fractions, load_task_option
-
     try:
         from slimformer.evaluate import evaluate
         from slimformer.slim.extraction import curve, plot_curve
         from slimformer.slim.run import load_run
 
-        fractions = list(_fractions(budgets, "--budgets"))
+        shares = list(fractions(budgets, "--budgets"))
         slimmed, tok = load_run(run)
         data = load_task_option(task, text_column, text_pair_column, label_column, seed)
-        examples = data.split(split)[:limit] if limit else data.split(split)
+        examples = split_examples(data, split, limit)
         length = max_length or slimmed.info.get("config", {}).get("max_length", 128)
         dense = evaluate(slimmed.model, tok, examples, max_length=length, progress=False)["accuracy"]
-        rows = curve(slimmed, examples, fractions, tokenizer=tok, of=of, max_length=length, progress=not as_json)
+        rows = curve(slimmed, examples, shares, tokenizer=tok, of=of, max_length=length, progress=not as_json)
         if plot is not None:
             plot_curve(rows, plot, dense_accuracy=dense, title=f"{run.name}: {data.name} {split}")
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        _emit_json({"run": str(run), "task": data.name, "split": split, "dense_accuracy": dense, "rows": rows})
+        emit_json({"run": str(run), "task": data.name, "split": split, "dense_accuracy": dense, "rows": rows})
         return
     from rich.table import Table
 
@@ -201,7 +199,7 @@ def curve_command(
             f"{r['budget']:.0%}", f"{r['accuracy']:.4f}", f"{100 * (r['accuracy'] - dense):+.2f}",
             f"{r['bytes_fp32'] / 1e6:.1f}", f"{r['params'] / 1e6:.2f}M", f"{r['extract_s']:.2f}",
         )  # fmt: skip
-    _console().print(table)
+    console().print(table)
     if plot is not None:
         typer.echo(f"plot written to {plot}")
 

@@ -1,0 +1,304 @@
+"""``slimformer axformer``: a thin command over :func:`slimformer.axformer.axformer`.
+
+The search itself is the library verb (its report is the command's report). What follows it runs on
+:mod:`slimformer.compose`: ``--recover-epochs`` distils on the recipe context's train batches, and
+``--int8-out`` / ``--bf16-out`` are one-step recipes (``int8`` / ``bf16``) run on the searched model and
+saved with :func:`slimformer.compose.save_result`. Importing this module loads typer only (help texts
+are spelled out here rather than read from ``AxConfig``, whose module loads torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimformer.commands.common import (
+    USER_ERRORS,
+    EvaluateOpt,
+    JsonOpt,
+    LabelCol,
+    ModelArg,
+    SetOpt,
+    TaskOpt,
+    TextCol,
+    check_labels,
+    emit_json,
+    ensure_distinct,
+    ensure_output_dir,
+    fail,
+    load_task_option,
+    max_length_for,
+    parse_options,
+    split_metrics,
+)
+
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(help="stop once this fits: macs=0.5, params=12M, memory=40MB (default: the most accurate model)"),
+]
+LossTolOpt = Annotated[
+    float, typer.Option(help="a removal is kept when the mean validation loss rises by at most this (nats)")
+]
+TolFromOpt = Annotated[
+    str, typer.Option(help="previous: the tolerance applies to each removal; start: to the input model's loss")
+]
+WorseOpt = Annotated[
+    float, typer.Option(help="and when at most this share of the samples whose loss changes get worse")
+]
+AccDropOpt = Annotated[
+    float | None,
+    typer.Option(help="and when validation accuracy stays within this of the input model's (0: never below)"),
+]
+TopkOpt = Annotated[
+    str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
+]
+CompensateOpt = Annotated[
+    bool,
+    typer.Option(
+        help="evaluate each removal with a least-squares refit of the kept units' output weights and bias "
+        "(no labels); accepted refits stay in the model"
+    ),
+]
+RepairOpt = Annotated[
+    bool,
+    typer.Option(
+        help="after the search, refit the output projections by least squares towards the input model "
+        "(kept when validation loss does not rise and accuracy holds)"
+    ),
+]
+HoldoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.9,
+        help="no budget only: share of the validation split kept out of the search; the search stops at the "
+        "longest prefix of its changes that still passes on it (0: off)",
+    ),
+]
+GroupsOpt = Annotated[
+    int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
+]
+PassesOpt = Annotated[
+    int, typer.Option(help="passes over the layers, last to first; stops early when a pass changes nothing")
+]
+SetAx = SetOpt("AxConfig")
+ValExamplesOpt = Annotated[
+    int | None, typer.Option(help="search on the first N validation examples only (default: all)")
+]
+MaxLenOpt = Annotated[
+    int | None, typer.Option(help="truncate inputs to this many tokens (default: the task's fine-tuning recipe)")
+]
+FitOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="the least-squares refits (--compensate, --repair) are fit on this many train inputs, so the "
+        "validation split only judges them (0: fit on the validation inputs)",
+    ),
+]
+RecoverOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="after the search, fine-tune the smaller model this many epochs on the train split, distilled "
+        "from the input model (0: no fine-tune; shapes never change)",
+    ),
+]
+Int8OutOpt = Annotated[
+    Path | None, typer.Option("--int8-out", help="also save an int8 dynamically quantized copy here")
+]
+Bf16OutOpt = Annotated[
+    Path | None,
+    typer.Option("--bf16-out", help="also save a bfloat16 copy here (half the size; fast on CPUs with native bf16)"),
+]
+PairOpt = Annotated[str | None, typer.Option(help="optional second text column (user files)")]
+
+
+def axformer_command(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the compressed model (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    budget: BudgetOpt = None,
+    loss_tolerance: LossTolOpt = 0.0,
+    tolerance_from: TolFromOpt = "previous",
+    max_worse_fraction: WorseOpt = 0.5,
+    max_accuracy_drop: AccDropOpt = None,
+    topk: TopkOpt = "0.1,0.25,0.5",
+    hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    compensate: CompensateOpt = False,
+    repair: RepairOpt = True,
+    holdout: HoldoutOpt = 0.0,
+    neuron_groups: GroupsOpt = 8,
+    max_passes: PassesOpt = 4,
+    set_: SetAx = None,
+    validation_examples: ValExamplesOpt = None,
+    max_length: MaxLenOpt = None,
+    fit_examples: FitOpt = 1024,
+    recover_epochs: RecoverOpt = 0,
+    batch_size: Annotated[int, typer.Option(help="validation examples per batch")] = 32,
+    evaluate_split: EvaluateOpt = None,
+    int8_out: Int8OutOpt = None,
+    bf16_out: Bf16OutOpt = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairOpt = None,
+    label_column: LabelCol = "label",
+    seed: Annotated[int, typer.Option(help="seed of the data split and of the batch order")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a non-empty --out / --int8-out / --bf16-out")
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """AxFormer: remove what does not help the task and switch layers to top-k attention where that helps,
+    searched on the validation split; save the smaller model (its top-k settings load with it)."""
+    from slimformer.axformer.config import AxConfig
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+    from slimformer.quantize import size_on_disk
+
+    try:
+        config = AxConfig.from_dict(
+            {
+                "budget": budget, "loss_tolerance": loss_tolerance, "tolerance_from": tolerance_from,
+                "max_worse_fraction": max_worse_fraction, "max_accuracy_drop": max_accuracy_drop,
+                "topk": _parse_topk(topk), "hard_attention": hard_attention, "compensate": compensate,
+                "repair": repair, "holdout": holdout, "neuron_groups": neuron_groups, "max_passes": max_passes,
+                **parse_options(set_),
+            }
+        )  # fmt: skip
+        ensure_distinct(out=out, int8_out=int8_out, bf16_out=bf16_out)
+        for folder in (out, int8_out, bf16_out):
+            ensure_output_dir(folder, overwrite)
+        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        m, tok = load_model(model, require_head=True)
+        check_labels(m, data, model, task)
+        context = _context(data, tok, max_length_for(data, max_length), batch_size, validation_examples,
+                           fit_examples, seed, not as_json)  # fmt: skip
+        searched, report = _search(m, config, context)
+        report = {"model": model, "task": data.name, "max_length": context.max_length, **report}
+        if recover_epochs:
+            searched, report["recover"] = _recover(searched, m, context, epochs=recover_epochs)
+        if evaluate_split:
+            report["metrics"] = _metrics(searched, context, evaluate_split)
+        for kind, folder in (("int8", int8_out), ("bf16", bf16_out)):
+            if folder is not None:
+                report[kind] = _save_copy(searched, kind, folder, context, report, evaluate_split, overwrite)
+        save_model(searched, tok, out, overwrite=overwrite, extra=report)
+        report["size_on_disk"] = size_on_disk(out)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if as_json:
+        emit_json(report)
+    else:
+        _echo(report, out, evaluate_split)
+
+
+def _context(data, tok, length: int, batch_size: int, limit: int | None, fit: int, seed: int, progress: bool):
+    """A recipe context holding the search's validation batches and the refits' train sample."""
+    from slimformer.axformer.search import validation_batches
+    from slimformer.compose import RecipeContext
+
+    context = RecipeContext(tokenizer=tok, task=data, max_length=length, calibration=fit, seed=seed, progress=progress)
+    context.cache["validation"] = validation_batches(
+        data.split("validation"), tok, batch_size=batch_size, max_length=length, seed=seed, limit=limit
+    )
+    if fit:
+        from slimformer.static import calibration_batches
+
+        context.cache["calibration"] = calibration_batches(
+            data.split("train"), tok, size=fit, seed=seed, batch_size=batch_size, max_length=length
+        )
+    return context
+
+
+def _search(model, config, context):
+    """Run the AxFormer search on the context's validation batches; the searched model and its report."""
+    from slimformer.axformer.search import axformer
+
+    refits = context.calibration and (config.compensate or config.repair)
+    fit = context.calibration_batches() if refits else None
+    result = axformer(model, config, context.cache["validation"], fit_data=fit, progress=context.progress)
+    return result.model, result.report
+
+
+def _recover(model, teacher, context, *, epochs: int):
+    """Distil ``model`` from ``teacher`` on the train split; the model and a report with validation before/after."""
+    from slimformer.axformer.search import score_batches
+    from slimformer.recover import RecoverConfig, recover
+
+    config = RecoverConfig(epochs=epochs, seed=context.seed)
+    result = recover(model, teacher, context.training_batches(), config, progress=context.progress)
+    validation = context.cache["validation"]
+    before, after = score_batches(model, validation), score_batches(result.model, validation)
+    return result.model, {**result.report, "validation": {"before": before, "after": after}}
+
+
+def _metrics(model, context, split: str) -> dict:
+    return split_metrics(
+        model, context.tokenizer, context.task, split, max_length=context.max_length, progress=context.progress
+    )
+
+
+def _save_copy(model, kind: str, folder: Path, context, report: dict, split: str | None, overwrite: bool) -> dict:
+    """Run the one-step recipe ``kind`` (int8 or bf16) on ``model``, save it to ``folder``; its report entry."""
+    from slimformer.compose import compress, parse_recipe, save_result
+    from slimformer.quantize import size_on_disk
+
+    converted, _ = compress(model, parse_recipe([{"step": kind}]), context)
+    entry: dict = {"folder": str(folder)}
+    if split:
+        entry["metrics"] = _metrics(converted, context, split)
+    save_result(converted, context.tokenizer, folder, overwrite=overwrite, extra={**report, kind: entry})
+    entry["size_on_disk"] = size_on_disk(folder)
+    return entry
+
+
+def _echo(report: dict, out: Path, evaluate_split: str | None) -> None:
+    rel, val = report["relative"], report["validation"]
+    typer.echo(
+        f"axformer ({report['mode']}{', ' + report['budget'] if report['budget'] else ''}): MACs {rel['macs']:.1%}, "
+        f"params {rel['params']:.1%} of the input model; validation accuracy {val['before']['accuracy']:.4f} -> "
+        f"{val['after']['accuracy']:.4f}, loss {val['before']['loss']:.4f} -> {val['after']['loss']:.4f} "
+        f"({report['seconds']['total']:.1f}s); top-k layers {report['topk'] or 'none'}; saved to {out}"
+    )
+    if report.get("holdout"):
+        hold = report["holdout"]
+        typer.echo(
+            f"held-out rule ({hold['examples']} validation examples kept out of the search): kept {hold['kept']} of "
+            f"{hold['accepted']} accepted changes"
+        )
+    if report.get("repair"):
+        fixed, plain = report["repair"]["repaired"], report["validation"]["unrepaired"]
+        typer.echo(
+            f"repair: validation accuracy {plain['accuracy']:.4f} -> {fixed['accuracy']:.4f}, loss {plain['loss']:.4f}"
+            f" -> {fixed['loss']:.4f}: {'kept' if report['repair']['kept'] else 'discarded'}"
+        )
+    if report.get("recover"):
+        rec = report["recover"]
+        before, after = rec["validation"]["before"], rec["validation"]["after"]
+        typer.echo(
+            f"recover ({rec['recover_config']['epochs']} epoch(s), {rec['seconds']:.0f}s): validation accuracy "
+            f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}, loss {before['loss']:.4f} -> {after['loss']:.4f}"
+        )
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+    for kind in ("int8", "bf16"):
+        if kind in report:
+            line = f"{kind} copy: {report[kind]['size_on_disk'] / 1e6:.1f} MB on disk in {report[kind]['folder']}"
+            if "metrics" in report[kind]:
+                line += f", {evaluate_split} accuracy {report[kind]['metrics']['accuracy']:.4f}"
+            typer.echo(line)
+
+
+def _parse_topk(text: str) -> list[int | float]:
+    """``"8,0.25"`` -> ``[8, 0.25]`` (an empty string: no settings)."""
+    out: list[int | float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(int(part) if part.lstrip("+-").isdigit() else float(part))
+        except ValueError:
+            raise ValueError(f"--topk {text!r}: expected comma-separated ints or fractions, e.g. 8,0.25") from None
+    return out

@@ -1,0 +1,210 @@
+"""What every ``slimformer`` command shares: option aliases, errors, JSON output, console, logging.
+
+This module imports nothing from the command modules (they import it), so there is no import cycle.
+Importing it loads typer only; torch and transformers load inside the helpers that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+#: exceptions that mean "the user asked for something that cannot work": exit code 2, one line on stderr
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+
+# ---- option aliases (one definition each; commands with other help texts spell theirs out) ----------------
+
+ModelArg = Annotated[str, typer.Argument(help="built-in model (see `slimformer list`), local folder, or hub id")]
+TaskOpt = Annotated[
+    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`), or a CSV/TSV/JSONL file")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON only")]
+TextCol = Annotated[str, typer.Option(help="column holding the text (user files)")]
+PairCol = Annotated[str | None, typer.Option(help="optional second text column for pair tasks (user files)")]
+LabelCol = Annotated[str, typer.Option(help="column holding the label (user files)")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the data split")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the last epoch checkpoint in --out")]
+EvaluateOpt = Annotated[str | None, typer.Option("--evaluate", help="also report metrics on this split (e.g. test)")]
+CalibrationOpt = Annotated[int, typer.Option(help="calibration examples sampled from the train split")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per sequence")]
+BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")]
+RecipeMaxLenOpt = Annotated[
+    int | None, typer.Option(help="truncate inputs to this many tokens (default: the task's recipe)")
+]
+
+
+def SetOpt(config: str, example: str | None = None) -> Any:  # noqa: N802 (reads as a type in signatures)
+    """The repeatable ``--set FIELD=VALUE`` option for the fields of ``config`` (named in the help)."""
+    text = f"any other {config} field FIELD=VALUE (repeatable)" + (f", e.g. {example}" if example else "")
+    return Annotated[list[str] | None, typer.Option("--set", help=text)]
+
+
+def field_readers(cls: type) -> tuple[Callable[[str], str], Callable[[str], Any]]:
+    """``(help, default)``: readers of ``cls``'s dataclass fields, for an option's help text and default."""
+    return partial(field_help, cls), partial(field_default, cls)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The ``help`` metadata of dataclass field ``name`` of ``cls`` (so CLI help and config agree)."""
+    return _field(cls, name).metadata["help"]
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``name`` of ``cls``."""
+    return _field(cls, name).default
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise KeyError(f"{cls.__name__} has no field {name!r}; fields: {', '.join(fields)}")
+    return fields[name]
+
+
+# ---- output, errors, logging ---------------------------------------------------------------------------
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (the only thing printed under ``--json``)."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def fail(exc: Exception, code: int = 2) -> NoReturn:
+    """Print ``error: <exc>`` on stderr and exit with ``code`` (2: the user's input cannot work)."""
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code) from None
+
+
+def console():
+    """A rich console on stdout; 140 columns wide when piped, so tables are not squeezed into 80."""
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=140)
+    return out
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr (INFO with ``--verbose``, else WARNING); silence transformers' own messages and bars."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own bars show progress; theirs repeat on every load
+
+
+# ---- checks and parsing shared by commands ---------------------------------------------------------------
+
+
+def ensure_output_dir(path: Path | None, overwrite: bool, *, resume: bool | None = None) -> None:
+    """Refuse a non-empty output folder before any work starts (``None``: no folder asked for).
+
+    Args:
+        path: the folder the command will write.
+        overwrite: the user passed ``--overwrite``.
+        resume: ``None`` for commands without ``--resume``; else whether it was passed (a non-empty folder
+            is then expected).
+
+    Raises:
+        NotADirectoryError: ``path`` is a file.
+        FileExistsError: ``path`` holds files and neither ``--overwrite`` nor ``--resume`` was passed.
+    """
+    if path is None or not path.exists():
+        return
+    if not path.is_dir():
+        raise NotADirectoryError(f"output folder {str(path)!r} is a file; choose a folder")
+    if overwrite or resume or not any(path.iterdir()):
+        return
+    hint = "pass --overwrite or --resume" if resume is not None else "choose another or pass --overwrite"
+    raise FileExistsError(f"output folder {str(path)!r} is not empty; {hint}")
+
+
+def ensure_distinct(**folders: Path | None) -> None:
+    """Refuse two output options naming the same folder (``out=..., int8_out=...``: the option names)."""
+    named = {name: f for name, f in folders.items() if f is not None}
+    if len({f.resolve() for f in named.values()}) < len(named):
+        names = [f"--{n.replace('_', '-')}" for n in folders]
+        options = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        raise ValueError(f"{options} must be different folders, got {[str(f) for f in named.values()]}")
+
+
+def load_task_option(
+    task: str,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    seed: int = 0,
+):
+    """The task named by ``--task`` with the user-file column options (one place for every command)."""
+    from slimformer.data import load_task
+
+    return load_task(
+        task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, seed=seed
+    )
+
+
+def check_labels(model, data, model_name: str, task: str) -> None:
+    """Refuse a classifier whose label count differs from the task's."""
+    if model.config.num_labels != data.num_labels:
+        raise ValueError(
+            f"model {model_name!r} has {model.config.num_labels} labels but task {task!r} has {data.num_labels}"
+        )
+
+
+def max_length_for(data, max_length: int | None) -> int:
+    """``max_length`` if given, else the task's fine-tuning recipe's."""
+    if max_length:
+        return max_length
+    from slimformer.pipeline import recipe_for
+
+    return recipe_for(data.name).max_length
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``["head_examples=256", "repair=false"]`` -> typed values (JSON literals, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set head_examples=256")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def fractions(text: str, option: str) -> tuple[float, ...]:
+    """``"0.6,0.4"`` -> ``(0.6, 0.4)``; a clear error naming the option and the bad text otherwise."""
+    try:
+        return tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated fractions such as 0.6,0.4") from None
+
+
+def split_metrics(model, tokenizer, data, split: str, *, max_length: int, progress: bool) -> dict[str, Any]:
+    """Task metrics of ``model`` on ``split`` of ``data``, as ``{"split": split, **metrics}`` (``--evaluate``)."""
+    from slimformer.evaluate import evaluate
+
+    metrics = evaluate(model, tokenizer, data.split(split), max_length=max_length, progress=progress)
+    return {"split": split, **metrics}
+
+
+def split_examples(data, split: str, limit: int | None = None) -> list:
+    """The examples of ``split``, only the first ``limit`` when given."""
+    examples = data.split(split)
+    return examples[:limit] if limit else examples

@@ -1,0 +1,81 @@
+"""``slimformer compress``: run a recipe (a chain of steps) through :mod:`slimformer.compose`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimformer.commands.common import (
+    USER_ERRORS,
+    CalibrationOpt,
+    JsonOpt,
+    LabelCol,
+    ModelArg,
+    OverwriteOpt,
+    PairCol,
+    TaskOpt,
+    TextCol,
+    emit_json,
+    ensure_output_dir,
+    fail,
+    load_task_option,
+    split_metrics,
+)
+
+
+def compress(
+    model: ModelArg,
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="YAML or JSON file with a list of steps")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the compressed model (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    calibration: CalibrationOpt = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate calibration and validation inputs")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of the calibration sample")] = 0,
+    evaluate_split: Annotated[
+        str | None, typer.Option("--evaluate", help="also report metrics of the result on this split (e.g. test)")
+    ] = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Run a recipe (e.g. prune to macs=0.5, then int8) and save the result with one report.
+
+    The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
+    fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
+    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 or
+    bf16 (last).
+    """
+    from slimformer.compose import RecipeContext, load_recipe, save_result
+    from slimformer.compose import compress as run_compress
+    from slimformer.models import load_model
+
+    try:
+        steps = load_recipe(recipe)
+        ensure_output_dir(out, overwrite)
+        data = load_task_option(task, text_column, text_pair_column, label_column)
+        m, tok = load_model(model, require_head=True)
+        context = RecipeContext(
+            tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
+        )
+        result, report = run_compress(m, steps, context)
+        report = {"model": model, "task": data.name, "recipe": str(recipe), **report}
+        if evaluate_split:
+            report["metrics"] = split_metrics(
+                result, tok, data, evaluate_split, max_length=max_length, progress=not as_json
+            )
+        save_result(result, tok, out, overwrite=overwrite, extra=report)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if as_json:
+        emit_json(report)
+        return
+    for e in report["steps"]:
+        shape = f", params {e['params'] / 1e6:.2f}M, MACs {e['macs'] / 1e6:.0f}M" if "params" in e else ""
+        typer.echo(f"step {e['index']} {e['step']}: {e['seconds']:.1f}s{shape}")
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+    typer.echo(f"saved to {out}")

@@ -1,0 +1,94 @@
+"""``slimformer pareto``: sweep methods over budgets; write accuracy-latency and accuracy-memory frontiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimformer.commands.common import (
+    USER_ERRORS,
+    CalibrationOpt,
+    JsonOpt,
+    LabelCol,
+    ModelArg,
+    OverwriteOpt,
+    PairCol,
+    TaskOpt,
+    TextCol,
+    emit_json,
+    fail,
+    load_task_option,
+)
+
+
+def pareto(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the plots and tables (must be empty or new)")],
+    task: TaskOpt = "rotten_tomatoes",
+    methods: Annotated[
+        str, typer.Option(help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version")
+    ] = "optin,fisher,magnitude,optin+int8",
+    budgets: Annotated[str, typer.Option(help="comma-separated relative budgets in (0, 1]")] = "0.8,0.6,0.5,0.4,0.3",
+    kind: Annotated[str, typer.Option(help="budget kind of the sweep: macs, params or memory")] = "macs",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs and latency")] = 128,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time; the first is the plot's axis")
+    ] = "1,32",
+    repeats: Annotated[int, typer.Option(help="timed calls per model (all models interleaved)")] = 10,
+    calibration: CalibrationOpt = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
+    from slimformer.bench import parse_int_list
+    from slimformer.export import prepare_output_dir
+    from slimformer.models import load_model
+    from slimformer.pareto import ParetoConfig, sweep
+    from slimformer.report import write_json
+
+    try:
+        config = ParetoConfig(
+            methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_sizes=parse_int_list(batch_sizes),
+            repeats=repeats, calibration=calibration, max_length=max_length,
+        )  # fmt: skip
+        folder = prepare_output_dir(out, overwrite=overwrite)  # refuses a non-empty folder before any work
+        data = load_task_option(task, text_column, text_pair_column, label_column)
+        m, tok = load_model(model, require_head=True)
+        result = sweep(m, tok, data, config, name="dense", progress=not as_json)
+    except USER_ERRORS as exc:
+        fail(exc)
+    result.pop("models")
+    title = f"{model} on {data.name} (test split)"
+    table = _write_outputs(result, folder, config, title)
+    result.update(model=model, task=data.name)
+    write_json(folder / "pareto.json", result)
+    if as_json:
+        emit_json(result)
+        return
+    typer.echo(table)
+    typer.echo("* = on the accuracy-latency frontier, † = on the accuracy-memory frontier")
+    typer.echo(f"plots: {result['plots']['latency']}, {result['plots']['memory']}; table: {folder / 'pareto.md'}")
+
+
+def _write_outputs(result: dict, folder: Path, config, title: str) -> str:
+    """Write both frontier plots (recorded in ``result["plots"]``) and pareto.md; return the table."""
+    from slimformer.pareto import markdown, plot_frontier
+
+    points = result["points"]
+    batch_size = config.batch_sizes[0]
+    result["plots"] = {
+        "latency": str(plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
+                                     xlabel=f"latency at batch {batch_size} x {config.seq_len} tokens (ms)",
+                                     title=title)),
+        "memory": str(plot_frontier(points, "bytes", folder / "frontier_memory.png",
+                                    xlabel="weights (MB, as stored)", title=title)),
+    }  # fmt: skip
+    table = markdown(points, batch_sizes=config.batch_sizes)
+    (folder / "pareto.md").write_text(f"# Frontier: {title}\n\n{table}\n")
+    return table

@@ -1,0 +1,85 @@
+"""``slimformer prune``: one-shot structured pruning to a budget (no retraining)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimformer.commands.common import (
+    USER_ERRORS,
+    CalibrationOpt,
+    EvaluateOpt,
+    JsonOpt,
+    LabelCol,
+    ModelArg,
+    OverwriteOpt,
+    PairCol,
+    SetOpt,
+    TaskOpt,
+    TextCol,
+    emit_json,
+    ensure_output_dir,
+    fail,
+    load_task_option,
+    parse_options,
+    split_metrics,
+)
+
+SetPrune = SetOpt("method", "head_examples=256")
+
+
+def prune(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the pruned model (must be empty or new)")],
+    budget: Annotated[
+        str, typer.Option(help="e.g. macs=0.5, params=12M, memory=40MB, latency=8ms,batch=1,seq=128")
+    ] = "macs=0.5",
+    method: Annotated[str, typer.Option(help="optin, fisher, magnitude or random")] = "optin",
+    task: TaskOpt = "rotten_tomatoes",
+    calibration: CalibrationOpt = 1024,
+    max_length: Annotated[int, typer.Option(help="truncate calibration inputs to this many tokens")] = 64,
+    repair: Annotated[bool, typer.Option(help="least-squares refit of the kept units' output projections")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the calibration sample and the method")] = 0,
+    set_: SetPrune = None,
+    evaluate_split: EvaluateOpt = None,
+    text_column: TextCol = "text",
+    text_pair_column: PairCol = None,
+    label_column: LabelCol = "label",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+    from slimformer.static import PruneConfig, calibration_batches
+    from slimformer.static import prune as run_prune
+
+    try:
+        config = PruneConfig.from_dict(
+            {"method": method, "budget": budget, "repair": repair, "seed": seed, **parse_options(set_)}
+        )
+        ensure_output_dir(out, overwrite)
+        data = load_task_option(task, text_column, text_pair_column, label_column)
+        m, tok = load_model(model, require_head=True)
+        batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
+        result = run_prune(m, config, batches, progress=not as_json)
+        report = {"model": model, "task": data.name, **result.report}
+        if evaluate_split:
+            report["metrics"] = split_metrics(
+                result.model, tok, data, evaluate_split, max_length=128, progress=not as_json
+            )
+        save_model(result.model, tok, out, overwrite=overwrite, extra=report)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if as_json:
+        emit_json(report)
+        return
+    rel = report["relative"]
+    typer.echo(
+        f"{method} -> {config.budget}: MACs {rel['macs']:.1%}, params {rel['params']:.1%} of dense "
+        f"({report['seconds']['total']:.1f}s); saved to {out}"
+    )
+    if "metrics" in report:
+        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
