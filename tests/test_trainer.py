@@ -104,6 +104,14 @@ def test_decay_groups_split_by_rate_and_decay():
     assert all(id(model[0].weight) not in {id(p) for p in g["params"]} for g in decay_groups(model, 0.1))
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("epochs", 0), ("lr", -1.0), ("max_steps", 0), ("warmup_ratio", 1.0), ("max_grad_norm", 0.0)]
+)
+def test_loop_settings_name_the_bad_field(name, value):
+    with pytest.raises(ValueError, match=rf"LoopSettings\.{name}={value!r} is not allowed"):
+        LoopSettings(**{**vars(SETTINGS), name: value})
+
+
 def test_check_resumable_names_what_differs(tmp_path):
     state = {"config": {"lr": 0.1, "epochs": 2}, "epoch": 2}
     check_resumable(tmp_path, state, {"lr": 0.1, "epochs": 3}, may_change=("epochs",), epochs=3)

@@ -73,16 +73,13 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     import torch
     from accelerate.utils import set_seed
 
-    from slimformer.train import train_copy
+    from slimformer.train import check_labelled, train_copy
     from slimformer.trainer import decay_groups
 
     config = config or RecoverConfig()
     if not isinstance(config, RecoverConfig):
         raise ValueError(f"config={config!r}: must be a RecoverConfig")
-    if not train_data:
-        raise ValueError("recover needs training batches (slimformer.exits.training_batches on the train split)")
-    if any("labels" not in b for b in train_data):
-        raise ValueError("recover needs labelled batches (a 'labels' entry in every batch)")
+    check_labelled(train_data, "recover", "slimformer.exits.training_batches on the train split")
     if model.config.num_labels != teacher.config.num_labels:
         raise ValueError(
             f"the teacher has {teacher.config.num_labels} classes but the model has {model.config.num_labels}"

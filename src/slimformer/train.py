@@ -46,6 +46,7 @@ __all__ = [
     "MAX_GRAD_NORM",
     "REPORT_NAME",
     "TRAINER_STATE_NAME",
+    "check_labelled",
     "FinetuneConfig",
     "finetune",
     "latest_checkpoint",
@@ -337,6 +338,19 @@ def train_on_batches(
         frozen=frozen, record=record, postfix=lambda parts, lr: {"loss": f"{parts['loss']:.3f}"},
     )  # fmt: skip
     return outcome.model.eval(), outcome.history, outcome.global_step
+
+
+def check_labelled(train_data: list, verb: str, source: str) -> None:
+    """Refuse no batches or a batch without ``labels``, naming the ``verb`` and where batches come from.
+
+    Raises:
+        ValueError: no batches, or one without a ``labels`` entry.
+    """
+    if not train_data:
+        raise ValueError(f"{verb} needs training batches ({source})")
+    missing = next((i for i, b in enumerate(train_data) if "labels" not in b), None)
+    if missing is not None:
+        raise ValueError(f"{verb} needs labelled batches (a 'labels' entry in every batch; batch {missing} has none)")
 
 
 def train_copy(

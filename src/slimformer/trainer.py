@@ -172,6 +172,18 @@ class LoopSettings:
     desc: str = "train"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "lr": (self.lr >= 0, "a number >= 0"),
+            "max_steps": (self.max_steps is None or self.max_steps >= 1, "None or an integer >= 1"),
+            "warmup_ratio": (0 <= self.warmup_ratio < 1, "a number in [0, 1)"),
+            "max_grad_norm": (self.max_grad_norm > 0, "a number > 0"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"LoopSettings.{name}={getattr(self, name)!r} is not allowed: it must be {allowed}")
+
     @classmethod
     def of(cls, config, *, desc: str, progress: bool = True) -> LoopSettings:
         """The settings of a method config that has ``epochs``, ``lr``, ``max_steps`` and ``warmup_ratio``."""

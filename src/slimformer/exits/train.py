@@ -115,14 +115,11 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
     from accelerate.utils import set_seed
 
     from slimformer.exits.model import MultiExitModel
-    from slimformer.train import train_copy
+    from slimformer.train import check_labelled, train_copy
 
     if not isinstance(config, ExitConfig):
         raise ValueError(f"config={config!r}: must be an ExitConfig")
-    if not train_data:
-        raise ValueError("early_exit needs training batches (slimformer.exits.training_batches)")
-    if any("labels" not in b for b in train_data):
-        raise ValueError("early_exit needs labelled batches (a 'labels' entry in every batch)")
+    check_labelled(train_data, "early_exit", "slimformer.exits.training_batches")
     t0 = time.perf_counter()
     set_seed(config.seed)
     teacher = copy.deepcopy(teacher if teacher is not None else model)
