@@ -124,6 +124,7 @@ CONFIG_MODULES = (
     "slimformer.budget",
     "slimformer.bench",
     "slimformer.onnx_export",
+    "slimformer.pareto",
 )
 
 
