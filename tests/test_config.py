@@ -125,6 +125,7 @@ CONFIG_MODULES = (
     "slimformer.bench",
     "slimformer.onnx_export",
     "slimformer.pareto",
+    "slimformer.pipeline",
 )
 
 
