@@ -159,3 +159,31 @@ def test_every_config_round_trips_refuses_unknown_keys_and_has_help(cls):
         cls.from_dict({**data, "no_such_field": 1})
     for f in dataclasses.fields(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+# Dicts as the configs wrote them before they shared a base (saved in run folders and reports).
+SAVED = [
+    ("slimformer.static.prune:PruneConfig", {"budget": "macs=0.5", "ffn_multiple": 8, "head_examples": 64,
+     "method": "optin", "min_ffn": 32, "neuron_examples": None, "probes": 1, "repair": True, "seed": 0,
+     "trajectory_weight": 1.0}),
+    ("slimformer.axformer.config:AxConfig", {"attention": True, "budget": "macs=0.5", "budget_step": 0.1,
+     "change_eps": 0.0001, "compensate": False, "eval_rows": 128, "ffn": True, "hard_attention": True, "holdout": 0.0,
+     "loss_tolerance": 0.0, "max_accuracy_drop": None, "max_passes": 4, "max_worse_fraction": 0.5,
+     "neuron_groups": 8, "reject_z": 1.5, "remove_layers": True, "repair": True, "repair_ridge": 0.01,
+     "screen_fraction": 0.25, "tolerance_from": "previous", "topk": [8, 0.25], "topk_min_gain": 0.0}),
+    ("slimformer.exits.config:ExitRule", {"kind": "entropy", "patience": 2, "threshold": 0.0}),
+    ("slimformer.exits.config:SlenderConfig", {"budget": "params=15M", "method": "optin", "repair": True, "seed": 0}),
+    ("slimformer.budget:Budget", {"batch_size": 1, "dtype": "fp32", "kind": "params", "relative": False,
+     "seq_len": 128, "value": 12000000.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "saved"), SAVED, ids=[t.rpartition(":")[2] for t, _ in SAVED])
+def test_dicts_saved_before_the_base_still_load_and_are_written_the_same(target, saved):
+    import importlib
+
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    config = cls.from_dict(saved)
+    assert config.to_dict() == saved
+    assert json.dumps(config.to_dict(), sort_keys=True) == json.dumps(saved, sort_keys=True)  # 1.0 stays 1.0
