@@ -16,11 +16,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimformer.config import ConfigBase, fraction, integer, one_of, text, tuple_of
+from slimformer.config import ConfigBase, fraction, integer, one_of, option, text, tuple_of
 
 logger = logging.getLogger(__name__)
 
@@ -29,45 +29,27 @@ logger = logging.getLogger(__name__)
 class ParetoConfig(ConfigBase):
     """Which methods and budgets to sweep, and how to measure the results."""
 
-    methods: tuple[str, ...] = field(
-        default=("optin", "fisher", "magnitude"),
-        metadata={
-            "check": tuple_of(text(), min_len=1, from_text=str),
-            "help": "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each",
-        },
+    methods: tuple[str, ...] = option(
+        ("optin", "fisher", "magnitude"),
+        "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each",
+        tuple_of(text(), min_len=1, from_text=str),
     )
-    budgets: tuple[float, ...] = field(
-        default=(0.8, 0.6, 0.5, 0.4, 0.3),
-        metadata={
-            "check": tuple_of(fraction(open_low=True), min_len=1, from_text=float),
-            "help": "relative budgets in (0, 1], one result per method each",
-        },
+    budgets: tuple[float, ...] = option(
+        (0.8, 0.6, 0.5, 0.4, 0.3),
+        "relative budgets in (0, 1], one result per method each",
+        tuple_of(fraction(open_low=True), min_len=1, from_text=float),
     )
-    kind: str = field(
-        default="macs",
-        metadata={
-            "check": one_of("macs", "params", "memory"),
-            "help": "budget kind of the sweep: macs, params or memory",
-        },
+    kind: str = option("macs", "budget kind of the sweep: macs, params or memory", one_of("macs", "params", "memory"))
+    seq_len: int = option(128, "tokens per sequence for MACs and latency", integer(1))
+    batch_sizes: tuple[int, ...] = option(
+        (1,),
+        "batch sizes to time; the first is the latency axis of the frontier",
+        tuple_of(integer(1), min_len=1, from_text=int),
     )
-    seq_len: int = field(
-        default=128, metadata={"check": integer(1), "help": "tokens per sequence for MACs and latency"}
-    )
-    batch_sizes: tuple[int, ...] = field(
-        default=(1,),
-        metadata={
-            "check": tuple_of(integer(1), min_len=1, from_text=int),
-            "help": "batch sizes to time; the first is the latency axis of the frontier",
-        },
-    )
-    repeats: int = field(default=10, metadata={"check": integer(1), "help": "timed calls per model (interleaved)"})
-    calibration: int = field(
-        default=1024, metadata={"check": integer(1), "help": "calibration examples from the train split"}
-    )
-    max_length: int = field(
-        default=128, metadata={"check": integer(1), "help": "truncation length for evaluation and calibration"}
-    )
-    seed: int = field(default=0, metadata={"check": integer(0), "help": "calibration sample seed"})
+    repeats: int = option(10, "timed calls per model (interleaved)", integer(1))
+    calibration: int = option(1024, "calibration examples from the train split", integer(1))
+    max_length: int = option(128, "truncation length for evaluation and calibration", integer(1))
+    seed: int = option(0, "calibration sample seed", integer(0))
 
     def _check(self) -> None:
         for m in self.methods:

@@ -11,11 +11,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slimformer.config import ConfigBase, fraction, integer, nested, text, tuple_of
+from slimformer.config import ConfigBase, fraction, integer, nested, option, text, tuple_of
 from slimformer.train import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -124,54 +124,32 @@ def add_latency(
 class DemoConfig(ConfigBase):
     """The main job's settings (the README's first command uses the defaults)."""
 
-    model: str = field(default="minilm-l6", metadata={"check": text(), "help": "built-in name, local folder or hub id"})
-    task: str = field(
-        default="rotten_tomatoes", metadata={"check": text(), "help": "built-in task or a CSV/TSV/JSONL file"}
+    model: str = option("minilm-l6", "built-in name, local folder or hub id", text())
+    task: str = option("rotten_tomatoes", "built-in task or a CSV/TSV/JSONL file", text())
+    finetune: FinetuneConfig | None = option(
+        None,
+        "fine-tuning settings; default: the task's built-in recipe (RECIPES)",
+        nested(FinetuneConfig, optional=True),
     )
-    finetune: FinetuneConfig | None = field(
-        default=None,
-        metadata={
-            "check": nested(FinetuneConfig, optional=True),
-            "help": "fine-tuning settings; default: the task's built-in recipe (RECIPES)",
-        },
+    batch_sizes: tuple[int, ...] = option((1, 32), "batch sizes to time", tuple_of(integer(1), min_len=1))
+    repeats: int = option(10, "timed repeats per batch size (all models interleaved)", integer(1))
+    seq_len: int | None = option(
+        None, "length for MACs and latency; default: the task's p90 length", integer(2, optional=True)
     )
-    batch_sizes: tuple[int, ...] = field(
-        default=(1, 32), metadata={"check": tuple_of(integer(1), min_len=1), "help": "batch sizes to time"}
+    methods: tuple[str, ...] = option(
+        ("optin", "fisher", "optin+int8"),
+        "compression methods of the sweep (METHOD+int8 / METHOD+bf16: that version); empty: none",
+        tuple_of(text()),
     )
-    repeats: int = field(
-        default=10, metadata={"check": integer(1), "help": "timed repeats per batch size (all models interleaved)"}
+    budgets: tuple[float, ...] = option(
+        (0.6, 0.4), "MACs budgets of the sweep, fractions of the dense model's MACs", tuple_of(fraction(open_low=True))
     )
-    seq_len: int | None = field(
-        default=None,
-        metadata={
-            "check": integer(2, optional=True),
-            "help": "length for MACs and latency; default: the task's p90 length",
-        },
+    onnx: str | None = option(
+        "optin@0.4",
+        "METHOD@BUDGET of the sweep to export as ONNX (onnxruntime int8); None: no export",
+        text(optional=True),
     )
-    methods: tuple[str, ...] = field(
-        default=("optin", "fisher", "optin+int8"),
-        metadata={
-            "check": tuple_of(text()),
-            "help": "compression methods of the sweep (METHOD+int8 / METHOD+bf16: that version); empty: none",
-        },
-    )
-    budgets: tuple[float, ...] = field(
-        default=(0.6, 0.4),
-        metadata={
-            "check": tuple_of(fraction(open_low=True)),
-            "help": "MACs budgets of the sweep, fractions of the dense model's MACs",
-        },
-    )
-    onnx: str | None = field(
-        default="optin@0.4",
-        metadata={
-            "check": text(optional=True),
-            "help": "METHOD@BUDGET of the sweep to export as ONNX (onnxruntime int8); None: no export",
-        },
-    )
-    calibration: int = field(
-        default=1024, metadata={"check": integer(1), "help": "calibration examples from the train split"}
-    )
+    calibration: int = option(1024, "calibration examples from the train split", integer(1))
 
     def _check(self) -> None:
         if self.methods and not self.budgets:
