@@ -9,6 +9,7 @@ import pytest
 
 from slimformer.budget import Budget
 from slimformer.config import (
+    Check,
     ConfigBase,
     boolean,
     budget_or_text,
@@ -111,37 +112,33 @@ def test_configs_are_frozen_and_help_texts_are_readable():
     assert helps["lr"] == "learning rate" and set(helps) == {f.name for f in dataclasses.fields(Outer)}
 
 
-#: Every module that defines configs; the parametrised test below checks each class in them.
-CONFIG_MODULES = (
-    "slimformer.exits.config",
-    "slimformer.recover",
-    "slimformer.slim.config",
-    "slimformer.skim.config",
-    "slimformer.static.prune",
-    "slimformer.axformer.config",
-    "slimformer.train",
-    "slimformer.quantize",
-    "slimformer.budget",
-    "slimformer.bench",
-    "slimformer.onnx_export",
-    "slimformer.pareto",
-    "slimformer.pipeline",
-)
+def _slimformer_classes() -> list[type]:
+    """Every class defined in a slimformer module (each module imported, so none is missed)."""
+    import importlib
+    import pkgutil
+
+    import slimformer
+
+    found = set()
+    for info in pkgutil.walk_packages(slimformer.__path__, "slimformer."):
+        for obj in vars(importlib.import_module(info.name)).values():
+            if isinstance(obj, type) and obj.__module__.startswith("slimformer."):
+                found.add(obj)
+    return sorted(found, key=lambda c: f"{c.__module__}.{c.__qualname__}")
 
 
 def _config_classes() -> list[type[ConfigBase]]:
-    import importlib
+    return [
+        c
+        for c in _slimformer_classes()
+        if issubclass(c, ConfigBase) and c is not ConfigBase and getattr(c, "method", None) != ""
+    ]  # PruneConfig (method "") is the abstract base of the pruning methods
 
-    found = {
-        obj
-        for name in CONFIG_MODULES
-        for obj in vars(importlib.import_module(name)).values()
-        if isinstance(obj, type)
-        and issubclass(obj, ConfigBase)
-        and obj is not ConfigBase
-        and getattr(obj, "method", None) != ""  # PruneConfig: the abstract base of the pruning methods
-    }
-    return sorted(found, key=lambda c: c.__name__)
+
+def test_every_config_dataclass_is_on_the_base():
+    configs = [c for c in _slimformer_classes() if dataclasses.is_dataclass(c) and c.__name__.endswith("Config")]
+    assert len(configs) >= 15  # the walk found them (19 when this was written)
+    assert [c.__name__ for c in configs if not issubclass(c, ConfigBase)] == []
 
 
 #: A value for each field that has no default, by field name.
@@ -159,6 +156,7 @@ def test_every_config_round_trips_refuses_unknown_keys_and_has_help(cls):
         cls.from_dict({**data, "no_such_field": 1})
     for f in dataclasses.fields(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+        assert isinstance(f.metadata.get("check"), Check), f"{cls.__name__}.{f.name} declares no check"
 
 
 # Dicts as the configs wrote them before they shared a base (saved in run folders and reports).
