@@ -249,9 +249,9 @@ class ConfigBase:
     def _check(self) -> None:
         """Rules that involve several fields (subclasses); raise ``ValueError`` via :meth:`_fail`."""
 
-    def _fail(self, name: str, allowed: str) -> None:
-        """Raise the standard error for field ``name``: its class, value and what is allowed."""
-        raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {allowed}")
+    def _fail(self, name: str, why: str) -> None:
+        """Raise the standard error for field ``name``: ``Class.name=value: why`` (what is wrong, what is allowed)."""
+        raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {why}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (budgets as text, tuples as lists, nested configs as dicts)."""
