@@ -9,6 +9,7 @@ import pytest
 
 from slimformer.budget import Budget
 from slimformer.config import (
+    Check,
     ConfigBase,
     boolean,
     budget_or_text,
@@ -111,35 +112,40 @@ def test_configs_are_frozen_and_help_texts_are_readable():
     assert helps["lr"] == "learning rate" and set(helps) == {f.name for f in dataclasses.fields(Outer)}
 
 
-#: Every module that defines configs; the parametrised test below checks each class in them.
-CONFIG_MODULES = (
-    "slimformer.exits.config",
-    "slimformer.recover",
-    "slimformer.slim.config",
-    "slimformer.skim.config",
-    "slimformer.static.prune",
-    "slimformer.axformer.config",
-    "slimformer.train",
-    "slimformer.quantize",
-    "slimformer.budget",
-    "slimformer.bench",
-    "slimformer.onnx_export",
-)
+def _slimformer_classes() -> list[type]:
+    """Every class defined in a slimformer module (each module imported, so none is missed)."""
+    import importlib
+    import pkgutil
+
+    import slimformer
+
+    found = set()
+    for info in pkgutil.walk_packages(slimformer.__path__, "slimformer."):
+        for obj in vars(importlib.import_module(info.name)).values():
+            if isinstance(obj, type) and obj.__module__.startswith("slimformer."):
+                found.add(obj)
+    return sorted(found, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+#: Configs whose required fields need a test of their own (below).
+OWN_TEST = {"LatencyTable"}
 
 
 def _config_classes() -> list[type[ConfigBase]]:
-    import importlib
+    return [
+        c
+        for c in _slimformer_classes()
+        if issubclass(c, ConfigBase)
+        and c is not ConfigBase
+        and getattr(c, "method", None) != ""
+        and c.__name__ not in OWN_TEST
+    ]  # PruneConfig (method "") is the abstract base of the pruning methods
 
-    found = {
-        obj
-        for name in CONFIG_MODULES
-        for obj in vars(importlib.import_module(name)).values()
-        if isinstance(obj, type)
-        and issubclass(obj, ConfigBase)
-        and obj is not ConfigBase
-        and getattr(obj, "method", None) != ""  # PruneConfig: the abstract base of the pruning methods
-    }
-    return sorted(found, key=lambda c: c.__name__)
+
+def test_every_config_dataclass_is_on_the_base():
+    configs = [c for c in _slimformer_classes() if dataclasses.is_dataclass(c) and c.__name__.endswith("Config")]
+    assert len(configs) >= 15  # the walk found them (19 when this was written)
+    assert [c.__name__ for c in configs if not issubclass(c, ConfigBase)] == []
 
 
 #: A value for each field that has no default, by field name.
@@ -151,9 +157,58 @@ def test_every_config_round_trips_refuses_unknown_keys_and_has_help(cls):
     required = {f.name: REQUIRED[f.name] for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING}  # fmt: skip
     config = cls(**required)
+    _check_round_trip(cls, config)
+
+
+def test_latency_table_round_trips_with_its_format_version():
+    from slimformer.latency import FORMAT, LatencyTable
+
+    dims = {"family": "bert", "hidden": 32, "num_heads": 4, "head_size": 8, "ffn": 64, "num_layers": 2,
+            "vocab_size": 99, "max_positions": 64, "type_vocab_size": 2, "num_labels": 2}  # fmt: skip
+    table = LatencyTable(dims=dims, batch_size=1, seq_len=16, heads=[0, 4], ffn=(0, 32, 64),
+                         layer_ms=[[0.0, 1, 2], [1, 2, 3]], fixed_ms=0.5, info={"repeats": 3})  # fmt: skip
+    assert table.heads == (0, 4) and table.layer_ms[1] == (1.0, 2.0, 3.0) and table.dims.ffn == 64
+    assert table.to_dict()["format"] == FORMAT and table.to_dict()["dims"] == dims
+    _check_round_trip(LatencyTable, table)
+    with pytest.raises(ValueError, match="format must be"):
+        LatencyTable.from_dict({**table.to_dict(), "format": FORMAT + 1})
+    with pytest.raises(ValueError, match=r"LatencyTable\.layer_ms=.*must be 2 x 3"):
+        dataclasses.replace(table, layer_ms=((0.0, 1.0), (1.0, 2.0)))
+
+
+def _check_round_trip(cls, config) -> None:
     data = json.loads(json.dumps(config.to_dict()))
     assert cls.from_dict(data) == config
     with pytest.raises(ValueError, match=f"{cls.__name__}: unknown field"):
         cls.from_dict({**data, "no_such_field": 1})
     for f in dataclasses.fields(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+        assert isinstance(f.metadata.get("check"), Check), f"{cls.__name__}.{f.name} declares no check"
+
+
+# Dicts as the configs wrote them before they shared a base (saved in run folders and reports).
+SAVED = [
+    ("slimformer.static.prune:PruneConfig", {"budget": "macs=0.5", "ffn_multiple": 8, "head_examples": 64,
+     "method": "optin", "min_ffn": 32, "neuron_examples": None, "probes": 1, "repair": True, "seed": 0,
+     "trajectory_weight": 1.0}),
+    ("slimformer.axformer.config:AxConfig", {"attention": True, "budget": "macs=0.5", "budget_step": 0.1,
+     "change_eps": 0.0001, "compensate": False, "eval_rows": 128, "ffn": True, "hard_attention": True, "holdout": 0.0,
+     "loss_tolerance": 0.0, "max_accuracy_drop": None, "max_passes": 4, "max_worse_fraction": 0.5,
+     "neuron_groups": 8, "reject_z": 1.5, "remove_layers": True, "repair": True, "repair_ridge": 0.01,
+     "screen_fraction": 0.25, "tolerance_from": "previous", "topk": [8, 0.25], "topk_min_gain": 0.0}),
+    ("slimformer.exits.config:ExitRule", {"kind": "entropy", "patience": 2, "threshold": 0.0}),
+    ("slimformer.exits.config:SlenderConfig", {"budget": "params=15M", "method": "optin", "repair": True, "seed": 0}),
+    ("slimformer.budget:Budget", {"batch_size": 1, "dtype": "fp32", "kind": "params", "relative": False,
+     "seq_len": 128, "value": 12000000.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "saved"), SAVED, ids=[t.rpartition(":")[2] for t, _ in SAVED])
+def test_dicts_saved_before_the_base_still_load_and_are_written_the_same(target, saved):
+    import importlib
+
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    config = cls.from_dict(saved)
+    assert config.to_dict() == saved
+    assert json.dumps(config.to_dict(), sort_keys=True) == json.dumps(saved, sort_keys=True)  # 1.0 stays 1.0

@@ -22,7 +22,7 @@ def test_pareto_front_by_hand():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"methods": ()}, "methods is empty"),
+        ({"methods": ()}, r"methods=\(\): must be a non-empty tuple"),
         ({"methods": ("optim",)}, "unknown method 'optim'"),
         ({"budgets": (0.5, 1.2)}, "fraction in \\(0, 1\\]"),
         ({"kind": "latency"}, "kind='latency'"),

@@ -19,14 +19,14 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 
-from slimformer.config import ConfigBase, integer, non_negative, tuple_of
+from slimformer.config import ConfigBase, integer, non_negative, option, tuple_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,28 +38,19 @@ _FIRST_SAFE_ID = 11
 class BenchConfig(ConfigBase):
     """What to measure: batch sizes, sequence length and how many timed repeats."""
 
-    batch_sizes: tuple[int, ...] = field(
-        default=(1, 32),
-        metadata={"check": tuple_of(integer(1), min_len=1, distinct=True), "help": "batch sizes to time, each >= 1"},
+    batch_sizes: tuple[int, ...] = option(
+        (1, 32), "batch sizes to time, each >= 1", tuple_of(integer(1), min_len=1, distinct=True)
     )
-    seq_len: int = field(default=128, metadata={"check": integer(2), "help": "tokens per sequence (>= 2), no padding"})
-    warmup: int = field(default=3, metadata={"check": integer(0), "help": "untimed calls before timing (>= 0)"})
-    repeats: int = field(default=20, metadata={"check": integer(1), "help": "timed calls per batch size (>= 1)"})
-    min_time_s: float = field(
-        default=0.0,
-        metadata={
-            "check": non_negative(),
-            "help": "keep repeating until this many timed seconds are reached too (>= 0)",
-        },
+    seq_len: int = option(128, "tokens per sequence (>= 2), no padding", integer(2))
+    warmup: int = option(3, "untimed calls before timing (>= 0)", integer(0))
+    repeats: int = option(20, "timed calls per batch size (>= 1)", integer(1))
+    min_time_s: float = option(
+        0.0, "keep repeating until this many timed seconds are reached too (>= 0)", non_negative()
     )
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "check": integer(1, optional=True),
-            "help": "torch intra-op threads during the run (>= 1); None = torch default",
-        },
+    threads: int | None = option(
+        None, "torch intra-op threads during the run (>= 1); None = torch default", integer(1, optional=True)
     )
-    seed: int = field(default=0, metadata={"check": integer(0), "help": "seed of the random input ids (>= 0)"})
+    seed: int = option(0, "seed of the random input ids (>= 0)", integer(0))
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:

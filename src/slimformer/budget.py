@@ -20,11 +20,11 @@ latency and ``dtype`` only by memory budgets. Memory units: ``B``, decimal ``kB`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from slimformer.config import ConfigBase, boolean, integer, one_of, positive
+from slimformer.config import ConfigBase, boolean, integer, one_of, option, positive
 from slimformer.cost import cost_of
 from slimformer.structure import LayerShape, Structure
 
@@ -80,28 +80,14 @@ class InfeasibleBudget(ValueError):
 class Budget(ConfigBase):
     """An upper bound on one cost of the compressed model (see the module docstring)."""
 
-    kind: str = field(
-        metadata={"check": one_of(*KINDS), "help": "what is bounded: macs, params, memory (bytes) or latency (ms)"}
+    kind: str = option(help="what is bounded: macs, params, memory (bytes) or latency (ms)", check=one_of(*KINDS))
+    value: float = option(
+        help="fraction of the dense model's cost in (0, 1] when relative, else absolute", check=positive()
     )
-    value: float = field(
-        metadata={
-            "check": positive(),
-            "help": "fraction of the dense model's cost in (0, 1] when relative, else absolute",
-        }
-    )
-    relative: bool = field(
-        metadata={"check": boolean(), "help": "value is a fraction of the dense (unpruned) model's cost"}
-    )
-    seq_len: int = field(
-        default=DEFAULT_SEQ_LEN, metadata={"check": integer(1), "help": "tokens per sequence for macs and latency"}
-    )
-    batch_size: int = field(
-        default=1, metadata={"check": integer(1), "help": "sequences per batch, latency budgets only"}
-    )
-    dtype: str = field(
-        default="fp32",
-        metadata={"check": one_of(*DTYPES), "help": "weight storage for memory budgets: fp32, fp16 or int8"},
-    )
+    relative: bool = option(help="value is a fraction of the dense (unpruned) model's cost", check=boolean())
+    seq_len: int = option(DEFAULT_SEQ_LEN, "tokens per sequence for macs and latency", integer(1))
+    batch_size: int = option(1, "sequences per batch, latency budgets only", integer(1))
+    dtype: str = option("fp32", "weight storage for memory budgets: fp32, fp16 or int8", one_of(*DTYPES))
 
     def _check(self) -> None:
         v = self.value

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -77,12 +78,12 @@ def _within(v: float, low: float | None, high: float | None, open_low: bool, ope
 
 
 def integer(low: int | None = None, high: int | None = None, *, optional: bool = False) -> Check:
-    """An ``int`` (not a bool) in ``[low, high]``; ``optional`` also allows None."""
+    """An integer (not a bool; numpy integers become ``int``) in ``[low, high]``; ``optional`` also allows None."""
 
     def convert(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not _within(v, low, high, False, False):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not _within(v, low, high, False, False):
             _refuse()
-        return v
+        return int(v)  # numpy integers too
 
     check = Check(f"an integer{_bounds(low, high, False, False)}", convert)
     return _optional(check) if optional else check
@@ -100,7 +101,7 @@ def number(
     """A finite number within the bounds, stored as ``float`` (so 1 and 1.0 round-trip alike)."""
 
     def convert(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             _refuse()
         if not _within(v, low, high, open_low, open_high):
             _refuse()
@@ -139,6 +140,11 @@ def text(*, optional: bool = False) -> Check:
     """A non-empty string."""
     check = Check("a non-empty string", lambda v: v if isinstance(v, str) and v else _refuse())
     return _optional(check) if optional else check
+
+
+def mapping() -> Check:
+    """A dict of JSON-ready values (free-form records such as an environment)."""
+    return Check("a dict", lambda v: dict(v) if isinstance(v, Mapping) else _refuse())
 
 
 def tuple_of(
@@ -243,9 +249,9 @@ class ConfigBase:
     def _check(self) -> None:
         """Rules that involve several fields (subclasses); raise ``ValueError`` via :meth:`_fail`."""
 
-    def _fail(self, name: str, allowed: str) -> None:
-        """Raise the standard error for field ``name``: its class, value and what is allowed."""
-        raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {allowed}")
+    def _fail(self, name: str, why: str) -> None:
+        """Raise the standard error for field ``name``: ``Class.name=value: why`` (what is wrong, what is allowed)."""
+        raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {why}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (budgets as text, tuples as lists, nested configs as dicts)."""

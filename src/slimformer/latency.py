@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import torch
 
 from slimformer.arch import ModelDims, get_adapter
 from slimformer.bench import environment, make_bench_inputs, time_callable
+from slimformer.config import Check, ConfigBase, integer, mapping, number, option, tuple_of
 from slimformer.hf_remote.modeling_slimformer import SLIM_KEY, reshape_layer
 from slimformer.structure import Structure
 
@@ -47,30 +48,44 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 
 
+def _dims(v: Any) -> ModelDims:
+    if isinstance(v, dict):
+        return ModelDims(**v)
+    if not isinstance(v, ModelDims):
+        raise ValueError("")
+    return v
+
+
+#: The architecture of a table: a ModelDims, or its dict form as saved.
+DIMS = Check("a ModelDims or its dict form", _dims, encode=dataclasses.asdict)
+MS = number(0)  # milliseconds
+
+
 @dataclass(frozen=True, kw_only=True)
-class LatencyTable:
+class LatencyTable(ConfigBase):
     """Median ms of one layer per (heads, ffn) grid point, plus the fixed (non-layer) cost."""
 
-    dims: ModelDims = field(metadata={"help": "the architecture the table was measured for"})
-    batch_size: int = field(metadata={"help": "sequences per forward pass"})
-    seq_len: int = field(metadata={"help": "tokens per sequence (no padding)"})
-    heads: tuple[int, ...] = field(metadata={"help": "grid of kept heads, increasing, from 0 to dims.num_heads"})
-    ffn: tuple[int, ...] = field(metadata={"help": "grid of FFN widths, increasing, from 0 to dims.ffn"})
-    layer_ms: tuple[tuple[float, ...], ...] = field(metadata={"help": "layer_ms[i][j]: heads[i] x ffn[j] layer"})
-    fixed_ms: float = field(metadata={"help": "model with no layers: embeddings, mask, pooler, classifier"})
-    environment: dict = field(default_factory=dict, metadata={"help": "where it was measured (bench.environment)"})
-    info: dict = field(default_factory=dict, metadata={"help": "how it was measured (repeats, rounds, time)"})
+    dims: ModelDims = option(help="the architecture the table was measured for", check=DIMS)
+    batch_size: int = option(help="sequences per forward pass", check=integer(1))
+    seq_len: int = option(help="tokens per sequence (no padding)", check=integer(1))
+    heads: tuple[int, ...] = option(
+        help="grid of kept heads, increasing, from 0 to dims.num_heads", check=tuple_of(integer(0))
+    )
+    ffn: tuple[int, ...] = option(help="grid of FFN widths, increasing, from 0 to dims.ffn", check=tuple_of(integer(0)))
+    layer_ms: tuple[tuple[float, ...], ...] = option(
+        help="layer_ms[i][j]: heads[i] x ffn[j] layer", check=tuple_of(tuple_of(MS))
+    )
+    fixed_ms: float = option(help="model with no layers: embeddings, mask, pooler, classifier", check=MS)
+    environment: dict = option(help="where it was measured (bench.environment)", check=mapping(), factory=dict)
+    info: dict = option(help="how it was measured (repeats, rounds, time)", check=mapping(), factory=dict)
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         for name, grid, top in (("heads", self.heads, self.dims.num_heads), ("ffn", self.ffn, self.dims.ffn)):
-            grid = tuple(int(x) for x in grid)
-            object.__setattr__(self, name, grid)
             if len(grid) < 2 or grid[0] != 0 or grid[-1] != top or list(grid) != sorted(set(grid)):
-                raise ValueError(f"{name} grid {list(grid)}: must increase strictly from 0 to {top}")
-        rows = tuple(tuple(float(x) for x in row) for row in self.layer_ms)
-        object.__setattr__(self, "layer_ms", rows)
+                self._fail(name, f"{name} grid must increase strictly from 0 to {top}")
+        rows = self.layer_ms
         if len(rows) != len(self.heads) or any(len(r) != len(self.ffn) for r in rows):
-            raise ValueError(f"layer_ms must be {len(self.heads)} x {len(self.ffn)} (heads x ffn grid)")
+            self._fail("layer_ms", f"must be {len(self.heads)} x {len(self.ffn)} (heads x ffn grid)")
 
     def layer_time(self, heads: int, ffn: int) -> float:
         """Predicted ms of one layer keeping ``heads`` heads and ``ffn`` neurons (bilinear).
@@ -102,20 +117,16 @@ class LatencyTable:
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["format"] = FORMAT
-        d["heads"], d["ffn"] = list(self.heads), list(self.ffn)
-        d["layer_ms"] = [list(r) for r in self.layer_ms]
-        return d
+        """Every field (dims as a dict, grids as lists) and the file format's version."""
+        return {**super().to_dict(), "format": FORMAT}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        """Inverse of :meth:`to_dict`; another format version or unknown keys raise ``ValueError``."""
         data = dict(data)
         if data.pop("format", FORMAT) != FORMAT:
             raise ValueError(f"latency table format must be {FORMAT}")
-        data["dims"] = ModelDims(**data["dims"])
-        data["heads"], data["ffn"] = tuple(data["heads"]), tuple(data["ffn"])
-        return cls(**data)
+        return super().from_dict(data)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -22,7 +22,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from slimformer.bench import BenchConfig, environment, max_seq_len
-from slimformer.config import ConfigBase, boolean, fraction, integer, positive
+from slimformer.config import ConfigBase, boolean, fraction, integer, option, positive
 from slimformer.onnx_runtime import INT8_FILE, ONNX_FILE, Candidate, OnnxModel, compare_latency, load_onnx  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -74,47 +74,26 @@ class OnnxVerificationError(ValueError):
 class ExportConfig(ConfigBase):
     """How to export, quantize and verify; the latency settings are a separate :class:`BenchConfig`."""
 
-    opset: int = field(
-        default=17, metadata={"check": integer(MIN_OPSET, MAX_OPSET), "help": f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"}
+    opset: int = option(17, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}", integer(MIN_OPSET, MAX_OPSET))
+    int8: bool = option(False, "also write model.int8.onnx (onnxruntime dynamic int8)", boolean())
+    per_channel: bool = option(
+        True, "int8: one weight scale per output channel (False: per matrix; less accurate, as fast)", boolean()
     )
-    int8: bool = field(
-        default=False, metadata={"check": boolean(), "help": "also write model.int8.onnx (onnxruntime dynamic int8)"}
+    reduce_range: bool = option(
+        False, "int8: 7-bit weights (for CPUs without VNNI, where 8 bits can saturate)", boolean()
     )
-    per_channel: bool = field(
-        default=True,
-        metadata={
-            "check": boolean(),
-            "help": "int8: one weight scale per output channel (False: per matrix; less accurate, as fast)",
-        },
+    atol: float = option(1e-4, "fp32: largest allowed max |logit difference| vs PyTorch", positive())
+    int8_min_agreement: float = option(
+        0.8,
+        (
+            "int8: smallest share of verification texts whose argmax matches PyTorch, in [0, 1]; a loose "
+            "check that catches a broken quantization, not a small accuracy loss (evaluate on a task for that)"
+        ),
+        fraction(),
     )
-    reduce_range: bool = field(
-        default=False,
-        metadata={"check": boolean(), "help": "int8: 7-bit weights (for CPUs without VNNI, where 8 bits can saturate)"},
-    )
-    atol: float = field(
-        default=1e-4, metadata={"check": positive(), "help": "fp32: largest allowed max |logit difference| vs PyTorch"}
-    )
-    int8_min_agreement: float = field(
-        default=0.8,
-        metadata={
-            "check": fraction(),
-            "help": "int8: smallest share of verification texts whose argmax matches PyTorch, in [0, 1]; a loose "
-            "check that catches a broken quantization, not a small accuracy loss (evaluate on a task for that)",
-        },
-    )
-    check: bool = field(
-        default=True,
-        metadata={
-            "check": boolean(),
-            "help": "raise OnnxVerificationError when a bound is missed (False: only report it)",
-        },
-    )
-    max_length: int = field(
-        default=128, metadata={"check": integer(8), "help": "verification texts are truncated to this many tokens"}
-    )
-    verify_batch_size: int = field(
-        default=8, metadata={"check": integer(2), "help": "texts per padded verification batch (>= 2)"}
-    )
+    check: bool = option(True, "raise OnnxVerificationError when a bound is missed (False: only report it)", boolean())
+    max_length: int = option(128, "verification texts are truncated to this many tokens", integer(8))
+    verify_batch_size: int = option(8, "texts per padded verification batch (>= 2)", integer(2))
 
 
 # --- what can be exported ----------------------------------------------------------------------

@@ -16,62 +16,47 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from slimformer.config import ConfigBase, fraction, integer, one_of, option, text, tuple_of
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ParetoConfig:
+class ParetoConfig(ConfigBase):
     """Which methods and budgets to sweep, and how to measure the results."""
 
-    methods: tuple[str, ...] = field(
-        default=("optin", "fisher", "magnitude"),
-        metadata={"help": "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each"},
+    methods: tuple[str, ...] = option(
+        ("optin", "fisher", "magnitude"),
+        "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each",
+        tuple_of(text(), min_len=1, from_text=str),
     )
-    budgets: tuple[float, ...] = field(
-        default=(0.8, 0.6, 0.5, 0.4, 0.3), metadata={"help": "relative budgets in (0, 1], one result per method each"}
+    budgets: tuple[float, ...] = option(
+        (0.8, 0.6, 0.5, 0.4, 0.3),
+        "relative budgets in (0, 1], one result per method each",
+        tuple_of(fraction(open_low=True), min_len=1, from_text=float),
     )
-    kind: str = field(default="macs", metadata={"help": "budget kind of the sweep: macs, params or memory"})
-    seq_len: int = field(default=128, metadata={"help": "tokens per sequence for MACs and latency"})
-    batch_sizes: tuple[int, ...] = field(
-        default=(1,), metadata={"help": "batch sizes to time; the first is the latency axis of the frontier"}
+    kind: str = option("macs", "budget kind of the sweep: macs, params or memory", one_of("macs", "params", "memory"))
+    seq_len: int = option(128, "tokens per sequence for MACs and latency", integer(1))
+    batch_sizes: tuple[int, ...] = option(
+        (1,),
+        "batch sizes to time; the first is the latency axis of the frontier",
+        tuple_of(integer(1), min_len=1, from_text=int),
     )
-    repeats: int = field(default=10, metadata={"help": "timed calls per model (interleaved)"})
-    calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
-    max_length: int = field(default=128, metadata={"help": "truncation length for evaluation and calibration"})
-    seed: int = field(default=0, metadata={"help": "calibration sample seed"})
+    repeats: int = option(10, "timed calls per model (interleaved)", integer(1))
+    calibration: int = option(1024, "calibration examples from the train split", integer(1))
+    max_length: int = option(128, "truncation length for evaluation and calibration", integer(1))
+    seed: int = option(0, "calibration sample seed", integer(0))
 
-    def __post_init__(self) -> None:
-        if isinstance(self.batch_sizes, int):
-            object.__setattr__(self, "batch_sizes", (self.batch_sizes,))
-        for name in ("methods", "budgets", "batch_sizes"):
-            value = getattr(self, name)
-            if isinstance(value, (list, str)):
-                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-                object.__setattr__(self, name, value)
-            if not value:
-                raise ValueError(f"{name} is empty: give at least one")
-        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
-        for b in self.budgets:
-            if not 0 < b <= 1:
-                raise ValueError(f"budgets={list(self.budgets)}: each must be a fraction in (0, 1], got {b}")
-        if self.kind not in ("macs", "params", "memory"):
-            raise ValueError(f"kind={self.kind!r}: allowed are macs, params, memory")
-        object.__setattr__(self, "batch_sizes", tuple(int(b) for b in self.batch_sizes))
-        for name in ("seq_len", "repeats", "calibration", "max_length"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
-        if min(self.batch_sizes) < 1:
-            raise ValueError(f"batch_sizes={list(self.batch_sizes)}: each must be >= 1")
+    def _check(self) -> None:
         for m in self.methods:
             base = _split(m)[0]
             if base not in available_methods():
                 available = ", ".join(available_methods())
-                raise ValueError(f"methods: unknown method {m!r}; available: {available} (each also +int8, +bf16)")
+                self._fail("methods", f"unknown method {m!r}; available: {available} (each also +int8, +bf16)")
 
 
 def available_methods() -> list[str]:
@@ -242,8 +227,7 @@ def mark_fronts(points: list[dict]) -> None:
 
 
 def _config_dict(config: ParetoConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return config.to_dict()
 
 
 def _point(key, method, budget, model, tokenizer, test, config, evaluate, cost, seconds) -> dict[str, Any]:

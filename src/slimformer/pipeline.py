@@ -11,10 +11,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slimformer.config import ConfigBase, fraction, integer, nested, option, text, tuple_of
 from slimformer.train import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -120,41 +121,39 @@ def add_latency(
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoConfig:
+class DemoConfig(ConfigBase):
     """The main job's settings (the README's first command uses the defaults)."""
 
-    model: str = field(default="minilm-l6", metadata={"help": "built-in name, local folder or hub id"})
-    task: str = field(default="rotten_tomatoes", metadata={"help": "built-in task or a CSV/TSV/JSONL file"})
-    finetune: FinetuneConfig | None = field(
-        default=None, metadata={"help": "fine-tuning settings; default: the task's built-in recipe (RECIPES)"}
+    model: str = option("minilm-l6", "built-in name, local folder or hub id", text())
+    task: str = option("rotten_tomatoes", "built-in task or a CSV/TSV/JSONL file", text())
+    finetune: FinetuneConfig | None = option(
+        None,
+        "fine-tuning settings; default: the task's built-in recipe (RECIPES)",
+        nested(FinetuneConfig, optional=True),
     )
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"help": "batch sizes to time"})
-    repeats: int = field(default=10, metadata={"help": "timed repeats per batch size (all models interleaved)"})
-    seq_len: int | None = field(
-        default=None, metadata={"help": "length for MACs and latency; default: the task's p90 length"}
+    batch_sizes: tuple[int, ...] = option((1, 32), "batch sizes to time", tuple_of(integer(1), min_len=1))
+    repeats: int = option(10, "timed repeats per batch size (all models interleaved)", integer(1))
+    seq_len: int | None = option(
+        None, "length for MACs and latency; default: the task's p90 length", integer(2, optional=True)
     )
-    methods: tuple[str, ...] = field(
-        default=("optin", "fisher", "optin+int8"),
-        metadata={"help": "compression methods of the sweep (METHOD+int8 / METHOD+bf16: that version); empty: none"},
+    methods: tuple[str, ...] = option(
+        ("optin", "fisher", "optin+int8"),
+        "compression methods of the sweep (METHOD+int8 / METHOD+bf16: that version); empty: none",
+        tuple_of(text()),
     )
-    budgets: tuple[float, ...] = field(
-        default=(0.6, 0.4), metadata={"help": "MACs budgets of the sweep, fractions of the dense model's MACs"}
+    budgets: tuple[float, ...] = option(
+        (0.6, 0.4), "MACs budgets of the sweep, fractions of the dense model's MACs", tuple_of(fraction(open_low=True))
     )
-    onnx: str | None = field(
-        default="optin@0.4",
-        metadata={"help": "METHOD@BUDGET of the sweep to export as ONNX (onnxruntime int8); None: no export"},
+    onnx: str | None = option(
+        "optin@0.4",
+        "METHOD@BUDGET of the sweep to export as ONNX (onnxruntime int8); None: no export",
+        text(optional=True),
     )
-    calibration: int = field(default=1024, metadata={"help": "calibration examples from the train split"})
+    calibration: int = option(1024, "calibration examples from the train split", integer(1))
 
-    def __post_init__(self) -> None:
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
-        object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+    def _check(self) -> None:
         if self.methods and not self.budgets:
-            raise ValueError("budgets is empty: give at least one MACs fraction, or no methods")
+            self._fail("budgets", "budgets is empty: give at least one MACs fraction, or no methods")
         if self.onnx is not None:
             method, _, budget = self.onnx.partition("@")
             try:
@@ -162,9 +161,10 @@ class DemoConfig:
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(
-                    f"onnx={self.onnx!r}: must be METHOD@BUDGET of the sweep, i.e. a method of {list(self.methods)} "
-                    f"at a budget of {list(self.budgets)} (or None)"
+                self._fail(
+                    "onnx",
+                    f"must be METHOD@BUDGET of the sweep, i.e. a method of {list(self.methods)} "
+                    f"at a budget of {list(self.budgets)} (or None)",
                 )
 
 

@@ -20,10 +20,10 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from slimformer.config import ConfigBase, boolean, fraction, integer, non_negative, positive
+from slimformer.config import ConfigBase, boolean, fraction, integer, non_negative, option, positive
 from slimformer.data import TaskData, make_loader
 from slimformer.trainer import (
     CHECKPOINTS_DIR,
@@ -67,43 +67,23 @@ RESUMABLE_CHANGES = ("epochs", "max_steps")
 class FinetuneConfig(ConfigBase):
     """Hyper-parameters of :func:`finetune`. Every field is validated on construction."""
 
-    epochs: int = field(default=2, metadata={"check": integer(1), "help": "Passes over the training split."})
-    lr: float = field(
-        default=5e-5, metadata={"check": positive(), "help": "Peak learning rate of AdamW, reached after warmup."}
+    epochs: int = option(2, "Passes over the training split.", integer(1))
+    lr: float = option(5e-5, "Peak learning rate of AdamW, reached after warmup.", positive())
+    batch_size: int = option(32, "Training examples per step (per process).", integer(1))
+    max_length: int = option(64, "Inputs are truncated to this many tokens.", integer(2))
+    warmup_ratio: float = option(
+        0.06, "Fraction of the steps over which the learning rate rises linearly from 0.", fraction(open_high=True)
     )
-    batch_size: int = field(
-        default=32, metadata={"check": integer(1), "help": "Training examples per step (per process)."}
+    weight_decay: float = option(0.01, "AdamW weight decay; biases and LayerNorm weights get none.", non_negative())
+    seed: int = option(0, "Random seed for shuffling, dropout and the like.", integer(0, 2**32 - 1))
+    eval_batch_size: int = option(64, "Examples per forward pass when evaluating.", integer(1))
+    group_by_length: bool = option(
+        True, "Batch texts of similar length together (less padding, faster on CPU).", boolean()
     )
-    max_length: int = field(
-        default=64, metadata={"check": integer(2), "help": "Inputs are truncated to this many tokens."}
-    )
-    warmup_ratio: float = field(
-        default=0.06,
-        metadata={
-            "check": fraction(open_high=True),
-            "help": "Fraction of the steps over which the learning rate rises linearly from 0.",
-        },
-    )
-    weight_decay: float = field(
-        default=0.01,
-        metadata={"check": non_negative(), "help": "AdamW weight decay; biases and LayerNorm weights get none."},
-    )
-    seed: int = field(
-        default=0, metadata={"check": integer(0, 2**32 - 1), "help": "Random seed for shuffling, dropout and the like."}
-    )
-    eval_batch_size: int = field(
-        default=64, metadata={"check": integer(1), "help": "Examples per forward pass when evaluating."}
-    )
-    group_by_length: bool = field(
-        default=True,
-        metadata={"check": boolean(), "help": "Batch texts of similar length together (less padding, faster on CPU)."},
-    )
-    max_steps: int | None = field(
-        default=None,
-        metadata={
-            "check": integer(1, optional=True),
-            "help": "Stop after this many optimizer steps (smoke runs); the LR schedule ends there.",
-        },
+    max_steps: int | None = option(
+        None,
+        "Stop after this many optimizer steps (smoke runs); the LR schedule ends there.",
+        integer(1, optional=True),
     )
 
 
