@@ -19,10 +19,13 @@ from slimformer.arch import FAMILIES as ADAPTER_FAMILIES
 from slimformer.arch import get_adapter
 from slimformer.bench import max_seq_len
 from slimformer.cost import cost_of
+from slimformer.exits import MultiExitModel, exit_cost_table
 from slimformer.export import load_slim, save_model
 from slimformer.hf_remote.modeling_slimformer import FAMILY_PATHS, SLIM_CLASSES
 from slimformer.models import load_model
 from slimformer.onnx_export import ExportConfig, export_onnx, input_names
+from slimformer.skim import build_skim_model, skim_macs
+from slimformer.static import METHODS, PruneConfig, prune
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
 from test_export import plain_transformers_logits
@@ -101,7 +104,7 @@ def electra_small(seed: int = 0):
     return model
 
 
-def prune(model):
+def cut(model):
     plan = KeepPlan.removing(model, heads={0: [1, 2]}, neurons={1: range(9)}, attention=[2], layers=[1])
     return apply_plan(model, plan)
 
@@ -132,7 +135,7 @@ def test_electra_small_cost_counts_the_projection(seq_len):
     assert dense.macs == pytest.approx(counted_macs(model, seq_len), rel=0.02)
     wide = cost_of(Structure.from_model(make_tiny_model("electra")), seq_len)
     assert dense.macs == wide.macs + seq_len * 16 * 32  # the same layers, one more Linear per token
-    prune(model)
+    cut(model)
     pruned = cost_of(Structure.from_model(model), seq_len)
     assert pruned.params == sum(p.numel() for p in model.parameters())
     assert pruned.macs == pytest.approx(counted_macs(model, seq_len), rel=0.02) and pruned.macs < dense.macs
@@ -142,7 +145,7 @@ def test_electra_small_pruned_saves_loads_and_exports(tiny_tokenizer, tmp_path):
     model = electra_small()
     inputs = make_inputs()
     dense = logits(model, inputs)
-    prune(model)
+    cut(model)
     expected = logits(model, inputs)
     assert (expected - dense).abs().max() > 1e-3  # pruning changed it: the equalities below can fail
     folder = save_model(model, tiny_tokenizer, tmp_path / "m")
@@ -150,3 +153,25 @@ def test_electra_small_pruned_saves_loads_and_exports(tiny_tokenizer, tmp_path):
     torch.testing.assert_close(plain_transformers_logits(folder, inputs), expected, rtol=1e-5, atol=1e-6)
     report = export_onnx(model, tiny_tokenizer, tmp_path / "onnx", ExportConfig(int8=False), bench=None, progress=False)
     assert report["passed"] and report["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_electra_small_prunes_to_budget_with_every_method(method):
+    model = electra_small()
+    cal = [{**make_inputs(batch=8, seq=12, seed=s), "labels": torch.arange(8) % 3} for s in range(3)]
+    result = prune(model, PruneConfig.from_dict({"method": method, "budget": "macs=0.6,seq=12"}), cal, progress=False)
+    small = Structure.from_model(result.model)
+    assert cost_of(small, 12).macs <= 0.6 * cost_of(Structure.from_model(model), 12).macs
+    assert sum(p.numel() for p in result.model.parameters()) == cost_of(small).params
+
+
+def test_electra_small_skim_and_exit_costs_count_the_projection():
+    skimmer = build_skim_model(electra_small())
+    structure, per_token = Structure.from_model(skimmer), skimmer.skim_predictors[0].macs_per_token()
+    full = torch.tensor([[9, 9, 9]])  # every token through every layer
+    assert skim_macs(skimmer, full).item() == cost_of(structure, 9).macs + 2 * 9 * per_token
+    wrapped = MultiExitModel.from_classifier(electra_small())
+    table, dense = exit_cost_table(wrapped, 16), cost_of(Structure.from_model(wrapped.backbone), 16)
+    assert table["dense_macs"] == dense.macs
+    assert table["macs_by_depth"][-1] == dense.macs + sum(table["exit_macs"])
+    assert table["macs_by_depth"][0] == 16 * 16 * 32 + dense.layers[0]["macs"] + table["exit_macs"][0]

@@ -297,40 +297,38 @@ def apply_structure(model: nn.Module, family: str) -> None:
             set_layer_topk(layer, paths, k, head_size=head_size)
 
 
-class SlimBertForSequenceClassification(BertForSequenceClassification):
+class _SlimShapes:
+    """Mixin: build the family's classifier, then give it the per-layer shapes its config records."""
+
+    _slim_family = ""
+
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        apply_structure(self, "bert")
+        apply_structure(self, self._slim_family)
 
 
-class SlimRobertaForSequenceClassification(RobertaForSequenceClassification):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        apply_structure(self, "roberta")
+class SlimBertForSequenceClassification(_SlimShapes, BertForSequenceClassification):
+    _slim_family = "bert"
 
 
-class SlimDistilBertForSequenceClassification(DistilBertForSequenceClassification):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        apply_structure(self, "distilbert")
+class SlimRobertaForSequenceClassification(_SlimShapes, RobertaForSequenceClassification):
+    _slim_family = "roberta"
 
 
-class SlimXLMRobertaForSequenceClassification(XLMRobertaForSequenceClassification):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        apply_structure(self, "xlm-roberta")
+class SlimDistilBertForSequenceClassification(_SlimShapes, DistilBertForSequenceClassification):
+    _slim_family = "distilbert"
 
 
-class SlimCamembertForSequenceClassification(CamembertForSequenceClassification):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        apply_structure(self, "camembert")
+class SlimXLMRobertaForSequenceClassification(_SlimShapes, XLMRobertaForSequenceClassification):
+    _slim_family = "xlm-roberta"
 
 
-class SlimElectraForSequenceClassification(ElectraForSequenceClassification):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        apply_structure(self, "electra")
+class SlimCamembertForSequenceClassification(_SlimShapes, CamembertForSequenceClassification):
+    _slim_family = "camembert"
+
+
+class SlimElectraForSequenceClassification(_SlimShapes, ElectraForSequenceClassification):
+    _slim_family = "electra"
 
 
 SLIM_CLASSES = {
