@@ -420,3 +420,29 @@ def test_export_refuses_a_non_empty_folder_before_loading(tmp_path):
     (out / "notes.txt").write_text("mine")
     result = run("export", "no-such-model", "--onnx", out)
     assert result.exit_code == 2 and "is not empty" in result.stderr
+
+
+def test_axformer_copies_are_the_searched_model_converted(saved_model, csv_task, tmp_path):
+    """--int8-out / --bf16-out run as one-step compose recipes: each equals the saved model converted by hand."""
+    import torch
+
+    from conftest import make_inputs
+    from slimformer.export import load_slim
+    from slimformer.models import load_model
+    from slimformer.quantize import is_bf16, quantize_dynamic_int8, to_bf16
+
+    out, int8, bf16 = tmp_path / "ax", tmp_path / "int8", tmp_path / "bf16"
+    args = ["axformer", saved_model[0], "--task", csv_task, "--out", out, "--budget", "macs=0.7,seq=16"]
+    result = run(*args, "--int8-out", int8, "--bf16-out", bf16, "--evaluate", "test", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["int8"]["folder"] == str(int8) and report["int8"]["metrics"]["split"] == "test"
+    assert json.loads((int8 / "slimformer.json").read_text())["int8"]["folder"] == str(int8)
+    searched = load_slim(out).eval()
+    inputs = make_inputs(batch=3, seq=9)
+    with torch.no_grad():
+        for folder, convert in ((int8, quantize_dynamic_int8), (bf16, to_bf16)):
+            saved, _ = load_model(str(folder))
+            expected = convert(searched)(**inputs).logits.float()
+            torch.testing.assert_close(saved.eval()(**inputs).logits.float(), expected, rtol=0, atol=0)
+        assert is_bf16(load_model(str(bf16))[0]) and not is_bf16(searched)

@@ -20,6 +20,8 @@ from slimformer.commands.common import (
     JsonOpt,
     LabelCol,
     ModelArg,
+    PairCol,
+    RecipeMaxLenOpt,
     SetOpt,
     TaskOpt,
     TextCol,
@@ -87,9 +89,6 @@ SetAx = SetOpt("AxConfig")
 ValExamplesOpt = Annotated[
     int | None, typer.Option(help="search on the first N validation examples only (default: all)")
 ]
-MaxLenOpt = Annotated[
-    int | None, typer.Option(help="truncate inputs to this many tokens (default: the task's fine-tuning recipe)")
-]
 FitOpt = Annotated[
     int,
     typer.Option(
@@ -113,7 +112,6 @@ Bf16OutOpt = Annotated[
     Path | None,
     typer.Option("--bf16-out", help="also save a bfloat16 copy here (half the size; fast on CPUs with native bf16)"),
 ]
-PairOpt = Annotated[str | None, typer.Option(help="optional second text column (user files)")]
 
 
 def axformer_command(
@@ -134,7 +132,7 @@ def axformer_command(
     max_passes: PassesOpt = 4,
     set_: SetAx = None,
     validation_examples: ValExamplesOpt = None,
-    max_length: MaxLenOpt = None,
+    max_length: RecipeMaxLenOpt = None,
     fit_examples: FitOpt = 1024,
     recover_epochs: RecoverOpt = 0,
     batch_size: Annotated[int, typer.Option(help="validation examples per batch")] = 32,
@@ -142,7 +140,7 @@ def axformer_command(
     int8_out: Int8OutOpt = None,
     bf16_out: Bf16OutOpt = None,
     text_column: TextCol = "text",
-    text_pair_column: PairOpt = None,
+    text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
     seed: Annotated[int, typer.Option(help="seed of the data split and of the batch order")] = 0,
     overwrite: Annotated[

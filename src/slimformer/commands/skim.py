@@ -18,6 +18,7 @@ from slimformer.commands.common import (
     ResumeOpt,
     SeedOpt,
     SetOpt,
+    TaskOpt,
     TextCol,
     check_labels,
     emit_json,
@@ -38,9 +39,6 @@ skim_app = typer.Typer(
 _help, _default = field_readers(SkimConfig)
 
 
-TaskOpt = Annotated[
-    str, typer.Option("--task", "-t", help="built-in task (see `slimformer list`) or a CSV/TSV/JSONL file")
-]
 KeepOpt = Annotated[
     float | None, typer.Option("--keep", help="calibrate the threshold shift on validation to this mean kept fraction")
 ]
