@@ -17,7 +17,6 @@ continues from the latest complete one.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
