@@ -12,17 +12,102 @@ size the target is for.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import statistics
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from slimformer.skim.measure import skim_macs
 
 logger = logging.getLogger(__name__)
+
+TARGETS = ("keep", "macs", "latency_ms")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShiftConfig:
+    """The target of :func:`calibrate`: exactly one of ``keep``, ``macs`` or ``latency_ms``."""
+
+    keep: float | None = field(default=None, metadata={"help": "mean kept fraction of tokens, in (0, 1]"})
+    macs: float | None = field(default=None, metadata={"help": "MACs relative to the dense model, in (0, 1]"})
+    latency_ms: float | None = field(
+        default=None, metadata={"help": "median milliseconds per batch on this machine (> 0)"}
+    )
+    tolerance: float = field(default=0.005, metadata={"help": "stop this close to the target (> 0)"})
+    repeats: int = field(default=3, metadata={"help": "latency only: timed passes per trial (>= 1)"})
+    max_iter: int = field(default=24, metadata={"help": "at most this many bisection steps (>= 1)"})
+
+    def __post_init__(self) -> None:
+        given = [name for name in TARGETS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one target: keep=<fraction of tokens>, macs=<fraction of dense MACs> or "
+                f"latency_ms=<milliseconds per batch>; got {', '.join(given) or 'none'}"
+            )
+        target = getattr(self, given[0])
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+            raise ValueError(f"{given[0]}={target!r}: must be a number")
+        if given[0] == "latency_ms" and not target > 0:
+            raise ValueError(f"latency_ms={target!r}: must be > 0 milliseconds")
+        if given[0] != "latency_ms" and not 0.0 < target <= 1.0:
+            raise ValueError(f"{given[0]}={target!r}: must be a fraction in (0, 1]")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not self.tolerance > 0:
+            raise ValueError(f"tolerance={self.tolerance!r}: must be a number > 0")
+        for name in ("repeats", "max_iter"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShiftConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"ShiftConfig: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        return cls(**data)
+
+
+@dataclass
+class ShiftResult:
+    """A calibrated copy of the skimming model and what was found (see :func:`calibrate_shift`)."""
+
+    model: Any
+    report: dict
+
+
+def calibrate(model, config: ShiftConfig, batches: Iterable[dict], *, progress: bool = False) -> ShiftResult:
+    """A copy of the skimming ``model`` whose threshold shift meets ``config``'s target on ``batches``.
+
+    The input keeps its shift. ``report`` is :func:`calibrate_shift`'s dict plus ``config``.
+
+    Raises:
+        ValueError: ``config`` is not a :class:`ShiftConfig`, or no batches.
+    """
+    if not isinstance(config, ShiftConfig):
+        raise ValueError(f"config={config!r}: must be a ShiftConfig")
+    model = copy.deepcopy(model)
+    target = {name: getattr(config, name) for name in TARGETS if getattr(config, name) is not None}
+    found = calibrate_shift(
+        model,
+        batches,
+        **target,
+        tolerance=config.tolerance,
+        repeats=config.repeats,
+        max_iter=config.max_iter,
+        progress=progress,
+    )
+    return ShiftResult(model=model, report={"config": config.to_dict(), **found})
 
 
 def calibrate_shift(
@@ -61,21 +146,11 @@ def calibrate_shift(
     """
     from tqdm.auto import tqdm
 
-    given = {name: v for name, v in (("keep", keep), ("macs", macs), ("latency_ms", latency_ms)) if v is not None}
-    if len(given) != 1:
-        raise ValueError(
-            "give exactly one target: keep=<fraction of tokens>, macs=<fraction of dense MACs> or "
-            f"latency_ms=<milliseconds per batch>; got {', '.join(given) or 'none'}"
-        )
-    ((metric, target),) = given.items()
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
-        raise ValueError(f"{metric}={target!r}: must be a number")
-    if metric == "latency_ms" and not target > 0:
-        raise ValueError(f"latency_ms={target!r}: must be > 0 milliseconds")
-    if metric != "latency_ms" and not 0.0 < target <= 1.0:
-        raise ValueError(f"{metric}={target!r}: must be a fraction in (0, 1]")
-    if not tolerance > 0 or max_iter < 1 or repeats < 1:
-        raise ValueError(f"tolerance={tolerance!r} must be > 0, max_iter={max_iter!r} and repeats={repeats!r} >= 1")
+    checked = ShiftConfig(
+        keep=keep, macs=macs, latency_ms=latency_ms, tolerance=tolerance, repeats=repeats, max_iter=max_iter
+    )
+    metric = next(name for name in TARGETS if getattr(checked, name) is not None)
+    target = getattr(checked, metric)
     param = next(model.parameters())
     was_training = model.training
     model.eval()
