@@ -186,3 +186,18 @@ def test_old_batch_builders_are_aliases(task, tiny_tokenizer):
         assert len(old) == len(new)
         for a, b in zip(old, new, strict=True):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_skim_calibrate_takes_a_config_and_returns_a_copy(task, tiny_tokenizer):
+    from slimformer.skim import build_skim_model
+    from slimformer.skim.calibrate import ShiftConfig, calibrate
+
+    skimmer = build_skim_model(make_tiny_model("bert", num_labels=2))
+    val = batches(task, tiny_tokenizer, split="validation")
+    result = calibrate(skimmer, ShiftConfig(keep=0.5, tolerance=0.05), val)
+    assert skimmer.skim_shift == 0.0 and result.model is not skimmer
+    assert result.model.skim_shift == result.report["shift"] != 0.0
+    assert result.report["config"]["keep"] == 0.5 and abs(result.report["achieved"] - 0.5) <= 0.05
+    json.dumps(result.report)
+    with pytest.raises(ValueError, match="must be a ShiftConfig"):
+        calibrate(skimmer, {"keep": 0.5}, val)

@@ -13,7 +13,6 @@ size the target is for.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import statistics
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from slimformer.methods import FlatConfig
 from slimformer.skim.measure import skim_macs
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ TARGETS = ("keep", "macs", "latency_ms")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShiftConfig:
-    """The target of :func:`calibrate`: exactly one of ``keep``, ``macs`` or ``latency_ms``."""
+class ShiftConfig(FlatConfig):
+    """The target of :func:`calibrate`: exactly one of ``keep``, ``macs`` or ``latency_ms``
+    (``to_dict`` / ``from_dict`` from :class:`~slimformer.methods.FlatConfig`)."""
 
     keep: float | None = field(default=None, metadata={"help": "mean kept fraction of tokens, in (0, 1]"})
     macs: float | None = field(default=None, metadata={"help": "MACs relative to the dense model, in (0, 1]"})
@@ -65,18 +66,6 @@ class ShiftConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShiftConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"ShiftConfig: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        return cls(**data)
-
 
 @dataclass
 class ShiftResult:
@@ -97,16 +86,7 @@ def calibrate(model, config: ShiftConfig, batches: Iterable[dict], *, progress: 
     if not isinstance(config, ShiftConfig):
         raise ValueError(f"config={config!r}: must be a ShiftConfig")
     model = copy.deepcopy(model)
-    target = {name: getattr(config, name) for name in TARGETS if getattr(config, name) is not None}
-    found = calibrate_shift(
-        model,
-        batches,
-        **target,
-        tolerance=config.tolerance,
-        repeats=config.repeats,
-        max_iter=config.max_iter,
-        progress=progress,
-    )
+    found = calibrate_shift(model, batches, **config.to_dict(), progress=progress)
     return ShiftResult(model=model, report={"config": config.to_dict(), **found})
 
 
