@@ -138,32 +138,10 @@ def calibrate_shift(
         batches = [{k: v.to(param.device) for k, v in b.items() if k != "labels"} for b in batches]
         if not batches:
             raise ValueError("no batches to calibrate on")
-        if metric == "latency_ms":
-            tol = max(tolerance, 0.02) * target
-
-            def value(shift: float) -> float:
-                return _median_ms(model, batches, shift, repeats)
-
-        else:
-            tol = tolerance
-            firsts = [
-                model.skim_first_layer(**b)
-                for b in tqdm(batches, desc="calibrate: first layer", disable=not progress, leave=False)
-            ]
-            if metric == "macs":
-                from slimformer.skim.measure import dense_macs
-
-                n_real = torch.cat([m.sum(1).cpu() for _, m in firsts])
-                dense = float(dense_macs(model, n_real).sum())
-
-            def value(shift: float) -> float:
-                tokens = torch.cat([model.skim_rest(h, m, shift=shift).tokens.cpu() for h, m in firsts])  # (N, L)
-                if metric == "keep":
-                    n_skimmed = tokens[:, :1].double().sum() * (tokens.shape[1] - 1)
-                    return float(tokens[:, 1:].double().sum() / n_skimmed)
-                return float(skim_macs(model, tokens).sum()) / dense
-
+        value = _objective(model, batches, metric, repeats=repeats, progress=progress)
+        tol = max(tolerance, 0.02) * target if metric == "latency_ms" else tolerance
         trials: list[list[float]] = []
+        bar = tqdm(total=max_iter, desc="calibrate", disable=not progress, leave=False)
 
         def trial(shift: float) -> float:
             v = value(shift)
@@ -172,28 +150,8 @@ def calibrate_shift(
             bar.set_postfix(shift=f"{shift:.3f}", **{metric: f"{v:.4f}"})
             return v
 
-        bar = tqdm(total=max_iter, desc="calibrate", disable=not progress, leave=False)
-        # bracket from the model's shift outwards: value(lo) >= target >= value(hi). Trials that keep
-        # fewer tokens are the cheap ones, so search upwards first when the start keeps too many.
-        start, step = model.skim_shift if math.isfinite(model.skim_shift) else 0.0, 1.0
-        if trial(start) > target:
-            lo, hi = start, start + step
-            while trial(hi) > target and step < 1024:
-                lo, step = hi, 2 * step
-                hi = start + step
-        else:
-            lo, hi = start - step, start
-            while trial(lo) < target and step < 1024:
-                hi, step = lo, 2 * step
-                lo = start - step
-        for _ in range(max_iter):
-            if min(abs(v - target) for _, v in trials) <= tol or hi - lo < 1e-6:
-                break
-            mid = (lo + hi) / 2
-            if trial(mid) > target:
-                lo = mid
-            else:
-                hi = mid
+        start = model.skim_shift if math.isfinite(model.skim_shift) else 0.0
+        _bisect(trial, trials, start, target, tol, max_iter)
         bar.close()
     model.train(was_training)
     within = [sv for sv in trials if abs(sv[1] - target) <= tol]
@@ -205,6 +163,60 @@ def calibrate_shift(
         model.skim_shift = shift
     logger.info("calibrated skim shift %.4f: %s %.4f (target %.4f)", shift, metric, achieved, target)
     return {"shift": shift, "target": target, "metric": metric, "achieved": achieved, "trials": trials}
+
+
+def _objective(model, batches: list[dict], metric: str, *, repeats: int, progress: bool):
+    """``shift -> achieved value`` of ``metric``; keep and MACs reuse one first-layer pass per batch."""
+    from tqdm.auto import tqdm
+
+    if metric == "latency_ms":
+        return lambda shift: _median_ms(model, batches, shift, repeats)
+    firsts = [
+        model.skim_first_layer(**b)
+        for b in tqdm(batches, desc="calibrate: first layer", disable=not progress, leave=False)
+    ]
+    dense = None
+    if metric == "macs":
+        from slimformer.skim.measure import dense_macs
+
+        n_real = torch.cat([m.sum(1).cpu() for _, m in firsts])
+        dense = float(dense_macs(model, n_real).sum())
+
+    def value(shift: float) -> float:
+        tokens = torch.cat([model.skim_rest(h, m, shift=shift).tokens.cpu() for h, m in firsts])  # (N, L)
+        if metric == "keep":
+            n_skimmed = tokens[:, :1].double().sum() * (tokens.shape[1] - 1)
+            return float(tokens[:, 1:].double().sum() / n_skimmed)
+        return float(skim_macs(model, tokens).sum()) / dense
+
+    return value
+
+
+def _bisect(trial, trials: list[list[float]], start: float, target: float, tol: float, max_iter: int) -> None:
+    """Bracket the target from ``start`` outwards (value(lo) >= target >= value(hi)), then bisect.
+
+    Trials that keep fewer tokens are the cheap ones, so it searches upwards first when the start
+    keeps too many. Every trial lands in ``trials`` (``trial`` appends it).
+    """
+    step = 1.0
+    if trial(start) > target:
+        lo, hi = start, start + step
+        while trial(hi) > target and step < 1024:
+            lo, step = hi, 2 * step
+            hi = start + step
+    else:
+        lo, hi = start - step, start
+        while trial(lo) < target and step < 1024:
+            hi, step = lo, 2 * step
+            lo = start - step
+    for _ in range(max_iter):
+        if min(abs(v - target) for _, v in trials) <= tol or hi - lo < 1e-6:
+            break
+        mid = (lo + hi) / 2
+        if trial(mid) > target:
+            lo = mid
+        else:
+            hi = mid
 
 
 def _median_ms(model, batches: list[dict], shift: float, repeats: int) -> float:
