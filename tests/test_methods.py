@@ -201,3 +201,24 @@ def test_skim_calibrate_takes_a_config_and_returns_a_copy(task, tiny_tokenizer):
     json.dumps(result.report)
     with pytest.raises(ValueError, match="must be a ShiftConfig"):
         calibrate(skimmer, {"keep": 0.5}, val)
+
+
+def test_a_new_pruner_becomes_a_method_and_a_step(monkeypatch, task, tiny_tokenizer):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from slimformer import compose, methods
+    from slimformer.static import METHODS as PRUNERS
+    from slimformer.static import MagnitudeConfig, register
+
+    @dataclass(frozen=True, kw_only=True)
+    class Magnitude2Config(MagnitudeConfig):
+        method: ClassVar[str] = "magnitude2"
+
+    for registry in (PRUNERS, methods._METHODS, compose.STEPS):
+        monkeypatch.setitem(registry, "magnitude2", None)  # removed again after the test
+    register(Magnitude2Config, "slimformer.static.magnitude:score_magnitude")
+    assert get_method("magnitude2").config is Magnitude2Config and "magnitude2" in available("static")
+    (step,) = parse_recipe([{"step": "magnitude2", "budget": "params=0.8"}])
+    out, _ = compress(make_tiny_model("bert", num_labels=2), [step], _data(task, tiny_tokenizer))
+    assert isinstance(step.config, Magnitude2Config) and out is not None

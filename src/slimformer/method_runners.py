@@ -147,6 +147,12 @@ def _summary(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
+def register_pruner(cls: type) -> None:
+    """Make the one-shot pruning method of config class ``cls`` a method (its name: ``cls.method``)."""
+    help_text = f"one-shot pruning to a budget, no retraining: {_summary(cls)}"
+    register(Method(cls.method, cls, run_prune, copies=True, parse=_prune_parser(cls.method), help=help_text))
+
+
 def register_builtin() -> None:
     """Register every built-in method (called once, when :mod:`slimformer.methods` is imported)."""
     from slimformer.axformer.config import AxConfig
@@ -155,9 +161,8 @@ def register_builtin() -> None:
     from slimformer.slim.run import SlimStepConfig, run_slim
     from slimformer.static.prune import METHODS as PRUNERS
 
-    for name, (cls, _) in PRUNERS.items():
-        help_text = f"one-shot pruning to a budget, no retraining: {_summary(cls)}"
-        register(Method(name, cls, run_prune, copies=True, parse=_prune_parser(name), help=help_text))
+    for cls, _ in PRUNERS.values():
+        register_pruner(cls)
     register(
         Method(
             "axformer",
