@@ -168,6 +168,7 @@ def register_builtin() -> None:
             "axformer",
             AxConfig,
             run_axformer,
+            copies=True,
             help="accuracy-driven removal searched on the validation split (+ hard top-k attention where it helps)",
         )
     )
@@ -179,6 +180,7 @@ def register_builtin() -> None:
             "recover",
             RecoverConfig,
             run_recover,
+            copies=True,
             help="short fine-tune on the train split, distilled from the recipe's input model (shapes unchanged)",
         )
     )
