@@ -191,3 +191,40 @@ def test_prune_then_bf16_saves_half_size_and_loads_bf16(csv_task, tiny_tokenizer
     ids = torch.tensor([[2, 10, 11, 12, 3]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, out(input_ids=ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("last", "fields"),
+    [
+        ("skim", {"max_steps": 2, "batch_size": 8, "keep": 0.5}),
+        ("exits", {"max_steps": 2, "target": "depth", "value": 2}),
+    ],
+)
+def test_prune_then_dynamic_step_saves_and_loads(csv_task, tiny_tokenizer, tmp_path, last, fields):
+    from slimformer.models import load_model
+
+    steps = parse_recipe([{"step": "magnitude", "budget": "params=0.8"}, {"step": last, **fields}])
+    assert [s.kind for s in steps] == ["magnitude", last] and STEPS[last].kind == "dynamic"
+    model = make_tiny_model("bert", num_labels=2)
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=16, progress=False)
+    out, report = compress(model, steps, context)
+    assert [e["step"] for e in report["steps"]] == ["magnitude", last]
+    json.dumps(report)
+    folder = save_result(out, tiny_tokenizer, tmp_path / "m", extra=report)
+    loaded, _ = load_model(str(folder))
+    assert type(loaded).__name__ == type(out).__name__
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, out(input_ids=ids).logits)
+
+
+def test_slim_step_extracts_the_recipe_budget(csv_task, tiny_tokenizer):
+    fast = {"max_steps": 2, "batch_size": 8, "group_size": 8, "init_examples": 16, "max_length": 16}
+    steps = parse_recipe([{"step": "slim", "budget": "params=0.7", "eval_budgets": [1.0], **fast}])
+    model = make_tiny_model("bert", num_labels=2)
+    dense = cost_of(Structure.from_model(model))
+    context = RecipeContext(tokenizer=tiny_tokenizer, task=csv_task, calibration=16, progress=False)
+    out, report = compress(model, steps, context)
+    assert cost_of(Structure.from_model(out)).params <= 0.7 * dense.params
+    assert report["steps"][0]["report"]["extract"]["achieved"] <= 0.7 * dense.params
+    assert cost_of(Structure.from_model(model)).params == dense.params  # the input is untouched

@@ -83,3 +83,23 @@ def test_sweep_precision_suffixes(tmp_path, tiny_tokenizer):
     assert all(p.dtype is torch.float32 for p in model.parameters())  # the versions are copies
     with pytest.raises(ValueError, match="each also \\+int8, \\+bf16"):
         ParetoConfig(methods=("magnitude+fp8",))
+
+
+def test_sweep_methods_come_from_the_registry(tmp_path, tiny_tokenizer):
+    from slimformer.methods import available
+    from slimformer.pareto import available_methods, precisions
+
+    names = available_methods()
+    assert {"optin", "fisher", "magnitude", "random", "axformer", "slim"} <= set(names)
+    assert not {"skim", "exits", "recover", "int8", "bf16"} & set(names)  # dynamic, budget-less, precision
+    assert precisions() == available("precision")
+    rows = ["text,label"] + [f"good fun movie {i},pos" if i % 2 else f"bad dull plot {i},neg" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    task = load_task(str(tmp_path / "t.csv"))
+    model = make_tiny_model("bert", num_labels=2)
+    config = ParetoConfig(methods=("axformer", "axformer+int8"), budgets=(0.7,), seq_len=16, repeats=1, calibration=16)
+    points = sweep(model, tiny_tokenizer, task, config, progress=False)["points"]
+    by = {p["key"]: p for p in points}
+    assert set(by) == {"dense", "axformer@0.7", "axformer+int8@0.7", "dense+int8@1.0"}
+    assert by["axformer@0.7"]["macs"] <= 0.7 * by["dense"]["macs"] * 1.05  # one unit of overshoot allowed
+    assert by["axformer+int8@0.7"]["bytes"] < by["axformer@0.7"]["bytes"]

@@ -38,6 +38,8 @@ _LAZY = {
     "to_bf16": "slimformer.quantize",
     "compress": "slimformer.compose",
     "parse_recipe": "slimformer.compose",
+    "MethodData": "slimformer.methods",
+    "batches": "slimformer.batching",
     "export_onnx": "slimformer.onnx_export",
 }
 

@@ -231,6 +231,13 @@ def _encode(value: Any, check: Check | None) -> Any:
     return value
 
 
+def _require(cls: type, given: Mapping[str, Any]) -> None:
+    """Refuse a dict that lacks a field without a default, naming it (instead of a ``TypeError``)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in given and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{cls.__name__}: field {f.name!r} is required ({f.metadata.get('help', '')})")
+
+
 class ConfigBase:
     """Base of every slimformer config dataclass: checks on construction, ``to_dict`` / ``from_dict``.
 
@@ -275,9 +282,60 @@ class ConfigBase:
         if unknown:
             allowed = f"allowed: {', '.join(names)}" if names else f"{cls.__name__} takes no fields"
             raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(map(str, unknown))}; {allowed}")
+        _require(cls, data)
         return cls(**data)
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
         """Each field's help text, by name (for CLI options)."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def part(cls: type[ConfigBase], help: str, *, optional: bool = False) -> Any:
+    """A field of a :class:`FlatConfig` holding another config (``None`` unless given, when ``optional``)."""
+    metadata = {"help": help, "check": nested(cls, optional=optional), "part": cls, "optional": optional}
+    if optional:
+        return dataclasses.field(default=None, metadata=metadata)
+    return dataclasses.field(default_factory=cls, metadata=metadata)
+
+
+class FlatConfig(ConfigBase):
+    """A config built from other configs (fields declared with :func:`part`), as one flat dict.
+
+    The parts' fields appear at the top level of ``to_dict`` (their names must not collide); an
+    optional part is ``None`` unless one of its fields is given to ``from_dict``.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if "part" in f.metadata:
+                out.update(value.to_dict() if value is not None else {})
+            else:
+                out[f.name] = _encode(value, f.metadata.get("check"))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__}: expected a mapping of field names to values, got {data!r}")
+        data, kwargs, allowed = dict(data), {}, []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            piece = f.metadata.get("part")
+            if piece is None:
+                allowed.append(f.name)
+                if f.name in data:
+                    kwargs[f.name] = data.pop(f.name)
+                continue
+            names = [g.name for g in dataclasses.fields(piece)]
+            allowed += names
+            given = {k: data.pop(k) for k in names if k in data}
+            if given or not f.metadata.get("optional"):
+                kwargs[f.name] = piece.from_dict(given)
+        if data:
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {', '.join(sorted(data))}; allowed: {', '.join(sorted(allowed))}"
+            )
+        _require(cls, kwargs)
+        return cls(**kwargs)

@@ -5,9 +5,10 @@ once per method), evaluates every result on the test split, measures its memory 
 the cost model, or the real bytes of an int8 model's weights) and times all of them *interleaved*
 with the dense model (:func:`slimformer.bench.bench_models`), so latencies are comparable.
 :func:`pareto_front` marks the points no other point beats on both axes; :func:`plot_frontier`
-draws them. Methods are variant producers registered in :data:`PRODUCERS`: each one-shot pruning
-method, and precision suffixes (``optin+int8``: the pruned model, then dynamic int8; ``optin+bf16``:
-the pruned model cast to bfloat16).
+draws them. The methods come from :mod:`slimformer.methods`: every static method whose config has
+a budget (the one-shot pruners, scored once per method and reused across budgets; axformer;
+slim), each with the registry's precision methods as suffixes (``optin+int8``: the pruned model,
+then dynamic int8; ``optin+bf16``: the pruned model cast to bfloat16).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class ParetoConfig(ConfigBase):
 
     methods: tuple[str, ...] = option(
         ("optin", "fisher", "magnitude"),
-        "pruning methods; append +int8 or +bf16 (e.g. optin+int8) for that version of each",
+        "methods with a budget (pruners, axformer, slim); append +int8 or +bf16 (e.g. optin+int8)"
+        " for that version of each",
         tuple_of(text(), min_len=1, from_text=str),
     )
     budgets: tuple[float, ...] = option(
@@ -52,18 +54,28 @@ class ParetoConfig(ConfigBase):
     seed: int = option(0, "calibration sample seed", integer(0))
 
     def _check(self) -> None:
+        names, suffixes = available_methods(), ", ".join(f"+{p}" for p in precisions())
         for m in self.methods:
-            base = _split(m)[0]
-            if base not in available_methods():
-                available = ", ".join(available_methods())
-                self._fail("methods", f"unknown method {m!r}; available: {available} (each also +int8, +bf16)")
+            if _split(m)[0] not in names:
+                self._fail("methods", f"unknown method {m!r}; available: {', '.join(names)} (each also {suffixes})")
 
 
 def available_methods() -> list[str]:
-    """Methods :func:`sweep` can run (the registered one-shot pruning methods)."""
-    from slimformer.static.prune import METHODS
+    """Methods :func:`sweep` can run: the registered static methods whose config takes a budget."""
+    from slimformer.methods import methods
 
-    return list(METHODS)
+    return [
+        name
+        for name, m in methods().items()
+        if m.kind == "static" and "budget" in {f.name for f in dataclasses.fields(m.config)}
+    ]
+
+
+def precisions() -> list[str]:
+    """Suffixes a method may carry (``optin+int8``): the registered precision methods."""
+    from slimformer.methods import available
+
+    return available("precision")
 
 
 def pareto_front(points: Sequence[dict], x: str, y: str) -> list[bool]:
@@ -78,25 +90,18 @@ def pareto_front(points: Sequence[dict], x: str, y: str) -> list[bool]:
     return flags
 
 
-def _int8(model):
-    from slimformer.quantize import quantize_dynamic_int8
+def _convert(precision: str, model, data):
+    """A copy of ``model`` converted by the precision method ``precision`` (default config)."""
+    from slimformer.methods import apply, get_method
 
-    return quantize_dynamic_int8(model)  # a copy
-
-
-def _bf16(model):
-    from slimformer.quantize import to_bf16
-
-    return to_bf16(model)  # a copy
-
-
-PRECISIONS: dict[str, Callable] = {"int8": _int8, "bf16": _bf16}  # METHOD+SUFFIX: a converted copy of METHOD's model
+    method = get_method(precision)
+    return apply(method, model, method.config_from({}), data).model
 
 
 def _split(method: str) -> tuple[str, str | None]:
     """``"optin+int8"`` -> ``("optin", "int8")``; ``"optin"`` -> ``("optin", None)``."""
     base, plus, suffix = method.rpartition("+")
-    return (base, suffix) if plus and suffix in PRECISIONS else (method, None)
+    return (base, suffix) if plus and suffix in precisions() else (method, None)
 
 
 def weight_bytes(model) -> int:
@@ -145,64 +150,77 @@ def compress_points(
     """The sweep without timing: compress, evaluate on test, measure sizes. Returns (points, models by key)."""
     from tqdm.auto import tqdm
 
-    from slimformer.budget import Budget
     from slimformer.cost import cost_of
     from slimformer.evaluate import evaluate
-    from slimformer.static import PruneConfig, calibration_batches, prune, score
+    from slimformer.methods import MethodData
     from slimformer.structure import Structure
 
     test = task.split("test")
-    batches = calibration_batches(
-        task.split("train"), tokenizer, size=config.calibration, seed=config.seed, max_length=config.max_length
+    data = MethodData(
+        tokenizer=tokenizer,
+        task=task,
+        max_length=config.max_length,
+        calibration=config.calibration,
+        seed=config.seed,
+        progress=False,
     )
-    models: dict[str, Any] = {name: model}
+    models: dict[str, Any] = {}
     dense_cost = cost_of(Structure.from_model(model), config.seq_len)
-    points = [_point(name, "dense", 1.0, model, tokenizer, test, config, evaluate, dense_cost, 0.0)]
-    if on_point:
-        on_point(points[-1])
+    points: list[dict] = []
+
+    def add(key: str, label: str, budget: float, m, cost, seconds: float) -> None:
+        points.append(_point(key, label, budget, m, tokenizer, test, config, evaluate, cost, seconds))
+        models[key] = m
+        if on_point:
+            on_point(points[-1])
+
+    add(name, "dense", 1.0, model, dense_cost, 0.0)
     bases = list(dict.fromkeys(_split(m)[0] for m in config.methods))
     bar = tqdm(total=len(bases) * len(config.budgets), desc="sweep", disable=not progress, leave=False)
     for method in bases:
-        want_fp32 = method in config.methods
-        wanted = [p for p in PRECISIONS if f"{method}+{p}" in config.methods]
+        wanted = [p for p in precisions() if f"{method}+{p}" in config.methods]
         bar.set_postfix(method=method)
-        t0 = time.perf_counter()
-        first = Budget(kind=config.kind, value=config.budgets[0], relative=True, seq_len=config.seq_len)
-        importance = score(model, PruneConfig.from_dict({"method": method, "budget": first}), batches, progress=False)
-        score_s = time.perf_counter() - t0
-        for value in config.budgets:
-            budget = dataclasses.replace(first, value=value)
-            t1 = time.perf_counter()
-            result = prune(
-                model,
-                PruneConfig.from_dict({"method": method, "budget": budget, "seed": config.seed}),
-                batches,
-                importance=importance,
-                progress=False,
-            )
-            seconds = score_s + time.perf_counter() - t1
-            cost = cost_of(Structure.from_model(result.model), config.seq_len)
-            variants = ([(method, result.model)] if want_fp32 else []) + [
-                (f"{method}+{p}", PRECISIONS[p](result.model)) for p in wanted
-            ]
-            for label, m in variants:
-                key = f"{label}@{value}"
-                points.append(_point(key, label, value, m, tokenizer, test, config, evaluate, cost, seconds))
-                models[key] = m
-                if on_point:
-                    on_point(points[-1])
+        for value, compressed, seconds in _compressed(method, model, config, data):
+            cost = cost_of(Structure.from_model(compressed), config.seq_len)
+            if method in config.methods:
+                add(f"{method}@{value}", method, value, compressed, cost, seconds)
+            for p in wanted:
+                add(f"{method}+{p}@{value}", f"{method}+{p}", value, _convert(p, compressed, data), cost, seconds)
             bar.update()
         for p in wanted:
-            key = f"dense+{p}@1.0"
-            if key in models:
-                continue
-            m = PRECISIONS[p](model)
-            points.append(_point(key, f"dense+{p}", 1.0, m, tokenizer, test, config, evaluate, dense_cost, 0.0))
-            models[key] = m
-            if on_point:
-                on_point(points[-1])
+            if f"dense+{p}@1.0" not in models:
+                add(f"dense+{p}@1.0", f"dense+{p}", 1.0, _convert(p, model, data), dense_cost, 0.0)
     bar.close()
     return points, models
+
+
+def _compressed(method: str, model, config: ParetoConfig, data):
+    """Yield ``(budget, compressed model, seconds)`` for every budget of the sweep.
+
+    One-shot pruners score importance once and reuse it for every budget (scoring time is counted
+    in each point); other methods run once per budget through the registry.
+    """
+    from slimformer.budget import Budget
+    from slimformer.methods import apply, get_method
+    from slimformer.static import PruneConfig, prune, score
+
+    registered = get_method(method)
+    first = Budget(kind=config.kind, value=config.budgets[0], relative=True, seq_len=config.seq_len)
+    importance, score_s = None, 0.0
+    if issubclass(registered.config, PruneConfig):
+        t0 = time.perf_counter()
+        batches = data.calibration_batches()
+        importance = score(model, registered.config_from({"budget": first}), batches, progress=False)
+        score_s = time.perf_counter() - t0
+    for value in config.budgets:
+        budget = dataclasses.replace(first, value=value)
+        t1 = time.perf_counter()
+        if importance is not None:
+            cfg = registered.config_from({"budget": budget, "seed": config.seed})
+            compressed = prune(model, cfg, batches, importance=importance, progress=False).model
+        else:
+            compressed = apply(registered, model, registered.config_from({"budget": budget}), data).model
+        yield value, compressed, score_s + time.perf_counter() - t1
 
 
 def time_points(points: list[dict], models: dict[str, Any], config: ParetoConfig, *, progress: bool = True) -> dict:

@@ -218,18 +218,27 @@ def is_bf16(model) -> bool:
     return bool(floats) and all(d is torch.bfloat16 for d in floats)
 
 
-def to_bf16(model, *, inplace: bool = False):
+def to_bf16(model, config: Bf16Config | None = None, *, inplace: bool = False):
     """A bfloat16 copy of ``model``: every floating-point weight and buffer cast, computing in bf16.
 
     Logits come out bf16 (:func:`slimformer.evaluate.predict` returns them as fp32). Pruned shapes
     and top-k settings are kept; the config records ``dtype: bfloat16``, so ``save_model`` writes a
     folder half the size that loads back in bf16.
 
+    Args:
+        model: an fp32 classifier.
+        config: the cast's settings (default ``Bf16Config()``).
+        inplace: cast ``model`` itself instead of a copy.
+
     Raises:
-        ValueError: the model is int8-quantized (cast the fp32 model instead).
+        ValueError: the model is int8-quantized (cast the fp32 model instead), or ``config`` is not a
+            :class:`Bf16Config`.
     """
     import torch
 
+    config = Bf16Config() if config is None else config
+    if not isinstance(config, Bf16Config):
+        raise ValueError(f"config={config!r}: must be a Bf16Config")
     if is_quantized(model):
         raise ValueError("the model is int8-quantized; bf16 applies to an fp32 model, not on top of int8")
     if not bf16_supported():

@@ -653,12 +653,6 @@ def validation_batches(
     Args:
         limit: use only the first ``limit`` examples (smoke tests).
     """
-    from slimformer.data import make_loader
+    from slimformer.batching import batches
 
-    examples = list(examples)[:limit] if limit is not None else list(examples)
-    if not examples:
-        raise ValueError("no validation examples")
-    loader = make_loader(
-        examples, tokenizer, batch_size=batch_size, max_length=max_length, group_by_length=True, seed=seed
-    )
-    return [dict(b) for b in loader]
+    return batches(examples, tokenizer, limit=limit, batch_size=batch_size, max_length=max_length, seed=seed)

@@ -37,14 +37,9 @@ class ExitResult:
 
 def training_batches(examples, tokenizer, *, batch_size: int = 32, max_length: int = 128, seed: int = 0) -> list:
     """Tokenized, length-grouped training batches with labels (shuffled again every epoch)."""
-    from slimformer.data import make_loader
+    from slimformer.batching import batches
 
-    if not examples:
-        raise ValueError("no training examples")
-    loader = make_loader(
-        list(examples), tokenizer, batch_size=batch_size, max_length=max_length, group_by_length=True, seed=seed
-    )
-    return list(loader)
+    return batches(examples, tokenizer, batch_size=batch_size, max_length=max_length, seed=seed)
 
 
 def teacher_outputs(teacher, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:

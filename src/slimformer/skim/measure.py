@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 def tokenized_batches(examples: Sequence, tokenizer, *, batch_size: int = 32, max_length: int = 128) -> list[dict]:
     """Examples -> a list of padded batches (``input_ids``, ``attention_mask``, ... , ``labels``), in order."""
-    from slimformer.data import make_loader
+    from slimformer.batching import batches
 
-    return list(make_loader(list(examples), tokenizer, batch_size=batch_size, max_length=max_length))
+    return batches(examples, tokenizer, batch_size=batch_size, max_length=max_length, grouped=False)
 
 
 def skim_macs(model, tokens: torch.Tensor) -> torch.Tensor:

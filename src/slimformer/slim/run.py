@@ -1,4 +1,4 @@
-"""The run folder of a slimming run: the gated model in slimformer's own format.
+"""The run folder of a slimming run (the gated model in slimformer's own format), and slimming as one method.
 
 ::
 
@@ -9,13 +9,20 @@
         checkpoints/epoch-N/ Accelerate states (resume)
 
 A run folder is not a model folder: :func:`slimformer.slim.extract` turns it into one.
+:func:`run_slim` is the ``slim`` method of :mod:`slimformer.methods`: train, then extract one budget.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+
+from slimformer.budget import Budget
+from slimformer.config import FlatConfig, budget_or_text, option, part
+from slimformer.methods import Result
+from slimformer.slim.config import SlimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +111,30 @@ def load_run(folder: str | Path):
         gates.ffn_logits.copy_(ffn)
     slimmed.info = {k: v for k, v in meta.items() if k not in ("format", "version", "group_size")}
     return slimmed.eval(), tokenizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlimStepConfig(FlatConfig):
+    """Differentiable slimming as one method: train the gates (:class:`SlimConfig`), then extract
+    the subnetwork that fits ``budget`` (a memory, params or macs budget of the whole model)."""
+
+    budget: Budget = option(
+        help="what the extracted model must fit, e.g. memory=0.5 or params=10M",
+        check=budget_or_text(kinds=("memory", "params", "macs")),
+    )
+    slim: SlimConfig = part(SlimConfig, "training")
+
+
+def run_slim(model, config: SlimStepConfig, data) -> Result:
+    """Train gates on ``data.task`` (the model is trained in place: pass a copy), then extract ``config.budget``.
+
+    Returns:
+        the extracted plain model and ``{"train": the training report, "extract": the extraction report}``.
+    """
+    from slimformer.slim.extraction import extract
+    from slimformer.slim.train import slim
+
+    slimmed = slim(model, config.slim, data.task, tokenizer=data.tokenizer, progress=data.progress)
+    extracted = extract(slimmed, config.budget, tokenizer=data.tokenizer)
+    train_report = json.loads(json.dumps(slimmed.info.get("report", {}), default=str))
+    return Result(model=extracted.model, report={"train": train_report, "extract": extracted.report})

@@ -256,16 +256,6 @@ def calibration_batches(
     examples, tokenizer, *, size: int = 1024, seed: int = 0, batch_size: int = 32, max_length: int = 128
 ) -> Batches:
     """A seeded random sample of ``size`` examples, tokenized into padded batches (with labels)."""
-    import random
+    from slimformer.batching import batches
 
-    from slimformer.data import make_loader
-
-    if size < 1:
-        raise ValueError(f"calibration size must be >= 1, got {size}")
-    examples = list(examples)
-    if not examples:
-        raise ValueError("no examples to calibrate on")
-    sample = random.Random(seed).sample(examples, min(size, len(examples)))
-    return list(
-        make_loader(sample, tokenizer, batch_size=batch_size, max_length=max_length, group_by_length=True, seed=seed)
-    )
+    return batches(examples, tokenizer, size=size, seed=seed, batch_size=batch_size, max_length=max_length)
