@@ -118,86 +118,19 @@ def select(
     if smallest > limit:
         raise InfeasibleBudget(budget, smallest, dense_cost, KEPT_ANYWAY)
 
-    layer_cost = _layer_cost_fn(structure, budget, latency_table)
-    layers = _init_layers(structure, importance)
+    greedy = _Greedy(
+        _init_layers(structure, importance),
+        _layer_cost_fn(structure, budget, latency_table),
+        comparable=importance.comparable,
+        multiple=ffn_multiple,
+        lowest=max(min_ffn, 1),
+    )
+    layers = greedy.layers
     # Latency predictions are sums of floats: aim a hair under the limit so that rounding in the
     # running total cannot leave the final prediction a hair over it. Other costs are exact ints.
     target = limit - 1e-9 * abs(limit) if budget.kind == "latency" else limit
-    m, lo = ffn_multiple, max(min_ffn, 1)
-
-    def lower(st: _Layer) -> int:
-        w = ((st.ffn - 1) // m) * m
-        return w if w >= lo else 0
-
-    def higher(st: _Layer) -> int:
-        w = max((st.ffn // m + 1) * m, -(-lo // m) * m)
-        return min(w, st.full_ffn)
-
-    def steps(i: int, removing: bool):
-        """The (at most two) next steps of layer i: (kind, new count, value, cost change)."""
-        st = layers[i]
-        now = layer_cost(i, st.heads, st.ffn)
-        out = []
-        if removing and st.heads > 0 or not removing and st.heads < len(st.head_order):
-            h = st.heads - 1 if removing else st.heads + 1
-            k = st.heads_removed - (0 if removing else 1)
-            out.append(("head", h, st.head_rank[k], layer_cost(i, h, st.ffn) - now))
-        if removing and st.ffn > 0 or not removing and st.ffn < st.full_ffn:
-            w = lower(st) if removing else higher(st)
-            a, b = sorted((st.full_ffn - st.ffn, st.full_ffn - w))
-            value = st.ffn_prefix[b] - st.ffn_prefix[a]
-            value = value if importance.comparable else value / (b - a)  # quantiles: the chunk's mean
-            out.append(("ffn", w, value, layer_cost(i, st.heads, w) - now))
-        return out
-
-    def key(value: float, cost: float) -> float:
-        if not importance.comparable:
-            return value
-        # a step that saves (or costs) nothing is kept (added back) first, unless its value is negative
-        return value / cost if cost > 0 else (math.inf if value >= 0 else -math.inf)
-
-    def push(heap: list, i: int, removing: bool, version: list[int]) -> None:
-        for kind, new, value, delta in steps(i, removing):
-            k = key(value, -delta if removing else delta)
-            # later layer first at ties (removal); earlier layer first at ties (adding back)
-            entry = (k, -i, kind, new, delta, version[i]) if removing else (-k, i, kind, new, delta, version[i])
-            heapq.heappush(heap, entry)
-
-    def apply(i: int, kind: str, new: int) -> None:
-        st = layers[i]
-        if kind == "head":
-            st.heads_removed = len(st.head_order) - new
-        else:
-            st.ffn_removed = st.full_ffn - new
-
-    # Removal: least valuable step first until the budget fits.
-    version = [0] * len(layers)
-    heap: list = []
-    for i in range(len(layers)):
-        push(heap, i, True, version)
-    while total > target and heap:
-        _, neg_i, kind, new, delta, ver = heapq.heappop(heap)
-        i = -neg_i
-        if ver != version[i]:
-            continue
-        apply(i, kind, new)
-        total += delta
-        version[i] += 1
-        push(heap, i, True, version)
-
-    # Fill: add back the most valuable steps that still fit.
-    version = [0] * len(layers)
-    heap = []
-    for i in range(len(layers)):
-        push(heap, i, False, version)
-    while heap:
-        _, i, kind, new, delta, ver = heapq.heappop(heap)
-        if ver != version[i] or total + delta > target:
-            continue  # costs only change when the layer changes, which re-pushes its steps
-        apply(i, kind, new)
-        total += delta
-        version[i] += 1
-        push(heap, i, False, version)
+    total = greedy.remove(total, target)  # least valuable step first until the budget fits
+    total = greedy.fill(total, target)  # then add back the most valuable steps that still fit
 
     plan = KeepPlan(
         heads=tuple(tuple(sorted(st.head_order[st.heads_removed :])) for st in layers),
@@ -215,6 +148,99 @@ def select(
         budget.kind, final, limit, dense_cost,
     )  # fmt: skip
     return plan
+
+
+class _Greedy:
+    """The greedy knapsack over removal / add-back steps of every layer (see the module docstring).
+
+    A step is (kind, new count, value, cost change): removing (or adding back) one head, or FFN
+    neurons down (up) to the next allowed width. Steps sit in a heap keyed by value per unit of
+    cost (or by value alone when scores are quantiles); a layer's entries are versioned, since its
+    costs change only when the layer changes, which re-pushes its steps.
+    """
+
+    def __init__(self, layers: list[_Layer], layer_cost, *, comparable: bool, multiple: int, lowest: int):
+        self.layers, self.layer_cost = layers, layer_cost
+        self.comparable, self.m, self.lo = comparable, multiple, lowest
+
+    def _lower(self, st: _Layer) -> int:
+        w = ((st.ffn - 1) // self.m) * self.m
+        return w if w >= self.lo else 0
+
+    def _higher(self, st: _Layer) -> int:
+        w = max((st.ffn // self.m + 1) * self.m, -(-self.lo // self.m) * self.m)
+        return min(w, st.full_ffn)
+
+    def _steps(self, i: int, removing: bool) -> list[tuple[str, int, float, float]]:
+        """The (at most two) next steps of layer i: (kind, new count, value, cost change)."""
+        st = self.layers[i]
+        now = self.layer_cost(i, st.heads, st.ffn)
+        out = []
+        if removing and st.heads > 0 or not removing and st.heads < len(st.head_order):
+            h = st.heads - 1 if removing else st.heads + 1
+            k = st.heads_removed - (0 if removing else 1)
+            out.append(("head", h, st.head_rank[k], self.layer_cost(i, h, st.ffn) - now))
+        if removing and st.ffn > 0 or not removing and st.ffn < st.full_ffn:
+            w = self._lower(st) if removing else self._higher(st)
+            a, b = sorted((st.full_ffn - st.ffn, st.full_ffn - w))
+            value = st.ffn_prefix[b] - st.ffn_prefix[a]
+            value = value if self.comparable else value / (b - a)  # quantiles: the chunk's mean
+            out.append(("ffn", w, value, self.layer_cost(i, st.heads, w) - now))
+        return out
+
+    def _key(self, value: float, cost: float) -> float:
+        if not self.comparable:
+            return value
+        # a step that saves (or costs) nothing is kept (added back) first, unless its value is negative
+        return value / cost if cost > 0 else (math.inf if value >= 0 else -math.inf)
+
+    def _push(self, heap: list, i: int, removing: bool, version: list[int]) -> None:
+        for kind, new, value, delta in self._steps(i, removing):
+            k = self._key(value, -delta if removing else delta)
+            # later layer first at ties (removal); earlier layer first at ties (adding back)
+            entry = (k, -i, kind, new, delta, version[i]) if removing else (-k, i, kind, new, delta, version[i])
+            heapq.heappush(heap, entry)
+
+    def _apply(self, i: int, kind: str, new: int) -> None:
+        st = self.layers[i]
+        if kind == "head":
+            st.heads_removed = len(st.head_order) - new
+        else:
+            st.ffn_removed = st.full_ffn - new
+
+    def _heap(self, removing: bool) -> tuple[list, list[int]]:
+        version = [0] * len(self.layers)
+        heap: list = []
+        for i in range(len(self.layers)):
+            self._push(heap, i, removing, version)
+        return heap, version
+
+    def remove(self, total: float, target: float) -> float:
+        """Remove the least valuable step first until ``total`` fits ``target``; the new total."""
+        heap, version = self._heap(True)
+        while total > target and heap:
+            _, neg_i, kind, new, delta, ver = heapq.heappop(heap)
+            i = -neg_i
+            if ver != version[i]:
+                continue
+            self._apply(i, kind, new)
+            total += delta
+            version[i] += 1
+            self._push(heap, i, True, version)
+        return total
+
+    def fill(self, total: float, target: float) -> float:
+        """Add back the most valuable steps that still fit ``target``; the new total."""
+        heap, version = self._heap(False)
+        while heap:
+            _, i, kind, new, delta, ver = heapq.heappop(heap)
+            if ver != version[i] or total + delta > target:
+                continue
+            self._apply(i, kind, new)
+            total += delta
+            version[i] += 1
+            self._push(heap, i, False, version)
+        return total
 
 
 def _check(structure: Structure, importance: Importance, ffn_multiple: int, min_ffn: int) -> None:
