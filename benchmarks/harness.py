@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 
-#: Examples per split in smoke runs: enough for every class of the built-in tasks to appear.
-SMOKE_EXAMPLES = 24
+#: Examples per split in smoke runs: every class of the built-in tasks appears, and a batch of 32 fills.
+SMOKE_EXAMPLES = 40
 
 logger = logging.getLogger("benchmarks")
 
