@@ -24,6 +24,7 @@ from pathlib import Path
 
 import harness
 import torch
+from render_tables import ONNX_LABELS as LABELS
 
 from slimformer.bench import BenchConfig
 from slimformer.evaluate import metrics_from_logits, predict
@@ -152,18 +153,6 @@ def run(args, log) -> dict:
         "latency": latency,
         "targets": targets,
     }
-
-
-LABELS = {
-    "dense_pytorch_fp32": "dense, PyTorch fp32",
-    "dense_pytorch_int8": "dense, PyTorch dynamic int8",
-    "dense_onnx_fp32": "dense, ONNX fp32",
-    "dense_onnx_int8": "dense, ONNX int8",
-    "pruned_pytorch_fp32": "OPTIN, PyTorch fp32",
-    "pruned_pytorch_int8": "OPTIN, PyTorch dynamic int8",
-    "pruned_onnx_fp32": "OPTIN, ONNX fp32",
-    "pruned_onnx_int8": "OPTIN, ONNX int8",
-}
 
 
 def markdown(result: dict, args) -> str:
