@@ -15,11 +15,10 @@ smaller on disk than dense fp32. The report says whether each was met, for the a
 model in fp32 and int8 (both against dense fp32).
 
     .venv/bin/python benchmarks/axformer.py [--tasks rotten_tomatoes,bbc_news] [--budget macs=0.5] \
-        [--passes 4] [--rounds 5] [--limit-validation N --limit-test N] [--out-dir DIR]
+        [--passes 4] [--rounds 5] [--limit-validation N --limit-test N] [--out benchmarks/results/NAME.json]
 
-Smoke check (minutes, numbers meaningless):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/axformer.py --tasks rotten_tomatoes --limit-validation 32 \
-        --limit-test 32 --passes 1 --rounds 1 --out-dir /tmp/axformer-smoke
+Smoke check (seconds, tiny random model, numbers meaningless):
+    .venv/bin/python benchmarks/axformer.py --smoke --out /tmp/smoke/axformer.json
 """
 
 from __future__ import annotations
@@ -28,12 +27,11 @@ import argparse
 import copy
 import logging
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import torch
 
 from slimformer.axformer import (
@@ -44,23 +42,20 @@ from slimformer.axformer import (
     validation_batches,
 )
 from slimformer.axformer.search import score_batches
-from slimformer.bench import environment, make_bench_inputs, time_callable
+from slimformer.bench import make_bench_inputs, time_callable
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
-from slimformer.data import load_task
 from slimformer.evaluate import metrics_from_logits, predict
 from slimformer.exits import training_batches
 from slimformer.export import save_model
 from slimformer.hf_remote.modeling_slimformer import topk_attention
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, finetune_cached
+from slimformer.pipeline import RECIPES
 from slimformer.quantize import bf16_supported, quantize_dynamic_int8, save_quantized, size_on_disk, to_bf16
 from slimformer.recover import RecoverConfig, recover
-from slimformer.report import write_json
 from slimformer.static import PruneConfig, calibration_batches, prune
 from slimformer.structure import Structure
 
-OUT = Path(__file__).parent / "results"
 SEQ_LEN = 128
 BATCHES = (1, 32)
 log = logging.getLogger("axformer_bench")
@@ -136,9 +131,7 @@ def paired_with(row: dict, base: dict, labels: list[int]) -> dict:
 
 
 def run_task(name: str, args, workdir: Path) -> dict:
-    recipe = RECIPES[name]
-    task = load_task(name)
-    folder, _ = finetune_cached(args.model, task, recipe)
+    folder, task, recipe = harness.finetuned(name, args)
     dense, tokenizer = load_model(str(folder))
     val = validation_batches(
         task.split("validation"), tokenizer, max_length=recipe.max_length, limit=args.limit_validation
@@ -289,13 +282,12 @@ def run_task(name: str, args, workdir: Path) -> dict:
 
 
 def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
+    title = "AxFormer on MiniLM-L6: accuracy-driven pruning + selective hard attention (+ int8)"
     lines = [
-        "# AxFormer on MiniLM-L6: accuracy-driven pruning + selective hard attention (+ int8)",
-        "",
+        harness.header(title, args, env),
         f"Searched on the validation split, measured on the TEST split. MACs per {SEQ_LEN}-token sequence "
         "(cost model; top-k attention is counted as dense because it computes every score). Latency = median of "
-        f"{args.rounds} interleaved rounds x {args.calls} calls, batch 1 and 32 x {SEQ_LEN} tokens, "
-        f"{env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. "
+        f"{args.rounds} interleaved rounds x {args.calls} calls, batch 1 and 32 x {SEQ_LEN} tokens. "
         "Size = the saved folder (weights, config, tokenizer). Search time includes the final surgery and check. "
         f"Accuracy-first: up to {args.passes} passes (to convergence); a removal is kept when the validation loss "
         f"stays within {args.tolerance} nats of the {'input model' if args.tolerance_from == 'start' else 'previous'}"
@@ -411,9 +403,8 @@ def markdown(results: list[dict], kernel: dict, args, env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="axformer.json")
     parser.add_argument("--tasks", default=",".join(RECIPES))
-    parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--budget", default="macs=0.5", help="the budget row (seq=128 unless given); 'none' skips it")
     parser.add_argument("--passes", type=int, default=4, help="AxConfig.max_passes")
     parser.add_argument("--tolerance", type=float, default=0.05, help="accuracy-first: AxConfig.loss_tolerance")
@@ -487,11 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2, help="timed calls per model per round")
     parser.add_argument("--limit-validation", type=int, default=None, help="smoke runs: validation examples")
     parser.add_argument("--limit-test", type=int, default=None, help="smoke runs: test examples")
-    parser.add_argument("--out-dir", type=Path, default=OUT)
-    parser.add_argument("--out", default="axformer", help="file stem under --out-dir")
     parser.add_argument("--progress", action="store_true", help="show the search's progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.passes, args.rounds, args.calls = 1, 1, 1
     if args.seed_from:
         method, _, budget = args.seed_from.partition(":")
         try:
@@ -501,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.tasks.split(","):
         if name not in RECIPES:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
-    torch.manual_seed(0)
 
     t0, results = time.perf_counter(), []
     kernel = kernel_timing(args.rounds)
@@ -509,18 +498,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="axformer-bench-") as tmp:
         for name in args.tasks.split(","):
             results.append(run_task(name, args, Path(tmp)))
-            env = environment()
+            env = harness.environment()
             report = {
-                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": "python benchmarks/axformer.py " + " ".join(argv or sys.argv[1:]),
+                "command": args.command,
                 "results": results,
                 "hard_attention_kernel": kernel,
                 "environment": env,
                 "wall_time_s": round(time.perf_counter() - t0, 1),
             }
-            write_json(args.out_dir / f"{args.out}.json", report)
-            (args.out_dir / f"{args.out}.md").write_text(markdown(results, kernel, args, env))
-    print((args.out_dir / f"{args.out}.md").read_text())
+            md = markdown(results, kernel, args, env)
+            harness.write_results(args.out, report, md)
+    print(md)
     return 0
 
 

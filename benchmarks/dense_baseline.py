@@ -1,4 +1,4 @@
-"""Dense baseline of the built-in MiniLM-L6 on both built-in tasks (the README's baseline table).
+"""Dense baseline of the built-in MiniLM-L6 on both built-in tasks (docs/results/dense_baseline.md).
 
 For each task: fine-tune (cached under $SLIMFORMER_CACHE, default ~/.cache/slimformer), then on the
 TEST split measure accuracy / macro F1, and at the task's typical length (p90 of the training

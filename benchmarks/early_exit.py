@@ -25,28 +25,24 @@ Targets (rotten_tomatoes, from the issue): exit alone >= 2x faster at batch 1 an
     flock /tmp/slimformer-cpu.lock env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python \\
         benchmarks/early_exit.py --tasks rotten_tomatoes,bbc_news --threads 2
 
-Smoke check (minutes, numbers meaningless):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/early_exit.py --tasks rotten_tomatoes --threads 1 \\
-        --max-steps 3 --limit-train 256 --limit-val 128 --limit-test 128 --calibration-size 64 \\
-        --b1-examples 8 --b32-batches 2 --out-dir /tmp/exit-smoke
+Smoke check (seconds, tiny random model, numbers meaningless):
+    .venv/bin/python benchmarks/early_exit.py --smoke --out /tmp/smoke/early_exit.json
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
 import torch
 
-from slimformer.bench import BenchConfig, bench_models, environment
+from slimformer.bench import BenchConfig, bench_models
 from slimformer.budget import Budget
 from slimformer.cost import cost_of
-from slimformer.data import load_task, make_loader, token_length_stats, typical_seq_len
+from slimformer.data import make_loader, token_length_stats, typical_seq_len
 from slimformer.evaluate import metrics_from_logits
 from slimformer.exits import (
     CalibrateConfig,
@@ -64,12 +60,10 @@ from slimformer.exits import (
     training_batches,
 )
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, finetune_cached
-from slimformer.report import write_json
+from slimformer.pipeline import RECIPES
 from slimformer.static import calibration_batches
 from slimformer.structure import Structure
 
-OUT = Path(__file__).parent / "results"
 SHORT = {"rotten_tomatoes": "rotten", "bbc_news": "bbc"}
 CURVE_LOSSES = (0.0, 0.005, 0.01, 0.02, 0.04)
 log = logging.getLogger("early_exit_bench")
@@ -154,9 +148,7 @@ def exit_rows(label: str, model, val_b, test_b, dense_val_acc: float, main_loss:
 
 
 def run_task(name: str, args) -> dict:
-    recipe = RECIPES[name]
-    task = load_task(name)
-    folder, _ = finetune_cached(args.model, task, recipe)
+    folder, task, recipe = harness.finetuned(name, args)
     dense, tok = load_model(str(folder))
     length = recipe.max_length
     seq = min(length, typical_seq_len(token_length_stats(task.split("train"), tok)))
@@ -284,14 +276,12 @@ def run_task(name: str, args) -> dict:
 def markdown(results: list[dict], args) -> str:
     env = results[0]["environment"]
     lines = [
-        "# Slenderized multi-exit MiniLM-L6: exit only, slender only, slender + exit vs dense",
-        "",
+        harness.header("Slenderized multi-exit MiniLM-L6: exit only, slender only, slender + exit vs dense", args, env),
         f"Thresholds (entropy rule) picked on the validation split; accuracy, average exit layer and MACs on the TEST "
         f"split with real batched early exit. MACs: cost model at the task's typical length (exit heads included, "
         f"averaged over the test exits). Latency: wall clock on real test sentences, every model interleaved in the "
         f"same rounds; mean ms per call (x = dense mean / model mean; medians in the JSON). Batch 1: one sentence per "
-        f"call, no padding; batch 32: consecutive test batches padded to their longest row. {env['processor']}, "
-        f"{env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}. Training: {args.epochs} "
+        f"call, no padding; batch 32: consecutive test batches padded to their longest row. Training: {args.epochs} "
         f"epoch(s) {'(max ' + str(args.max_steps) + ' steps) ' if args.max_steps else ''}of joint exit training "
         f"with distillation from dense; slender = {args.method} one-shot (heads + FFN neurons, all layers kept, "
         "hidden size unchanged).",
@@ -383,9 +373,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="early_exit.json")
     parser.add_argument("--tasks", default="rotten_tomatoes")
-    parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="smoke runs: training steps per model")
@@ -400,31 +389,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-val", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
-    parser.add_argument("--out-dir", type=Path, default=OUT)
-    parser.add_argument("--out", default="early_exit", help="file stem under --out-dir (+ _rotten / _bbc)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.max_steps, args.calibration_size, args.b1_examples, args.b32_batches = 2, 16, 4, 1
     for name in args.tasks.split(","):
         if name not in RECIPES:
             parser.error(f"unknown task {name!r}; choose from {', '.join(RECIPES)}")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     for name in args.tasks.split(","):
         t0 = time.perf_counter()
         results = [run_task(name, args)]
         report = {
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/early_exit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": args.command,
             "results": results,
-            "environment": environment(),
+            "environment": harness.environment(),
             "wall_time_s": round(time.perf_counter() - t0, 1),
         }
-        stem = args.out_dir / f"{args.out}_{SHORT.get(name, name)}"
-        write_json(stem.with_suffix(".json"), report)
-        stem.with_suffix(".md").write_text(markdown(results, args))
-        plot(results, stem.with_suffix(".png"))
-        print(stem.with_suffix(".md").read_text())
+        path = harness.sibling(args.out, SHORT.get(name, name))
+        md = markdown(results, args)
+        harness.write_results(path, report, md)
+        plot(results, path.with_suffix(".png"))
+        print(md)
     return 0
 
 

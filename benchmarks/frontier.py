@@ -1,4 +1,4 @@
-"""Accuracy-latency and accuracy-memory frontiers of MiniLM-L6 on rotten_tomatoes (the README's plots).
+"""Accuracy-latency and accuracy-memory frontiers of MiniLM-L6 on rotten_tomatoes (docs/results/frontier.md).
 
 The main job's pipeline (:func:`slimformer.pipeline.run_demo`) with a longer sweep: OPTIN, Fisher and
 magnitude pruning at five MACs budgets, OPTIN's dynamic-int8 and bf16 versions, dense int8 and bf16, and OPTIN at

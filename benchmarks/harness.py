@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 
-#: Examples per split in smoke runs: enough for every class of the built-in tasks to appear.
-SMOKE_EXAMPLES = 24
+#: Examples per split in smoke runs: every class of the built-in tasks appears, and a batch of 32 fills.
+SMOKE_EXAMPLES = 40
 
 logger = logging.getLogger("benchmarks")
 
@@ -55,7 +55,12 @@ def parser(script: str, description: str, *, out: str, model: str = "minilm-l6")
         description=description.strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=RESULTS / out, help="results JSON path (markdown beside it)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / out,
+        help="results JSON path (markdown beside it); a bare name is a file stem under benchmarks/results",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny random model, few examples: checks the script runs")
     p.add_argument("--model", default=model, help="built-in model name, local folder or hub id")
     p.add_argument("--seed", type=int, default=0, help="seed of the script's own randomness")
@@ -70,6 +75,8 @@ def start(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namesp
     (the temporary folder of a smoke run, else ``None``).
     """
     args = p.parse_args(argv)
+    if args.out.suffix != ".json":  # the scripts' former ``--out STEM``
+        args.out = (RESULTS if args.out.parent == Path(".") else args.out.parent) / f"{args.out.name}.json"
     setup_logging(args.log_level)
     seed_everything(args.seed)
     args.command = f"python benchmarks/{p.prog} " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -15,7 +15,7 @@ batch, as ``evaluate`` feeds them), so the kept tokens are what the text gives.
         --tasks bbc_news,rotten_tomatoes --threads 2
 
 Smoke run (numbers meaningless):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/skim.py --tasks rotten_tomatoes --smoke --out-dir /tmp/skim-smoke
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/skim.py --tasks rotten_tomatoes --smoke --out /tmp/smoke/skim.json
 """
 
 from __future__ import annotations
@@ -27,21 +27,17 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
+import harness
 import torch
 
-from slimformer.bench import environment
-from slimformer.data import load_task
 from slimformer.evaluate import evaluate
 from slimformer.models import load_model
-from slimformer.pipeline import RECIPES, cache_dir, finetune_cached
-from slimformer.report import write_json
+from slimformer.pipeline import cache_dir
 from slimformer.skim import SkimConfig, calibrate_shift, load_skim, measure_skim, save_skim, skim, tokenized_batches
 from slimformer.skim.calibrate import median_forward_ms
 from slimformer.skim.timing import real_batches, speedups, time_on_batches
 
-OUT = Path(__file__).parent / "results"
 log = logging.getLogger("skim_bench")
 
 #: Per task: inference length, the skim training recipe and the kept-token / batch-1 speedup targets
@@ -86,9 +82,10 @@ def run_task(name: str, args) -> dict:
     if overrides:
         config = SkimConfig.from_dict({**config.to_dict(), **overrides})
     if args.smoke:
-        config = SkimConfig.from_dict({**config.to_dict(), "max_examples": 16, "max_steps": 2, "batch_size": 8})
-    task = load_task(name)
-    folder, _ = finetune_cached(args.model, task, RECIPES[name])
+        max_length = min(max_length, 128)
+        smoke = {"max_examples": 16, "max_steps": 2, "batch_size": 8, "max_length": max_length, "epochs": 1}
+        config = SkimConfig.from_dict({**config.to_dict(), **smoke})
+    folder, task, recipe = harness.finetuned(name, args)
     dense, tok = load_model(str(folder))
     val, test = task.split("validation"), task.split("test")
     if args.limit_eval:
@@ -97,11 +94,9 @@ def run_task(name: str, args) -> dict:
     dense_val = evaluate(dense, tok, val, max_length=max_length, progress=False)
     dense_test = evaluate(dense, tok, test, max_length=max_length, progress=False)
     extra = {}
-    if max_length != RECIPES[name].max_length:
-        extra = {"at_finetune_length": RECIPES[name].max_length}
-        extra["test_accuracy"] = evaluate(dense, tok, test, max_length=RECIPES[name].max_length, progress=False)[
-            "accuracy"
-        ]
+    if max_length != recipe.max_length:
+        extra = {"at_finetune_length": recipe.max_length}
+        extra["test_accuracy"] = evaluate(dense, tok, test, max_length=recipe.max_length, progress=False)["accuracy"]
     log.info(
         "%s dense: val %.4f, test %.4f (%.0fs)",
         name,
@@ -201,8 +196,7 @@ def _pct(x: float) -> str:
 def markdown(res: dict, args, env: dict) -> str:
     d, reused = res["dense"], res["train_report"].get("reused")
     lines = [
-        f"# Token skimming on {res['task']} (MiniLM-L6, max_length {res['max_length']})",
-        "",
+        harness.header(f"Token skimming on {res['task']} (MiniLM-L6, max_length {res['max_length']})", args, env),
         "Skim predictors trained on the train split "
         f"({res['train_report'].get('train_examples')} examples, {res['train_report']['global_step']} steps, "
         f"{res['train_report']['wall_time_s']:.0f}s{'; reused from an earlier run' if reused else ''}; lambda "
@@ -213,7 +207,7 @@ def markdown(res: dict, args, env: dict) -> str:
         f"({d['test']['n']} examples) unless marked val. MACs per sequence at the real token counts, predictors "
         f"included. Latency: median wall clock of {res['timing_repeats']} interleaved rounds "
         f"(slimformer.bench.bench_models) on real test batches ({res['timing_inputs']} batches per size, padded "
-        f"per batch), {env['processor']}, {env['torch_threads']} threads, torch {env['torch']}, {env['datetime_utc']}.",
+        "per batch).",
         "",
         "| model | shift | val acc | test acc | test F1 | mean kept | kept per layer | MACs/seq | rel MACs "
         "| pred MACs | ms b1 | ms b32 | speedup b1 | speedup b32 |",
@@ -250,9 +244,8 @@ def markdown(res: dict, args, env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="skim.json")
     parser.add_argument("--tasks", default="bbc_news,rotten_tomatoes")
-    parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--keep-targets", default=None, help="kept fractions calibrated on validation (default: the task's, SETUPS)"
@@ -268,32 +261,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per batch size")
     parser.add_argument("--timing-batches", type=int, default=4, help="distinct real batches per batch size")
     parser.add_argument("--limit-eval", type=int, default=None, help="smoke: validation/test examples")
-    parser.add_argument("--smoke", action="store_true", help="2 training steps on 16 examples, tiny evaluation")
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True, help="reuse trained models")
     parser.add_argument("--set", action="append", default=[], help="TASK.FIELD=VALUE: change a training setting")
-    parser.add_argument("--suffix", default="", help="appended to the result file names")
-    parser.add_argument("--out-dir", type=Path, default=OUT)
+    parser.add_argument("--suffix", default="", help="appended to the result file names (after the task)")
     parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
     for name in ("keep_targets", "speedup_targets"):
         text = getattr(args, name)
         if text is not None:
             setattr(args, name, [float(x) for x in text.split(",") if x.strip()])
     args.set = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     if args.smoke:
+        # latency calibration bisects on noisy timings of a model too small to reach the target: minutes
+        args.keep_targets, args.speedup_targets = args.keep_targets or [0.5, 0.3], args.speedup_targets or []
         args.limit_eval = args.limit_eval or 64
         args.repeats, args.timing_batches = 1, 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     for name in args.tasks.split(","):
         t0 = time.perf_counter()
         res = run_task(name, args)
         res["seconds"] = round(time.perf_counter() - t0, 1)
-        env = environment()
+        env = harness.environment()
         res["environment"] = env
-        stem = f"skim_{name}{args.suffix}"
-        write_json(args.out_dir / f"{stem}.json", res)
-        (args.out_dir / f"{stem}.md").write_text(markdown(res, args, env))
+        res["command"] = args.command
+        harness.write_results(harness.sibling(args.out, name + args.suffix), res, markdown(res, args, env))
         log.info("%s done in %.0fs: %s", name, res["seconds"], res["targets"])
     return 0
 

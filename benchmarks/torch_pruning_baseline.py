@@ -15,7 +15,7 @@ must equal the cost model's, and its logits must equal those of the dense model 
 heads / neurons zeroed (i.e. Torch-Pruning removed whole heads, consistently in q, k, v and the output
 projection).
 
-Writes benchmarks/results/torch_pruning.{json,md} (``torch_pruning_smoke`` with ``--limit``).
+Writes benchmarks/results/torch_pruning.{json,md} (``torch_pruning_smoke`` with ``--limit``; or ``--out``).
 
     .venv/bin/python benchmarks/torch_pruning_baseline.py [--tasks rotten_tomatoes,bbc_news] \
         [--budgets 0.8,0.6,0.5,0.4,0.3] [--seeds 0,1,2] [--calibration 1024] [--limit N]
@@ -29,24 +29,20 @@ From another benchmark::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.metadata
 import logging
 import random
 import statistics
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
+import harness
 import torch
 
 from slimformer.arch import get_adapter
 from slimformer.cost import cost_of
 from slimformer.structure import LayerShape, Structure
 
-OUT = Path(__file__).parent / "results"
 MACS_TOLERANCE = 0.01  # achieved MACs must be within 1% of the target (relative)
 REFERENCE = "issue: Torch-Pruning 1.6 Taylor, uniform: 81.3% at 60% MACs, 79.2% at 50% (dense 84.3%), rotten_tomatoes"
 
@@ -348,16 +344,12 @@ def flop_counter_macs(model, seq_len: int) -> float:
 
 # --- benchmark --------------------------------------------------------------------------------
 def run_task(name: str, args, log) -> dict:
-    from slimformer.data import load_task
     from slimformer.evaluate import evaluate
     from slimformer.models import load_model
-    from slimformer.pipeline import RECIPES, finetune_cached
     from slimformer.static import calibration_batches
 
-    recipe = RECIPES[name]
-    task = load_task(name)
-    folder, reused = finetune_cached(args.model, task, recipe, progress=False)
-    log.info("%s: fine-tuned model %s (%s)", name, folder, "cached" if reused else "trained now")
+    folder, task, recipe = harness.finetuned(name, args)
+    log.info("%s: fine-tuned model %s", name, folder)
     model, tokenizer = load_model(str(folder))
     test = task.split("test")
     if args.limit:  # a seeded random subset (the test split may be sorted by label)
@@ -451,15 +443,13 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def markdown(results: list[dict], args, env: dict, version: str | None) -> str:
+    title = "Torch-Pruning baseline: one-shot structured pruning of MiniLM-L6 at MACs budgets (no retraining)"
     lines = [
-        "# Torch-Pruning baseline: one-shot structured pruning of MiniLM-L6 at MACs budgets (no retraining)",
-        "",
+        harness.header(title, args, env),
         f"torch-pruning {version}: MetaPruner, TaylorImportance, local (uniform) pruning of whole heads and FFN "
         f"channels, same shape in every layer; {args.calibration} calibration examples from train; seeds "
         f"{args.seeds}; MACs from slimformer's cost model at {args.seq_len} tokens (checked against torch's flop "
-        f"counter). Time = Taylor gradients (once per seed) + pruning. {env['processor']}, "
-        f"{env['torch_threads']} threads, torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['datetime_utc']}.",
+        f"counter). Time = Taylor gradients (once per seed) + pruning.",
         "",
         f"Reference ({REFERENCE}).",
     ]
@@ -483,44 +473,40 @@ def markdown(results: list[dict], args, env: dict, version: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, out="torch_pruning.json")
     parser.add_argument("--tasks", default="rotten_tomatoes,bbc_news")
     parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3", help="MACs relative to dense")
     parser.add_argument("--seeds", default="0,1,2", help="calibration sample seeds")
     parser.add_argument("--calibration", type=int, default=1024, help="calibration examples from train")
     parser.add_argument("--limit", type=int, default=0, help="evaluate on a seeded random N test examples (0 = all)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for MACs")
-    parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--out", default=None, help="file stem under benchmarks/results (torch_pruning[_smoke])")
-    args = parser.parse_args(argv)
+    args = harness.start(parser, argv)
+    if args.smoke:
+        args.tasks, args.budgets, args.seeds, args.calibration = "rotten_tomatoes", "0.5", "0", 16
     args.budgets = [float(x) for x in args.budgets.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
-    args.out = args.out or ("torch_pruning_smoke" if args.limit else "torch_pruning")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.limit and args.out == parser.get_default("out"):
+        args.out = harness.RESULTS / "torch_pruning_smoke.json"
     log = logging.getLogger("torch_pruning_baseline")
     _import_tp()
     version = tp_version()
     log.info("torch-pruning %s, torch %s", version, torch.__version__)
 
-    from slimformer.bench import environment
-    from slimformer.report import write_json
-
     t0, results = time.perf_counter(), []
     for name in args.tasks.split(","):
         results.append(run_task(name, args, log))
-        env = environment()
+        env = harness.environment()
         report = {
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/torch_pruning_baseline.py " + " ".join(argv or sys.argv[1:]),
+            "command": args.command,
             "torch_pruning": version,
             "reference": REFERENCE,
             "results": results,
             "environment": env,
             "wall_time_s": round(time.perf_counter() - t0, 1),
         }
-        write_json(OUT / f"{args.out}.json", report)
-        (OUT / f"{args.out}.md").write_text(markdown(results, args, env, version))
-    print((OUT / f"{args.out}.md").read_text())
+        md = markdown(results, args, env, version)
+        harness.write_results(args.out, report, md)
+    print(md)
     return 0
 
 
