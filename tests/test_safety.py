@@ -1,0 +1,133 @@
+"""Output folders, saves and caches never lose or silently corrupt a user's files (issue 19)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from slimformer.fsutil import (
+    PARTIAL_MARK,
+    atomic_write_text,
+    check_output_dir,
+    file_lock,
+    staged_output_dir,
+)
+
+
+def _fill(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.txt").write_text(text)
+
+
+@pytest.mark.parametrize("which", ["cwd", "parent", "home"])
+def test_overwrite_refuses_the_working_folder_its_ancestors_and_home(tmp_path, monkeypatch, which):
+    work = tmp_path / "work"
+    _fill(work, "keep")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _fill(tmp_path / "home", "keep")
+    target = {"cwd": Path("."), "parent": Path(".."), "home": tmp_path / "home"}[which]
+    with pytest.raises(ValueError, match="refusing to replace"):
+        check_output_dir(target, overwrite=True)
+    with pytest.raises(ValueError, match="refusing to replace"):
+        with staged_output_dir(target, overwrite=True) as stage:
+            (stage / "new.txt").write_text("x")
+    assert (work / "a.txt").read_text() == "keep"
+
+
+def test_overwrite_refuses_the_input_folder_and_its_parent(tmp_path):
+    model = tmp_path / "models" / "m"
+    _fill(model, "weights")
+    for out in (model, model.parent):
+        with pytest.raises(ValueError, match="input"):
+            check_output_dir(out, overwrite=True, inputs=[model])
+    assert (model / "a.txt").read_text() == "weights"
+
+
+def test_output_checks_file_full_folder_and_permission(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        check_output_dir(tmp_path / "file" / "sub")
+    _fill(tmp_path / "full", "x")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        check_output_dir(tmp_path / "full")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(PermissionError, match="cannot write"):
+            check_output_dir(locked / "out")
+    finally:
+        locked.chmod(0o700)
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+
+
+def test_staged_output_replaces_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    _fill(out, "old")
+    with pytest.raises(RuntimeError):
+        with staged_output_dir(out, overwrite=True) as stage:
+            (stage / "a.txt").write_text("half")
+            assert (out / "a.txt").read_text() == "old"  # untouched while the new one is written
+            raise RuntimeError("crash mid-save")
+    assert (out / "a.txt").read_text() == "old"
+    assert not [p for p in tmp_path.iterdir() if PARTIAL_MARK in p.name]
+    with staged_output_dir(out, overwrite=True) as stage:
+        (stage / "b.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0o700
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_staged_swap_with_and_without_rename_exchange(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setenv("SLIMFORMER_NO_EXCHANGE", "1")
+    out = tmp_path / "out"
+    _fill(out, "old")
+    with staged_output_dir(out, overwrite=True) as stage:
+        (stage / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_uses_a_private_temp_name(tmp_path):
+    path = tmp_path / "t.json"
+    atomic_write_text(path, "1")
+    atomic_write_text(path, "2")
+    assert path.read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]
+
+
+def _hold_lock(path: str, log: str, hold: float) -> None:
+    with file_lock(path):
+        with open(log, "a") as f:
+            f.write(f"start {os.getpid()}\n")
+        time.sleep(hold)
+        with open(log, "a") as f:
+            f.write(f"end {os.getpid()}\n")
+
+
+def test_file_lock_serialises_processes(tmp_path):
+    lock, log = str(tmp_path / "x.lock"), str(tmp_path / "log")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hold_lock, args=(lock, log, 0.3)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    events = [line.split()[0] for line in Path(log).read_text().splitlines()]
+    assert events == ["start", "end", "start", "end"]  # never two holders at once
+    with file_lock(lock), pytest.raises(TimeoutError, match="could not lock"):
+        with file_lock(lock, timeout=0.2):
+            pass
