@@ -103,7 +103,7 @@ def drop_stale_auto_map(folder: str | Path) -> list[str]:
     auto_map = config.get("auto_map")
     if not isinstance(auto_map, dict):
         return []
-    stale = [k for k, v in auto_map.items() if not _remote_file_present(folder, v)]
+    stale = [k for k, v in auto_map.items() if not remote_file_present(folder, v)]
     if stale:
         kept = {k: v for k, v in auto_map.items() if k not in stale}
         if kept:
@@ -115,7 +115,7 @@ def drop_stale_auto_map(folder: str | Path) -> list[str]:
     return stale
 
 
-def _remote_file_present(folder: str | Path, ref) -> bool:
+def remote_file_present(folder: str | Path, ref) -> bool:
     """Whether an ``auto_map`` value (``"module.Class"``, ``"repo--module.Class"`` or a list) has its file."""
     refs = ref if isinstance(ref, (list, tuple)) else [ref]
     for r in refs:
