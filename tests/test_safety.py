@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from slimformer.fsutil import (
     PARTIAL_MARK,
@@ -131,3 +137,99 @@ def test_file_lock_serialises_processes(tmp_path):
     with file_lock(lock), pytest.raises(TimeoutError, match="could not lock"):
         with file_lock(lock, timeout=0.2):
             pass
+
+
+# ---------------------------------------------------------------- killing `slimformer prune` mid-save
+
+
+def _tree_hash(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# (pause point, signal, replace a previous folder, expected state of --out afterwards)
+KILLS = [
+    ("save:weights", signal.SIGKILL, False, "absent"),
+    ("save:weights", signal.SIGINT, True, "previous"),
+    ("stage:complete", signal.SIGKILL, True, "previous"),
+    ("swap:done", signal.SIGKILL, True, "new"),
+]
+
+
+def test_kill_between_fallback_renames_keeps_the_previous_folder_whole(tmp_path, monkeypatch):
+    """Without an atomic exchange, a death between the two renames leaves the old output set aside, whole."""
+    import slimformer.fsutil as fsutil
+
+    def die(name: str) -> None:
+        if name == "swap:between":
+            raise KeyboardInterrupt
+
+    monkeypatch.setenv("SLIMFORMER_NO_EXCHANGE", "1")
+    monkeypatch.setattr(fsutil, "pause_point", die)
+    out = tmp_path / "out"
+    _fill(out, "old")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output_dir(out, overwrite=True) as stage:
+            (stage / "a.txt").write_text("new")
+    assert not out.exists()
+    (aside,) = tmp_path.glob(".out.replaced-*")
+    assert (aside / "old" / "a.txt").read_text() == "old"
+
+
+def test_killed_prune_leaves_no_partial_output(tmp_path, tiny_tokenizer):
+    """SIGKILL / SIGINT at points of `prune`'s save: --out is absent, the previous folder, or complete."""
+    from typer.testing import CliRunner
+
+    from conftest import make_inputs, make_tiny_model
+    from slimformer.cli import app
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+
+    model = save_model(make_tiny_model("bert", num_labels=2), tiny_tokenizer, tmp_path / "model")
+    task = tmp_path / "task.csv"
+    task.write_text("text,label\n" + "".join(f"{'good fun' if i % 2 else 'bad dull'} {i},{i % 2}\n" for i in range(40)))
+    args = ["prune", str(model), "--task", str(task), "--method", "magnitude", "--budget", "params=0.9"]
+    args += ["--calibration", "8"]
+    done = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "reference")])
+    assert done.exit_code == 0, done.output
+    reference = _tree_hash(tmp_path / "reference")
+    previous = tmp_path / "previous"
+    shutil.copytree(model, previous)
+    (previous / "marker.txt").write_text("the user's previous output\n")
+    before = _tree_hash(previous)
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    env["SLIMFORMER_TEST_PAUSE_S"] = "120"
+    runs = []
+    for i, (point, _, replace, _) in enumerate(KILLS):
+        out = tmp_path / f"out{i}"
+        if replace:
+            shutil.copytree(previous, out)
+        flag = tmp_path / f"paused{i}"
+        run_env = {**env, "SLIMFORMER_TEST_PAUSE": point, "SLIMFORMER_TEST_PAUSE_FILE": str(flag)}
+        cmd = [sys.executable, "-c", "from slimformer.cli import main; main()", *args, "--out", str(out)]
+        cmd += ["--overwrite"] if replace else []
+        runs.append((subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), flag))
+    for (proc, flag), (point, sig, *_) in zip(runs, KILLS, strict=True):
+        deadline = time.monotonic() + 240
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), (point, proc.poll(), proc.stdout.read().decode()[-2000:] if proc.poll() else "")
+        proc.send_signal(sig)
+        proc.wait(60)
+        assert proc.returncode != 0, point
+
+    inputs = make_inputs(batch=2, seq=7)
+    expected = load_model(str(tmp_path / "reference"))[0](**inputs).logits
+    for i, (point, sig, _, want) in enumerate(KILLS):
+        out, case = tmp_path / f"out{i}", f"{point} {sig.name}"
+        if want == "absent":
+            assert not out.exists(), case
+        elif want == "previous":
+            assert _tree_hash(out) == before, case
+        else:
+            assert _tree_hash(out).keys() == reference.keys(), case
+            torch.testing.assert_close(load_model(str(out))[0](**inputs).logits, expected, rtol=0, atol=0)

@@ -148,6 +148,7 @@ def _swap_in(stage: Path, path: Path, *, overwrite: bool, inputs: Iterable[str |
     if not overwrite and any(path.iterdir()):  # it may have been filled while we worked
         raise FileExistsError(f"output folder {str(path)!r} was filled by someone else meanwhile")
     if _exchange(stage, path):  # one atomic step: ``path`` is the old folder, then the new one
+        pause_point("swap:done")
         shutil.rmtree(stage, ignore_errors=True)  # now holds the old contents
         return
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OLD_MARK}", dir=path.parent))
@@ -158,6 +159,7 @@ def _swap_in(stage: Path, path: Path, *, overwrite: bool, inputs: Iterable[str |
     except OSError:
         os.replace(old / "old", path)
         raise
+    pause_point("swap:done")
     shutil.rmtree(old, ignore_errors=True)
 
 

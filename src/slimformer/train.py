@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -138,16 +137,29 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _clear_dir(out: Path) -> None:
-    """Delete everything inside ``out``, refusing obviously wrong targets."""
-    target = out.resolve()
-    cwd = Path.cwd().resolve()
-    if target == Path(target.anchor) or target == Path.home().resolve() or cwd.is_relative_to(target):
-        raise ValueError(f"refusing to clear {str(out)!r}: it is the root, the home folder or holds the cwd")
-    for child in target.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Delete everything inside ``out``, refusing the root, home, the cwd or a folder holding it."""
+    from slimformer.fsutil import remove_dir_contents
+
+    remove_dir_contents(out)
+
+
+def _check_rng_states(ckpt: Path) -> None:
+    """Refuse a checkpoint whose random states are missing or unreadable (accelerate would skip them)."""
+    import pickle
+
+    import torch
+
+    files = sorted(ckpt.glob("random_states_*.pkl"))
+    if not files:
+        raise ValueError(f"cannot resume from {str(ckpt)!r}: no random_states_*.pkl (use --overwrite to start over)")
+    for f in files:
+        try:
+            torch.load(f, weights_only=False)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError, AttributeError) as e:
+            raise ValueError(
+                f"cannot resume from {str(ckpt)!r}: {f.name} is corrupt ({type(e).__name__}); resuming would "
+                "not be reproducible (use --overwrite to start over)"
+            ) from None
 
 
 def latest_checkpoint(out_dir: str | Path) -> tuple[Path, dict] | None:
@@ -181,6 +193,7 @@ def _check_resumable(ckpt: Path, state: dict, config: FinetuneConfig, task: Task
         raise ValueError(
             f"cannot resume from {str(ckpt)!r}: it has done {state['epoch']} epochs, more than epochs={config.epochs}"
         )
+    _check_rng_states(ckpt)
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
