@@ -86,6 +86,8 @@ def test_staged_output_replaces_only_when_complete(tmp_path):
             raise RuntimeError("crash mid-save")
     assert (out / "a.txt").read_text() == "old"
     assert not [p for p in tmp_path.iterdir() if PARTIAL_MARK in p.name]
+    dead = tmp_path / f".out{PARTIAL_MARK}999999999-abc"  # left by a killed save (no such pid)
+    dead.mkdir()
     with staged_output_dir(out, overwrite=True) as stage:
         (stage / "b.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import logging
 import os
 import shutil
@@ -121,7 +122,8 @@ def staged_output_dir(
     """
     path = check_output_dir(folder, overwrite=overwrite, inputs=inputs).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=path.parent))
+    _remove_dead_partials(path)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}{os.getpid()}-", dir=path.parent))
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output gets the usual mode
     try:
         yield stage
@@ -131,6 +133,25 @@ def staged_output_dir(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _remove_dead_partials(path: Path) -> None:
+    """Delete staged folders for ``path`` left by processes that died (killed mid-save)."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}{PARTIAL_MARK}*"):
+        pid = leftover.name[len(path.name) + 1 + len(PARTIAL_MARK) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing %s, left by an interrupted save", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -55,7 +55,7 @@ def resolve_model_path(name: str) -> str:
         return str(root / "model")
     path = Path(name).expanduser()
     if path.exists():
-        check_model_folder(path)
+        check_model_folder(path, tokenizer=False)  # tokenizer files: checked when it is loaded
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(
@@ -146,6 +146,8 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    if Path(path).is_dir():
+        check_model_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as e:
@@ -226,6 +228,8 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
             )
         if new:
             logger.warning("model %r: new, randomly initialised classification head (%s)", name, ", ".join(new))
+    if Path(path).is_dir():
+        check_model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     _drop_stale_auto_map(model.config, path)
     model.eval()
