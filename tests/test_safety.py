@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,37 @@ def test_killed_prune_leaves_no_partial_output(tmp_path, tiny_tokenizer):
         else:
             assert _tree_hash(out).keys() == reference.keys(), case
             torch.testing.assert_close(load_model(str(out))[0](**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_finetune_cached_holds_a_lock_while_training(tmp_path, monkeypatch):
+    """A second caller of the same job waits for the first, then reuses its folder instead of training again."""
+    import fcntl
+
+    import slimformer.models
+    import slimformer.train
+    from slimformer.pipeline import finetune_cached
+    from slimformer.train import FinetuneConfig
+
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path))
+    task = types.SimpleNamespace(name="t", content_hash="h", label_names=["a", "b"])
+    seen = []
+
+    def fake_finetune(model, tokenizer, task, config, folder, **kwargs):
+        lock = Path(folder).with_name(Path(folder).name + ".lock")
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # someone (this call's caller) holds it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        Path(folder).mkdir(parents=True)
+        for name in ("finetune_report.json", "config.json"):
+            (Path(folder) / name).write_text("{}")
+        seen.append(folder)
+
+    monkeypatch.setattr(slimformer.models, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(slimformer.train, "finetune", fake_finetune)
+    folder, reused = finetune_cached("m", task, FinetuneConfig(), progress=False)
+    assert not reused and seen == [folder]
+    assert finetune_cached("m", task, FinetuneConfig(), progress=False) == (folder, True)
+    assert len(seen) == 1
