@@ -228,6 +228,12 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
             )
         if new:
             logger.warning("model %r: new, randomly initialised classification head (%s)", name, ", ".join(new))
+        trained_names = model_label_names(config)
+        if not new and label_names is not None and trained_names and trained_names != [str(n) for n in label_names]:
+            raise ValueError(
+                f"model {name!r} was fine-tuned with classes {trained_names}, not {list(label_names)}: its head "
+                "would be relabelled; map the task onto the model's classes (slimformer.data.align_labels)"
+            )
     if Path(path).is_dir():
         check_model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
