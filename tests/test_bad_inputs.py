@@ -120,7 +120,11 @@ def _home_overwrite(tmp: Path):
 
 
 def _input_overwrite(tmp: Path):
-    _save_into(tmp, tmp / "model")
+    from slimformer.export import save_model
+    from slimformer.models import load_model
+
+    model, tok = load_model(str(_model_dir(tmp)))
+    save_model(model, tok, tmp / "model", overwrite=True)  # no inputs=: the loaded-from folder is known
 
 
 def _crash_mid_save(tmp: Path) -> str:

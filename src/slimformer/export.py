@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from slimformer.fsutil import check_output_dir, pause_point, remove_dir_contents, staged_output_dir
+from slimformer.fsutil import check_output_dir, model_sources, pause_point, remove_dir_contents, staged_output_dir
 from slimformer.hf_remote import modeling_slimformer as remote
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def save_model(
 
     Args:
         extra: JSON-serialisable metadata written to ``slimformer.json`` (e.g. a pruning report).
-        inputs: what the model was made from; ``folder`` may not be or hold any of them.
+        inputs: what the model was made from; ``folder`` may not be or hold any of them (the
+            folder the model was loaded from is always added).
 
     Returns:
         The folder.
@@ -76,6 +77,7 @@ def save_model(
     from slimformer.arch import get_adapter
 
     family = get_adapter(model).family
+    inputs = [*inputs, *model_sources(model)]  # never replace the folder the model came from
     with staged_output_dir(folder, overwrite=overwrite, inputs=inputs) as path:
         if getattr(model.config, remote.SLIM_KEY, None):
             cls = remote.SLIM_CLASSES[family]

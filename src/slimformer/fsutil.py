@@ -37,6 +37,12 @@ def protected_folders() -> list[Path]:
     return [Path(cwd.anchor), Path.home().resolve(), cwd, *cwd.parents]
 
 
+def model_sources(model) -> list[str]:
+    """The local folder ``model`` was loaded from (``config._name_or_path``), if it still exists."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return [source] if isinstance(source, str) and source and Path(source).expanduser().is_dir() else []
+
+
 def check_removable(folder: str | Path, *, inputs: Iterable[str | Path] = ()) -> Path:
     """Raise ``ValueError`` if replacing ``folder`` would delete something the user still needs.
 

@@ -142,12 +142,12 @@ def save_quantized(model, tokenizer, folder: str | Path, *, overwrite: bool = Fa
 
     from slimformer.arch import get_adapter
     from slimformer.export import REMOTE_FILE
-    from slimformer.fsutil import staged_output_dir
+    from slimformer.fsutil import model_sources, staged_output_dir
     from slimformer.hf_remote import modeling_slimformer as remote
 
     if not is_quantized(model) or not getattr(model.config, QUANT_KEY, None):
         raise ValueError("save_quantized needs a model from quantize_dynamic_int8; use save_model for fp32 models")
-    with staged_output_dir(folder, overwrite=overwrite) as path:  # replaced only once complete
+    with staged_output_dir(folder, overwrite=overwrite, inputs=model_sources(model)) as path:  # swapped in whole
         if getattr(model.config, remote.SLIM_KEY, None):
             cls = remote.SLIM_CLASSES[get_adapter(model).family]
             model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
