@@ -70,8 +70,9 @@ def test_output_checks_file_full_folder_and_permission(tmp_path):
     try:
         if os.access(locked, os.W_OK):
             pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(PermissionError, match="cannot write"):
+        with pytest.raises(PermissionError, match="cannot write") as info:
             check_output_dir(locked / "out")
+        assert isinstance(info.value, ValueError)  # one line in the CLI, like every user error
     finally:
         locked.chmod(0o700)
     assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"

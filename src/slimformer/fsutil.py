@@ -28,6 +28,12 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial-"
+
+
+class OutputNotWritableError(PermissionError, ValueError):
+    """An output folder that cannot be written; a ``ValueError`` too, so a CLI reports it in one line."""
+
+
 _OLD_MARK = ".replaced-"
 
 
@@ -85,7 +91,8 @@ def check_output_dir(folder: str | Path, *, overwrite: bool = False, inputs: Ite
         NotADirectoryError: the path (or a parent) is a file.
         FileExistsError: the folder is not empty and ``overwrite`` is False.
         ValueError: the folder is protected or holds an input (see :func:`check_removable`).
-        PermissionError: the folder's parent cannot be written.
+        OutputNotWritableError: the folder's parent cannot be written (a ``PermissionError`` and a
+            ``ValueError``).
     """
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
@@ -100,7 +107,9 @@ def check_output_dir(folder: str | Path, *, overwrite: bool = False, inputs: Ite
     if not parent.is_dir():
         raise NotADirectoryError(f"output folder {str(folder)!r}: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder {str(folder)!r}: cannot write in {str(parent)!r} (permission denied)")
+        raise OutputNotWritableError(
+            f"output folder {str(folder)!r}: cannot write in {str(parent)!r} (permission denied)"
+        )
     return path
 
 
