@@ -28,13 +28,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial-"
+_OLD_MARK = ".replaced-"
 
 
 class OutputNotWritableError(PermissionError, ValueError):
     """An output folder that cannot be written; a ``ValueError`` too, so a CLI reports it in one line."""
-
-
-_OLD_MARK = ".replaced-"
 
 
 def protected_folders() -> list[Path]:
@@ -127,15 +125,17 @@ def staged_output_dir(
 ) -> Iterator[Path]:
     """Yield a temporary sibling of ``folder`` to write into; move it into place when the block ends.
 
-    An existing ``folder`` (allowed only with ``overwrite``) is renamed aside, the new one renamed
-    in, and only then the old one deleted: at every instant ``folder`` is either the old complete
-    output, the new complete output, or (for a split second, between two renames) absent. If the
-    block raises, the staged folder is deleted and ``folder`` is untouched.
+    An existing ``folder`` (allowed only with ``overwrite``) is swapped with the new one in one
+    atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: renamed aside, the new one renamed
+    in), and only then deleted: ``folder`` is always the old complete output or the new complete
+    one (with the fallback, absent for an instant between two renames). If the block raises, the
+    staged folder is deleted and ``folder`` is untouched.
 
     Raises:
         see :func:`check_output_dir`.
     """
-    path = check_output_dir(folder, overwrite=overwrite, inputs=inputs).absolute()
+    inputs = list(inputs)  # read twice: before the work and again at the swap
+    path = Path(os.path.abspath(check_output_dir(folder, overwrite=overwrite, inputs=inputs)))
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(path)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}{os.getpid()}-", dir=path.parent))
