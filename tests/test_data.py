@@ -156,7 +156,7 @@ BAD_CSV_CASES = [
     (["text,y", "good movie,pos"], {}, r"bad\.csv: no column 'label'; the columns are: text, y"),
     (["text,label", "good,pos", " ,neg"], {}, r"bad\.csv: line 3: empty text in column 'text'"),
     (["text,label", "good,pos", "bad,"], {}, r"bad\.csv: line 3: missing label in column 'label'"),
-    (["text,label", "good,pos", "bad"], {}, r"bad\.csv: line 3: missing label"),
+    (["text,label", "good,pos", "bad"], {}, r"bad\.csv: line 3: 1 fields but the header has 2"),
     (["text,label"], {}, r"bad\.csv: no examples"),
     (
         ["text,label", "good,pos", "bad,meh"],
@@ -343,3 +343,84 @@ def test_module_import_is_light():
     code = "import sys, slimformer.data; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- own split files, strict rows, label order
+
+
+def _csv(path, rows: list[tuple[str, str]]):
+    return _write(path, ["text,label", *(f"{t},{y}" for t, y in rows)])
+
+
+def test_own_split_files_are_used_as_given(tmp_path):
+    rows = _reviews(20)
+    train = _csv(tmp_path / "train.csv", rows[5:20] + rows[25:])
+    val = _csv(tmp_path / "val.csv", rows[:2] + rows[20:22])
+    test = _csv(tmp_path / "test.csv", rows[2:5] + rows[22:25])
+    task = load_task(str(train), validation_file=val, test_file=test)
+    assert task.sizes() == {"train": 30, "validation": 4, "test": 6}
+    assert {e.text for e in task.split("test")} == {t.strip() for t, _ in rows[2:5] + rows[22:25]}
+    assert task.info["split_files"]["test"] == str(test)
+    assert len(task.split("all")) == 40
+    # only a test file: validation is carved out of train, test stays exactly the file
+    part = load_task(str(train), test_file=test)
+    assert part.sizes()["test"] == 6 and part.sizes()["train"] + part.sizes()["validation"] == 30
+
+
+def test_a_folder_of_split_files(tmp_path):
+    rows = _reviews(20)
+    _csv(tmp_path / "train.csv", rows[4:20] + rows[24:])
+    _csv(tmp_path / "dev.csv", rows[:2] + rows[20:22])
+    _csv(tmp_path / "test.csv", rows[2:4] + rows[22:24])
+    task = load_task(str(tmp_path))
+    assert task.sizes() == {"train": 32, "validation": 4, "test": 4}
+    (tmp_path / "validation.csv").write_text((tmp_path / "dev.csv").read_text())
+    with pytest.raises(ValueError, match="several validation files"):
+        load_task(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="without a train file"):
+        load_task(str(tmp_path / "empty"))
+
+
+def test_split_all_and_unknown_split(tmp_path):
+    task = load_task(str(_csv(tmp_path / "t.csv", _reviews(10))))
+    assert len(task.split("all")) == 20
+    with pytest.raises(ValueError, match="allowed: train, validation, test, all"):
+        task.split("dev")
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (["text,label", "good film,pos", "nice, fun film,pos"], r"line 3: 3 fields but the header has 2 \(an unquoted"),
+        (["text,label,label", "good,pos,x"], r"line 1: duplicate column name\(s\) 'label'"),
+        (["text\tlabel", "good\tpos", "bad"], r"line 3: 1 fields but the header has 2"),
+    ],
+)
+def test_strict_rows(tmp_path, lines, match):
+    suffix = ".tsv" if "\t" in lines[0] else ".csv"
+    with pytest.raises(ValueError, match=match):
+        load_task(str(_write(tmp_path / f"bad{suffix}", lines)))
+
+
+def test_labels_stay_text(tmp_path):
+    rows = [(f"text {i}", "01" if i % 3 == 0 else "1" if i % 3 == 1 else "2") for i in range(30)]
+    task = load_task(str(_csv(tmp_path / "t.csv", rows)))
+    assert task.label_names == ["01", "1", "2"]  # not merged into one "1"
+
+
+def test_align_labels_follows_the_model_order(tmp_path):
+    from slimformer.data import align_labels
+
+    task = load_task(str(_csv(tmp_path / "t.csv", _reviews(10))))
+    assert task.label_names == ["neg", "pos"]
+    aligned = align_labels(task, ["pos", "neg"])
+    assert aligned.label_names == ["pos", "neg"]
+    for a, b in zip(task.split("test"), aligned.split("test"), strict=True):
+        assert a.text == b.text and task.label_names[a.label] == aligned.label_names[b.label]
+    with pytest.raises(ValueError, match="label\\(s\\) 'neg' that the model does not know"):
+        align_labels(task, ["pos", "other"])
+    ints = load_task(str(_csv(tmp_path / "i.csv", [(t, "1" if y == "pos" else "0") for t, y in _reviews(10)])))
+    by_index = align_labels(ints, ["neg", "pos"])  # 0/1 labels index the model's names
+    assert all(("movie" in e.text) == (by_index.label_names[e.label] == "pos") for e in by_index.split("all"))
+    assert load_task("rotten_tomatoes", label_names=["fresh", "rotten"]).label_names == ["fresh", "rotten"]

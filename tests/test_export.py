@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import make_inputs
+from conftest import make_inputs, make_tiny_model
 from slimformer.export import is_slim_folder, load_slim, save_model
 from slimformer.models import load_model
 from slimformer.structure import Structure
@@ -132,3 +132,16 @@ def test_folder_loaders_dispatch_on_config_key(tmp_path, monkeypatch):
     assert calls == [str(folder)]
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "slimformer_fake": None}))
     assert models._folder_loader(str(folder)) is None
+
+
+def test_load_model_refuses_to_relabel_a_trained_head(tmp_path, tiny_tokenizer):
+    from slimformer.models import load_model, model_label_names
+
+    model = make_tiny_model("bert", num_labels=2)
+    model.config.id2label, model.config.label2id = {0: "pos", 1: "neg"}, {"pos": 0, "neg": 1}
+    folder = save_model(model, tiny_tokenizer, tmp_path / "m")
+    loaded, _ = load_model(str(folder), label_names=["pos", "neg"])
+    assert model_label_names(loaded.config) == ["pos", "neg"]
+    with pytest.raises(ValueError, match=r"fine-tuned with classes \['pos', 'neg'\], not \['neg', 'pos'\]"):
+        load_model(str(folder), label_names=["neg", "pos"])
+    assert model_label_names(make_tiny_model("bert", num_labels=2).config) is None  # LABEL_0, LABEL_1

@@ -20,17 +20,10 @@ import torch
 from torch.nn import functional as F
 
 from conftest import WORDS, make_tiny_model
+from slimformer.checkpoints import check_resumable, latest_checkpoint
 from slimformer.data import Example, TaskData
 from slimformer.losses import blend, hidden_mse, logit_kl
-from slimformer.trainer import (
-    LoopSettings,
-    Trainer,
-    check_resumable,
-    decay_groups,
-    latest_checkpoint,
-    linear_schedule,
-    shard,
-)
+from slimformer.trainer import LoopSettings, Trainer, decay_groups, linear_schedule, shard
 
 # 8 batches of 4 rows; two processes take 4 each per epoch, one process takes them merged in pairs
 N_BATCHES, ROWS, EPOCHS = 8, 4, 3
@@ -114,6 +107,9 @@ def test_loop_settings_name_the_bad_field(name, value):
 
 def test_check_resumable_names_what_differs(tmp_path):
     state = {"config": {"lr": 0.1, "epochs": 2}, "epoch": 2}
+    with pytest.raises(ValueError, match="no random_states"):
+        check_resumable(tmp_path, state, {"lr": 0.1, "epochs": 3}, may_change=("epochs",), epochs=3)
+    torch.save({"python": 1}, tmp_path / "random_states_0.pkl")
     check_resumable(tmp_path, state, {"lr": 0.1, "epochs": 3}, may_change=("epochs",), epochs=3)
     with pytest.raises(ValueError, match=r"lr \(checkpoint 0\.1, now 0\.2\); only epochs may change"):
         check_resumable(tmp_path, state, {"lr": 0.2, "epochs": 3}, may_change=("epochs",), epochs=3)

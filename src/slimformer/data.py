@@ -15,27 +15,25 @@ import logging
 import math
 import os
 import random
-import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+
+from slimformer.taskfiles import FORMATS, Columns, Row, encode_labels, find_split_files, make_row, read_rows
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+ALL = "all"  # every example of every split (a file given only to be evaluated)
 
 BUILTIN_TASKS: dict[str, str] = {
     "rotten_tomatoes": "binary movie-review sentiment (rotten / fresh), 12,752 Rotten Tomatoes snippets",
     "bbc_news": "5-class BBC news topic (business, entertainment, politics, sports, tech), 2,125 articles",
 }
 
-# Extensions read as user files; the value is the CSV delimiter (None: JSON lines).
-_FORMATS: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
-_PATHLIKE_SUFFIXES = {*_FORMATS, ".txt", ".parquet", ".gz", ".bz2", ".zip"}
+_PATHLIKE_SUFFIXES = {*FORMATS, ".txt", ".parquet", ".gz", ".bz2", ".zip"}
 _HF_SHORTHANDS = {"glue": "nyu-mll/glue"}
-_INT_RE = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True)
@@ -75,26 +73,12 @@ class TaskData:
         return {k: len(v) for k, v in self.splits.items()}
 
     def split(self, name: str) -> list[Example]:
-        """Return one split, raising ``ValueError`` naming the allowed splits if unknown."""
+        """Return one split, or every example for ``"all"``; ``ValueError`` naming the allowed ones if unknown."""
+        if name == ALL:
+            return [e for s in self.splits.values() for e in s]
         if name not in self.splits:
-            raise ValueError(f"unknown split {name!r}; allowed: {', '.join(self.splits)}")
+            raise ValueError(f"unknown split {name!r}; allowed: {', '.join([*self.splits, ALL])}")
         return self.splits[name]
-
-
-@dataclass(frozen=True)
-class _Row:
-    """A row read from a file or hub dataset before its label is mapped to an index."""
-
-    where: str  # "<file>: line N", so every error can point at the offending row
-    text: str
-    pair: str | None
-    label: str
-
-
-class _Columns(NamedTuple):
-    text: str
-    pair: str | None
-    label: str
 
 
 def load_task(
@@ -104,20 +88,29 @@ def load_task(
     text_pair_column: str | None = None,
     label_column: str = "label",
     label_names: list[str] | None = None,
+    validation_file: str | Path | None = None,
+    test_file: str | Path | None = None,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> TaskData:
-    """Load a task and split it into stratified, seeded train / validation / test splits.
+    """Load a task with train / validation / test splits.
+
+    A single file (or a built-in or hub task) is pooled and split stratified and seeded. Split
+    files the user gives (``validation_file``, ``test_file``, or a folder holding ``train.csv``,
+    ``validation.csv`` / ``dev.csv``, ``test.csv``) are used as given; a split without a file
+    is carved out of train with its share of ``fractions``.
 
     Args:
         name: a built-in task (see :data:`BUILTIN_TASKS`); a ``.csv`` / ``.tsv`` / ``.jsonl``
-            (or ``.json`` lines) file; or a Hugging Face dataset id (``imdb``, ``glue/sst2``,
-            ``org/name:config``; needs ``datasets`` and network access; the labelled rows of all
-            its splits are pooled and re-split).
+            (or ``.json`` lines) file; a folder of split files; or a Hugging Face dataset id
+            (``imdb``, ``glue/sst2``, ``org/name:config``; needs ``datasets`` and network access;
+            the labelled rows of all its splits are pooled and re-split).
         text_column, text_pair_column, label_column: column names in files / hub datasets
             (built-in tasks ignore them).
-        label_names: class names; file labels must be one of them (or integer indices into
-            them). By default they are the sorted distinct labels (numerically if all integers).
+        label_names: class names in index order (a model's ``id2label``); every label must be one
+            of them (or, all labels being integers, an index into them). By default they are the
+            sorted distinct labels (numerically first if all integers; kept as text).
+        validation_file, test_file: the user's own split files (``name`` is then the train file).
         seed: seed of the split; the same seed gives identical splits.
         fractions: train / validation / test fractions, each in (0, 1), summing to 1.
 
@@ -130,39 +123,119 @@ def load_task(
         ImportError: a hub name was given but ``datasets`` is not installed.
     """
     fractions = _check_fractions(fractions)
-    if name in BUILTIN_TASKS:
+    files = _split_files(name, validation_file, test_file)
+    if name in BUILTIN_TASKS and files is None:
         examples, names, info = _BUILTIN_LOADERS[name]()
+        given: dict[str, list[Example]] = {}
     else:
-        cols = _Columns(text_column, text_pair_column, label_column)
-        if Path(name).expanduser().exists():
-            rows, source = _read_file(Path(name).expanduser(), cols), name
-        elif _looks_like_path(name):
-            raise FileNotFoundError(f"no such file: {name!r} (built-in tasks: {', '.join(BUILTIN_TASKS)})")
-        else:
-            rows, hub_names, source = _load_hub(name, cols)
-            label_names = hub_names if label_names is None else label_names
-        labels, names = _encode_labels(rows, label_names, label_column, source)
-        examples = [Example(r.text, y, r.pair) for r, y in zip(rows, labels, strict=True)]
-        info = {"source": source}
-        dupes = len(examples) - len({(e.text, e.text_pair) for e in examples})
-        if dupes:
-            logger.warning("%s: %d duplicate texts; copies may land in different splits", source, dupes)
-    splits = _stratified_split(examples, fractions, seed)
-    for s in SPLITS:
-        if not splits[s]:
-            need = math.ceil(1 / min(fractions))
-            raise ValueError(
-                f"{info['source']}: the {s!r} split would be empty ({len(examples)} examples, fractions "
-                f"{fractions}); add more data (at least about {need} examples per label)"
-            )
+        given, names, info = _load_rows(name, files, Columns(text_column, text_pair_column, label_column), label_names)
+        examples = given.pop("train") if given else info.pop("examples")
+    splits = _complete_splits(examples, given, fractions, seed, info["source"])
+    task = _make_task(name, names, splits, {**info, "seed": seed, "fractions": list(fractions)})
+    if label_names is not None and name in BUILTIN_TASKS and files is None:
+        task = align_labels(task, label_names)
+    return task
+
+
+def _make_task(name: str, names: list[str], splits: dict[str, list[Example]], info: dict) -> TaskData:
     counts = {s: {names[k]: v for k, v in sorted(Counter(e.label for e in splits[s]).items())} for s in SPLITS}
     for s in SPLITS:
         if len(counts[s]) < len(names):
             logger.warning("%s: some labels have no example in the %s split", info["source"], s)
-    info.update(counts=counts, seed=seed, fractions=list(fractions))
-    task = TaskData(name, names, splits, _content_hash(names, splits), info)
+    task = TaskData(name, names, splits, _content_hash(names, splits), {**info, "counts": counts})
     logger.info("task %s: %s, labels %s, hash %s", name, task.sizes(), names, task.content_hash)
     return task
+
+
+def _split_files(name: str, validation_file, test_file) -> dict[str, Path] | None:
+    """The user's split files, or None when one source is to be pooled and split."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if validation_file is not None or test_file is not None:
+            raise ValueError(f"{name!r} is a folder of split files: give it alone, without validation/test files")
+        return find_split_files(path)
+    if validation_file is None and test_file is None:
+        return None
+    files = {"train": path, "validation": validation_file, "test": test_file}
+    files = {s: Path(f).expanduser() for s, f in files.items() if f is not None}
+    for split, f in files.items():
+        if not f.is_file():
+            raise FileNotFoundError(f"{split} file {str(f)!r} does not exist or is not a file")
+    return files
+
+
+def _load_rows(name: str, files: dict[str, Path] | None, cols: Columns, label_names):
+    """Read a file, split files or a hub dataset; labels are encoded over all of them together."""
+    if files is not None:
+        per_split = {s: read_rows(f, cols) for s, f in files.items()}
+        source = ", ".join(f"{s}: {f}" for s, f in files.items())
+    elif Path(name).expanduser().exists():
+        per_split, source = {"all": read_rows(Path(name).expanduser(), cols)}, name
+    elif _looks_like_path(name):
+        raise FileNotFoundError(f"no such file: {name!r} (built-in tasks: {', '.join(BUILTIN_TASKS)})")
+    else:
+        rows, hub_names, source = _load_hub(name, cols)
+        per_split = {"all": rows}
+        label_names = hub_names if label_names is None else label_names
+    rows = [r for part in per_split.values() for r in part]
+    labels, names = encode_labels(rows, label_names, cols.label, source)
+    examples = iter(Example(r.text, y, r.pair) for r, y in zip(rows, labels, strict=True))
+    parts = {s: [next(examples) for _ in part] for s, part in per_split.items()}
+    dupes = len(rows) - len({(r.text, r.pair) for r in rows})
+    if dupes:
+        logger.warning("%s: %d duplicate texts; copies may land in different splits", source, dupes)
+    if files is None:
+        return {}, names, {"source": source, "examples": parts["all"]}
+    return parts, names, {"source": source, "split_files": {s: str(f) for s, f in files.items()}}
+
+
+def _complete_splits(
+    train: list[Example], given: dict[str, list[Example]], fractions, seed: int, source: str
+) -> dict[str, list[Example]]:
+    """Given splits as they are; missing ones carved out of ``train`` with their share of ``fractions``."""
+    missing = [s for s in SPLITS[1:] if s not in given]
+    if missing:
+        names = ("train", *missing)
+        shares = [fractions[SPLITS.index(s)] for s in names]
+        carved = _stratified_split(train, names, tuple(f / sum(shares) for f in shares), seed)
+    else:
+        carved = {"train": train}
+    splits = {s: given.get(s, carved.get(s, [])) for s in SPLITS}
+    for s in SPLITS:
+        if not splits[s]:
+            need = math.ceil(1 / min(fractions))
+            raise ValueError(
+                f"{source}: the {s!r} split would be empty ({len(train)} examples to split, fractions "
+                f"{fractions}); add more data (at least about {need} examples per label)"
+            )
+    return splits
+
+
+def align_labels(task: TaskData, label_names: list[str]) -> TaskData:
+    """Re-index ``task``'s labels to ``label_names`` (a model's ``id2label`` order).
+
+    A task whose labels are all integers that are not names is read as indices into
+    ``label_names`` (a file of 0/1 labels for a model with ``{0: neg, 1: pos}``).
+
+    Raises:
+        ValueError: a task label that ``label_names`` does not have (naming it), or a count mismatch.
+    """
+    names = [str(n) for n in label_names]
+    if names == task.label_names:
+        return task
+    index = {n: i for i, n in enumerate(names)}
+    if all(n.lstrip("+-").isdigit() for n in task.label_names) and not all(n in index for n in task.label_names):
+        index = {n: int(n) for n in task.label_names if 0 <= int(n) < len(names)}
+    unknown = [n for n in task.label_names if n not in index]
+    if unknown:
+        raise ValueError(
+            f"task {task.name!r} has label(s) {', '.join(map(repr, unknown))} that the model does not know; "
+            f"the model's labels are: {', '.join(names)}"
+        )
+    remap = [index[n] for n in task.label_names]
+    splits = {s: [Example(e.text, remap[e.label], e.text_pair) for e in ex] for s, ex in task.splits.items()}
+    info = {k: v for k, v in task.info.items() if k != "counts"}
+    return _make_task(task.name, names, splits, {**info, "label_order": "model"})
 
 
 def _check_fractions(fractions) -> tuple[float, float, float]:
@@ -178,25 +251,23 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
 
 
 def _stratified_split(
-    examples: list[Example], fractions: tuple[float, float, float], seed: int
+    examples: list[Example], names: tuple[str, ...], fractions: tuple[float, ...], seed: int
 ) -> dict[str, list[Example]]:
     rng = random.Random(seed)
     by_label: dict[int, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         by_label[ex.label].append(i)
-    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[int]] = {s: [] for s in names}
     for label in sorted(by_label):
         idx = by_label[label]
         rng.shuffle(idx)
         # Cumulative cut points: every example lands in exactly one split whatever the rounding.
-        cut1 = round(len(idx) * fractions[0])
-        cut2 = round(len(idx) * (fractions[0] + fractions[1]))
-        parts["train"] += idx[:cut1]
-        parts["validation"] += idx[cut1:cut2]
-        parts["test"] += idx[cut2:]
-    for s in SPLITS:  # otherwise each split would be sorted by label
+        cuts = [0, *(round(len(idx) * sum(fractions[: k + 1])) for k in range(len(names) - 1)), len(idx)]
+        for k, s in enumerate(names):
+            parts[s] += idx[cuts[k] : cuts[k + 1]]
+    for s in names:  # otherwise each split would be sorted by label
         rng.shuffle(parts[s])
-    return {s: [examples[i] for i in parts[s]] for s in SPLITS}
+    return {s: [examples[i] for i in parts[s]] for s in names}
 
 
 def _content_hash(label_names: list[str], splits: dict[str, list[Example]]) -> str:
@@ -276,118 +347,10 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _read_file(path: Path, cols: _Columns) -> list[_Row]:
-    if not path.is_file():
-        raise ValueError(f"{path} is a folder; give one {'/'.join(_FORMATS)} file")
-    suffix = path.suffix.lower()
-    if suffix not in _FORMATS:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_FORMATS)}")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: tolerate Excel's BOM
-            rows = _read_delimited(path, f, _FORMATS[suffix], cols) if _FORMATS[suffix] else _read_json(path, f, cols)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
-    if not rows:
-        raise ValueError(f"{path}: no examples (the file is empty or has only a header)")
-    return rows
-
-
-def _read_delimited(path: Path, f, delimiter: str, cols: _Columns) -> list[_Row]:
-    # TSV files (GLUE style) use no quoting and often hold bare '"' characters inside the text.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
-    header = reader.fieldnames or []
-    missing = [c for c in cols if c and c not in header]
-    if header and missing:
-        raise ValueError(f"{path}: no column {missing[0]!r}; the columns are: {', '.join(header)}")
-    try:
-        return [_make_row(f"{path}: line {reader.line_num}", rec, cols) for rec in reader]
-    except csv.Error as e:
-        raise ValueError(f"{path}: line {reader.line_num}: malformed row ({e})") from None
-
-
-def _read_json(path: Path, f, cols: _Columns) -> list[_Row]:
-    items = []
-    for n, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            items.append((f"{path}: line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg}): {line.strip()[:80]!r}") from None
-    rows = []
-    for where, rec in items:
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {rec!r:.80}")
-        missing = [c for c in cols if c and c not in rec]
-        if missing:
-            raise ValueError(f"{where}: no column {missing[0]!r}; the columns are: {', '.join(rec)}")
-        rows.append(_make_row(where, rec, cols))
-    return rows
-
-
-def _text_value(where: str, value, column: str) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{where}: column {column!r} must be text, got {value!r:.80}")
-    text = (value or "").strip()
-    if not text:
-        raise ValueError(f"{where}: empty text in column {column!r}")
-    return text
-
-
-def _make_row(where: str, rec: dict, cols: _Columns) -> _Row:
-    text = _text_value(where, rec.get(cols.text), cols.text)
-    pair = _text_value(where, rec.get(cols.pair), cols.pair) if cols.pair else None
-    label = rec.get(cols.label)
-    if isinstance(label, str):
-        label = label.strip()
-    if label is None or label == "":
-        raise ValueError(f"{where}: missing label in column {cols.label!r}")
-    if isinstance(label, (dict, list)):
-        raise ValueError(f"{where}: label in column {cols.label!r} must be a string or integer, got {label!r:.80}")
-    return _Row(where, text, pair, str(label))
-
-
-def _encode_labels(
-    rows: list[_Row], label_names: list[str] | None, column: str, source: str
-) -> tuple[list[int], list[str]]:
-    raws = [r.label for r in rows]
-    all_int = all(_INT_RE.fullmatch(r) for r in raws)
-    if label_names is not None:
-        names = [str(n) for n in label_names]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"label_names must be non-empty and distinct, got {label_names!r}")
-        index = {n: i for i, n in enumerate(names)}
-        if all_int and not all(r in index for r in raws):  # integer labels index label_names
-            for r in rows:
-                if not 0 <= int(r.label) < len(names):
-                    raise ValueError(f"{r.where}: label {r.label!r} is not an index of label_names {names}")
-            return [int(r) for r in raws], names
-        for r in rows:
-            if r.label not in index:
-                raise ValueError(f"{r.where}: unknown label {r.label!r}; allowed: {', '.join(names)}")
-        return [index[r] for r in raws], names
-    if all_int:
-        values = sorted({int(r) for r in raws})
-        names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
-        labels = [index[int(r)] for r in raws]
-    else:
-        names = sorted(set(raws))
-        index = {n: i for i, n in enumerate(names)}
-        labels = [index[r] for r in raws]
-    if len(names) < 2:
-        raise ValueError(
-            f"{source}: every row has label {names[0]!r} in column {column!r}; classification needs 2+ labels"
-        )
-    return labels, names
-
-
 # ---------------------------------------------------------------- Hugging Face hub
 
 
-def _load_hub(name: str, cols: _Columns) -> tuple[list[_Row], list[str] | None, str]:
+def _load_hub(name: str, cols: Columns) -> tuple[list[Row], list[str] | None, str]:
     """Rows of every labelled split of a hub dataset, and its ClassLabel names if any."""
     try:
         import datasets
@@ -407,7 +370,7 @@ def _load_hub(name: str, cols: _Columns) -> tuple[list[_Row], list[str] | None, 
             f"unknown task {name!r}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not an existing "
             f"file or folder, and the Hugging Face hub could not load it: {e}"
         ) from e
-    rows: list[_Row] = []
+    rows: list[Row] = []
     names: list[str] | None = None
     for split_name, ds in dataset_dict.items():
         missing = [c for c in cols if c and c not in ds.column_names]
@@ -417,7 +380,7 @@ def _load_hub(name: str, cols: _Columns) -> tuple[list[_Row], list[str] | None, 
         for i, rec in enumerate(ds):
             if isinstance(rec[cols.label], int) and rec[cols.label] < 0:  # hidden test labels are -1
                 continue
-            rows.append(_make_row(f"{name} [{split_name}] row {i}", rec, cols))
+            rows.append(make_row(f"{name} [{split_name}] row {i}", rec, cols))
     if not rows:
         raise ValueError(f"{name}: no labelled examples in any split")
     return rows, names, f"hf:{path}" + (f":{config}" if config else "")

@@ -23,6 +23,7 @@ background load spreads over many points instead of biasing a few.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import dataclasses
 import gc
@@ -41,6 +42,7 @@ import torch
 from slimformer.arch import ModelDims, get_adapter
 from slimformer.bench import environment, make_bench_inputs, time_callable
 from slimformer.config import Check, ConfigBase, integer, mapping, number, option, tuple_of
+from slimformer.fsutil import atomic_write_text, file_lock
 from slimformer.hf_remote.modeling_slimformer import SLIM_KEY, reshape_layer
 from slimformer.structure import Structure
 
@@ -129,12 +131,8 @@ class LatencyTable(ConfigBase):
         return super().from_dict(data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-        return path
+        # a per-process temporary name and an atomic rename: concurrent writers never clash
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -253,44 +251,89 @@ def measure_latency_table(
         attn = str(getattr(model.config, "_attn_implementation", None))
         setup = {"stack": stack, "rounds": rounds, "repeats": repeats, "warmup": warmup, "attn_implementation": attn}
         path = _cache_path(dims, batch_size, seq_len, heads, ffn, setup)
-        if cache and path.exists():
-            try:
-                table = LatencyTable.load(path)
-                logger.info("latency table from cache %s", path)
-                return table
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-                logger.warning("ignoring unreadable latency cache %s: %s", path, e)
-        start = time.perf_counter()
-        timed = time_layer_shapes(
-            model, [(h, w) for h in heads for w in ffn], batch_size=batch_size, seq_len=seq_len, stack=stack,
-            rounds=rounds, repeats=repeats, warmup=warmup, progress=progress,
-        )  # fmt: skip
-        table = LatencyTable(
-            dims=dims,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            heads=heads,
-            ffn=ffn,
-            layer_ms=tuple(tuple(timed["layers"][(h, w)] for w in ffn) for h in heads),
-            fixed_ms=timed["fixed_ms"],
-            environment=environment(),
-            info={
-                **setup,
-                "measure_s": round(time.perf_counter() - start, 2),
-                "what": "median wall-clock ms per layer of a chain of `stack` layers of each grid shape; "
-                "fixed = the model with no layers (embeddings, mask, pooler, classifier)",
-            },
-        )
+        # one process measures a table at a time: a second waits and reads the first one's result,
+        # instead of both measuring while competing for the cores (which would cache slow times)
+        with file_lock(path.with_suffix(".lock")) if cache else contextlib.nullcontext():
+            table = _cached_table(path) if cache else None
+            if table is None:
+                table = _measure_table(model, dims, batch_size, seq_len, heads, ffn, setup, progress)
+                if cache:
+                    _cache_if_steady(table, path)
     finally:
         torch.set_num_threads(old_threads)
+    return table
+
+
+#: Largest median relative spread (IQR / median over a point's repeat timings) a cached table may
+#: have: above it the machine was busy while measuring, and the table would mislead every later run.
+MAX_CACHED_SPREAD = 0.35
+
+
+def _cached_table(path: Path) -> LatencyTable | None:
+    if not path.exists():
+        return None
+    try:
+        table = LatencyTable.load(path)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        logger.warning("ignoring unreadable latency cache %s: %s", path, e)
+        return None
+    logger.info("latency table from cache %s", path)
+    return table
+
+
+def _cache_if_steady(table: LatencyTable, path: Path) -> bool:
+    """Save ``table`` to the cache unless its repeat timings disagreed widely; returns whether saved."""
+    spread = table.info.get("spread")
+    if spread is not None and spread > MAX_CACHED_SPREAD:
+        logger.warning(
+            "latency table not cached: repeat timings disagree (median spread %.0f%% > %.0f%%); "
+            "the machine looks busy, so the next run measures again",
+            100 * spread,
+            100 * MAX_CACHED_SPREAD,
+        )
+        return False
+    table.save(path)
+    return True
+
+
+def _measure_table(model, dims, batch_size, seq_len, heads, ffn, setup: dict, progress: bool) -> LatencyTable:
+    """Time the grid (see :func:`time_layer_shapes`) and build the table."""
+    start = time.perf_counter()
+    timed = time_layer_shapes(
+        model, [(h, w) for h in heads for w in ffn], batch_size=batch_size, seq_len=seq_len, stack=setup["stack"],
+        rounds=setup["rounds"], repeats=setup["repeats"], warmup=setup["warmup"], progress=progress,
+    )  # fmt: skip
+    table = LatencyTable(
+        dims=dims,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        heads=heads,
+        ffn=ffn,
+        layer_ms=tuple(tuple(timed["layers"][(h, w)] for w in ffn) for h in heads),
+        fixed_ms=timed["fixed_ms"],
+        environment=environment(),
+        info={
+            **setup,
+            "measure_s": round(time.perf_counter() - start, 2),
+            "spread": _spread(timed),
+            "what": "median wall-clock ms per layer of a chain of `stack` layers of each grid shape; "
+            "fixed = the model with no layers (embeddings, mask, pooler, classifier)",
+        },
+    )
     logger.info(
         "latency table for %s (batch %d x %d, %d threads): %d points in %.1f s; dense %.2f ms predicted",
         dims.family, batch_size, seq_len, table.environment["torch_threads"], len(heads) * len(ffn) + 1,
         table.info["measure_s"], table.predict(Structure.dense(dims)),
     )  # fmt: skip
-    if cache:
-        table.save(path)
     return table
+
+
+def _spread(timed: dict[str, Any]) -> float:
+    """Median over points of IQR / median of their repeat timings (0: perfectly steady)."""
+    rel = [timed["iqr"][p] / ms for p, ms in timed["layers"].items() if ms > 0]
+    if timed["fixed_ms"] > 0:
+        rel.append(timed["fixed_iqr"] / timed["fixed_ms"])
+    return round(float(np.median(rel)), 4) if rel else 0.0
 
 
 def _cpu_times(fn, warmup: int, repeats: int) -> list[float]:

@@ -7,6 +7,7 @@ transformers as-is and only works when online.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -54,14 +55,70 @@ def resolve_model_path(name: str) -> str:
         return str(root / "model")
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model folder {str(path)!r} has no config.json")
+        check_model_folder(path, tokenizer=False)  # tokenizer files: checked when it is loaded
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(
             f"model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing folder"
         )
     return name  # a hub id: transformers resolves it (online only)
+
+
+#: Files that make a tokenizer, any one of which a model folder must hold.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_folder(folder: str | Path, *, tokenizer: bool = True) -> dict:
+    """Check that a local model folder has a readable ``config.json`` (and tokenizer files).
+
+    Without this, transformers 5 builds a 5-token tokenizer that maps every word to [UNK] from a
+    folder without tokenizer files, and an empty ``config.json`` fails as ``Expecting value``.
+
+    Returns:
+        The parsed ``config.json``.
+
+    Raises:
+        FileNotFoundError: the path is not a folder, or lacks ``config.json`` / tokenizer files.
+        ValueError: ``config.json`` is empty, not JSON, or has no ``model_type``.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {str(folder)!r} is a file, not a model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model folder {str(path)!r} has no config.json")
+    text = config_file.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise ValueError(f"{config_file} is empty (an interrupted save?); save or copy the model again")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e.msg}, line {e.lineno}); save the model again") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"{config_file} has no 'model_type': not a transformers model config")
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model folder {str(path)!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer into it (tokenizer.save_pretrained(folder))"
+        )
+    return config
+
+
+def model_label_names(config) -> list[str] | None:
+    """A model's class names in index order (``id2label``), or None when it has only defaults (``LABEL_0``...)."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)] if id2label else []
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
+
+
+def _hub_error(name: str, exc: Exception) -> FileNotFoundError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return FileNotFoundError(
+        f"model {name!r} is not a built-in ({', '.join(BUILTIN_MODELS)}), not an existing folder, and the "
+        f"Hugging Face hub could not load it (offline?): {first}"
+    )
 
 
 def _folder_loader(path: str):
@@ -81,10 +138,22 @@ def _folder_loader(path: str):
 
 
 def load_tokenizer(name: str):
-    """Load the tokenizer of a model name or folder."""
+    """Load the tokenizer of a model name or folder.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_model_path`, or the hub could not load it.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = resolve_model_path(name)
+    if Path(path).is_dir():
+        check_model_folder(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        if Path(path).exists():
+            raise
+        raise _hub_error(name, e) from None
 
 
 def load_model(
@@ -113,16 +182,25 @@ def load_model(
 
     Raises:
         FileNotFoundError: see :func:`resolve_model_path`.
-        ValueError: the model's architecture is not supported, or ``require_head`` and it has no
-            trained classification head.
+        ValueError: the model's architecture is not supported, ``require_head`` and it has no
+            trained classification head, or a broken ``config.json`` (see :func:`check_model_folder`).
     """
+    path = resolve_model_path(name)
+    try:
+        return _load_resolved(name, path, num_labels, label_names, require_head)
+    except OSError as e:
+        if Path(path).exists():
+            raise
+        raise _hub_error(name, e) from None
+
+
+def _load_resolved(name: str, path: str, num_labels, label_names, require_head: bool):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from slimformer.arch import get_adapter_for_config
     from slimformer.export import is_slim_folder, load_slim
     from slimformer.quantize import is_quantized_folder, load_quantized
 
-    path = resolve_model_path(name)
     loader = _folder_loader(path)
     if loader is not None:
         model = loader(path)
@@ -150,6 +228,29 @@ def load_model(
             )
         if new:
             logger.warning("model %r: new, randomly initialised classification head (%s)", name, ", ".join(new))
+        trained_names = model_label_names(config)
+        if not new and label_names is not None and trained_names and trained_names != [str(n) for n in label_names]:
+            raise ValueError(
+                f"model {name!r} was fine-tuned with classes {trained_names}, not {list(label_names)}: its head "
+                "would be relabelled; map the task onto the model's classes (slimformer.data.align_labels)"
+            )
+    if Path(path).is_dir():
+        check_model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    _drop_stale_auto_map(model.config, path)
     model.eval()
     return model, tokenizer
+
+
+def _drop_stale_auto_map(config, path: str) -> None:
+    """Forget ``auto_map`` entries whose code is not in the folder, so no save carries them on."""
+    from slimformer.export import remote_file_present
+
+    auto_map = getattr(config, "auto_map", None)
+    if isinstance(auto_map, dict) and Path(path).is_dir():
+        kept = {k: v for k, v in auto_map.items() if remote_file_present(path, v)}
+        if kept != auto_map:
+            if kept:
+                config.auto_map = kept
+            else:
+                config.__dict__.pop("auto_map", None)

@@ -49,6 +49,7 @@ def finetune_cached(model_name: str, task, config: FinetuneConfig, *, progress: 
     Returns:
         ``(folder, reused)``.
     """
+    from slimformer.fsutil import file_lock
     from slimformer.models import load_model
     from slimformer.train import finetune
 
@@ -59,13 +60,14 @@ def finetune_cached(model_name: str, task, config: FinetuneConfig, *, progress: 
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{model_name}-{task.name}")[-60:]
     folder = cache_dir() / "finetuned" / f"{slug}-{key}"
-    if (folder / "finetune_report.json").exists() and (folder / "config.json").exists():
-        logger.info("reusing cached fine-tuned model %s", folder)
-        return folder, True
-    model, tokenizer = load_model(model_name, label_names=task.label_names)
-    finetune(model, tokenizer, task, config, folder, resume=True, progress=progress)
-    # epoch checkpoints (with optimizer state, ~3x the model) only serve to resume an interrupted run
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    with file_lock(folder.with_name(folder.name + ".lock")):  # a second caller waits, then reuses
+        if (folder / "finetune_report.json").exists() and (folder / "config.json").exists():
+            logger.info("reusing cached fine-tuned model %s", folder)
+            return folder, True
+        model, tokenizer = load_model(model_name, label_names=task.label_names)
+        finetune(model, tokenizer, task, config, folder, resume=True, progress=progress)
+        # epoch checkpoints (with optimizer state, ~3x the model) only serve to resume an interrupted run
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return folder, False
 
 

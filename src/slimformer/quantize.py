@@ -122,23 +122,25 @@ def save_quantized(model, tokenizer, folder: str | Path, *, overwrite: bool = Fa
     import torch
 
     from slimformer.arch import get_adapter
-    from slimformer.export import REMOTE_FILE, prepare_output_dir
+    from slimformer.export import REMOTE_FILE
+    from slimformer.fsutil import model_sources, staged_output_dir
     from slimformer.hf_remote import modeling_slimformer as remote
 
     if not is_quantized(model) or not getattr(model.config, QUANT_KEY, None):
         raise ValueError("save_quantized needs a model from quantize_dynamic_int8; use save_model for fp32 models")
-    path = prepare_output_dir(folder, overwrite=overwrite)
-    if getattr(model.config, remote.SLIM_KEY, None):
-        cls = remote.SLIM_CLASSES[get_adapter(model).family]
-        model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
-        shutil.copyfile(remote.__file__, path / REMOTE_FILE)
-    model.config.save_pretrained(path)
-    with _quiet():
-        torch.save(model.state_dict(), path / WEIGHTS_FILE)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    if extra is not None:
-        (path / "slimformer.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    with staged_output_dir(folder, overwrite=overwrite, inputs=model_sources(model)) as path:  # swapped in whole
+        if getattr(model.config, remote.SLIM_KEY, None):
+            cls = remote.SLIM_CLASSES[get_adapter(model).family]
+            model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
+            shutil.copyfile(remote.__file__, path / REMOTE_FILE)
+        model.config.save_pretrained(path)
+        with _quiet():
+            torch.save(model.state_dict(), path / WEIGHTS_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        if extra is not None:
+            (path / "slimformer.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    path = Path(folder)
     logger.info("saved int8 model to %s (%.1f MB)", path, size_on_disk(path) / 1e6)
     return path
 

@@ -17,26 +17,15 @@ continues from the latest complete one.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimformer.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_NAME, check_resumable, latest_checkpoint
+from slimformer.checkpoints import write_json as _write_json
 from slimformer.config import ConfigBase, boolean, fraction, integer, non_negative, option, positive
 from slimformer.data import TaskData, make_loader
-from slimformer.trainer import (
-    CHECKPOINTS_DIR,
-    MAX_GRAD_NORM,
-    TRAINER_STATE_NAME,
-    EpochStats,
-    LoopSettings,
-    Trainer,
-    TrainOutcome,
-    check_resumable,
-    decay_groups,
-    latest_checkpoint,
-)
-from slimformer.trainer import write_json as _write_json
+from slimformer.trainer import MAX_GRAD_NORM, EpochStats, LoopSettings, Trainer, TrainOutcome, decay_groups
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +80,10 @@ class FinetuneConfig(ConfigBase):
 
 
 def _clear_dir(out: Path) -> None:
-    """Delete everything inside ``out``, refusing obviously wrong targets."""
-    target = out.resolve()
-    cwd = Path.cwd().resolve()
-    if target == Path(target.anchor) or target == Path.home().resolve() or cwd.is_relative_to(target):
-        raise ValueError(f"refusing to clear {str(out)!r}: it is the root, the home folder or holds the cwd")
-    for child in target.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Delete everything inside ``out``, refusing the root, home, the cwd or a folder holding it."""
+    from slimformer.fsutil import remove_dir_contents
+
+    remove_dir_contents(out)
 
 
 def _checked_splits(model, task: TaskData) -> tuple[list, list]:

@@ -18,89 +18,22 @@ moments, scheduler, RNG states) and ``trainer_state.json``, written last, which 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimformer.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_NAME, latest_checkpoint, write_json
+
 logger = logging.getLogger(__name__)
 
 #: Gradients are clipped to this global L2 norm before each optimizer step (the usual BERT recipe).
 MAX_GRAD_NORM = 1.0
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_NAME = "trainer_state.json"
 
 LossFn = Callable[[Any, dict, int], tuple[Any, dict[str, float]]]
-
-
-# ----------------------------------------------------------------------------------------------
-# files and checkpoints
-
-
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(out_dir: str | Path) -> tuple[Path, dict] | None:
-    """The latest complete checkpoint in ``out_dir/checkpoints`` and its trainer state, or ``None``."""
-    found = []
-    for d in (Path(out_dir) / CHECKPOINTS_DIR).glob("epoch-*"):
-        m = re.fullmatch(r"epoch-(\d+)", d.name)
-        if m and (d / TRAINER_STATE_NAME).is_file():
-            found.append((int(m[1]), d))
-    if not found:
-        return None
-    _, ckpt = max(found)
-    return ckpt, json.loads((ckpt / TRAINER_STATE_NAME).read_text())
-
-
-def check_resumable(
-    ckpt: Path,
-    state: dict,
-    config: dict,
-    *,
-    may_change: tuple[str, ...],
-    epochs: int,
-    data_hash: str | None = None,
-    saved_hash: str | None = None,
-    hint: str = "use overwrite to start over",
-) -> None:
-    """Refuse to resume ``state`` (saved in ``ckpt``) with another config, other data or fewer epochs.
-
-    Args:
-        config: the new run's config as a dict; keys outside ``may_change`` must equal the saved ones.
-        data_hash, saved_hash: the data's identity now and in the checkpoint (not checked if ``None``).
-        hint: how to start over instead, appended to the config message.
-
-    Raises:
-        ValueError: naming each differing field with both values, the data hashes, or the epochs.
-    """
-    saved = state["config"]
-    diff = [k for k in config if k not in may_change and saved.get(k) != config[k]]
-    if diff:
-        detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {config[k]!r})" for k in diff)
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: the config differs in {detail}; only "
-            f"{', '.join(may_change)} may change ({hint})"
-        )
-    if data_hash is not None and saved_hash != data_hash:
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it was trained on other data "
-            f"(content_hash {saved_hash}, now {data_hash})"
-        )
-    if state["epoch"] > epochs:
-        raise ValueError(
-            f"cannot resume from {str(ckpt)!r}: it has done {state['epoch']} epochs, more than epochs={epochs}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------

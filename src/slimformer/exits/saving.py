@@ -31,7 +31,7 @@ def save_exit(model, tokenizer, folder: str | Path, *, overwrite: bool = False, 
         ValueError: ``model`` is not a multi-exit model.
     """
     from slimformer.exits.model import EXIT_KEY, MultiExitModel, exit_spec
-    from slimformer.export import prepare_output_dir
+    from slimformer.fsutil import staged_output_dir
 
     if not isinstance(model, MultiExitModel):
         raise ValueError(f"save_exit needs a MultiExitModel, got {type(model).__name__}; use export.save_model")
@@ -46,14 +46,14 @@ def save_exit(model, tokenizer, folder: str | Path, *, overwrite: bool = False, 
     setattr(model.config, EXIT_KEY, spec)
     # a slender backbone's remote-code map names a classifier class, not this layout
     model.config.__dict__.pop("auto_map", None)
-    path = prepare_output_dir(folder, overwrite=overwrite)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    if extra is not None:
-        (path / "slimformer.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
-    logger.info("saved multi-exit model to %s", path)
-    return path
+    with staged_output_dir(folder, overwrite=overwrite) as path:  # replaced only once complete
+        model.save_pretrained(path, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        if extra is not None:
+            (path / "slimformer.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    logger.info("saved multi-exit model to %s", folder)
+    return Path(folder)
 
 
 def load_exit(folder: str | Path):

@@ -26,12 +26,14 @@ def save_skim(model, tokenizer, folder: str | Path, *, overwrite: bool = False, 
         ValueError: ``model`` is not a skimming model.
         FileExistsError: ``folder`` is not empty and ``overwrite`` is not set.
     """
-    from slimformer.export import prepare_output_dir
+    from slimformer.fsutil import staged_output_dir
     from slimformer.skim.model import is_skim_model
 
     if not is_skim_model(model):
         raise ValueError(f"{type(model).__name__} is not a skimming model; build one with slimformer.skim.skim")
-    return write_skim(model, tokenizer, prepare_output_dir(folder, overwrite=overwrite), report=report)
+    with staged_output_dir(folder, overwrite=overwrite) as stage:  # replaced only once complete
+        write_skim(model, tokenizer, stage, report=report)
+    return Path(folder)
 
 
 def write_skim(model, tokenizer, folder: str | Path, *, report: dict | None = None) -> Path:

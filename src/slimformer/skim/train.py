@@ -18,17 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimformer.checkpoints import CHECKPOINTS_DIR, check_resumable, latest_checkpoint
 from slimformer.losses import blend, logit_kl
 from slimformer.skim.config import SkimConfig
-from slimformer.trainer import (
-    CHECKPOINTS_DIR,
-    EpochStats,
-    LoopSettings,
-    Trainer,
-    check_resumable,
-    decay_groups,
-    latest_checkpoint,
-)
+from slimformer.trainer import EpochStats, LoopSettings, Trainer, decay_groups
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from slimformer.checkpoints import check_resumable
 from slimformer.data import Example, TaskData, make_loader
 from slimformer.losses import hidden_mse, logit_kl
 from slimformer.slim.config import SlimConfig
 from slimformer.slim.gates import SlimmedModel
 from slimformer.slim.run import save_run
-from slimformer.trainer import EpochStats, LoopSettings, Trainer, check_resumable, decay_groups
+from slimformer.trainer import EpochStats, LoopSettings, Trainer, decay_groups
 
 logger = logging.getLogger(__name__)
 
