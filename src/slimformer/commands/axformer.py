@@ -24,7 +24,9 @@ from slimformer.commands.common import (
     RecipeMaxLenOpt,
     SetOpt,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
     check_labels,
     emit_json,
     ensure_distinct,
@@ -142,6 +144,8 @@ def axformer_command(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     seed: Annotated[int, typer.Option(help="seed of the data split and of the batch order")] = 0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace a non-empty --out / --int8-out / --bf16-out")
@@ -167,10 +171,18 @@ def axformer_command(
         )  # fmt: skip
         ensure_distinct(out=out, int8_out=int8_out, bf16_out=bf16_out)
         for folder in (out, int8_out, bf16_out):
-            ensure_output_dir(folder, overwrite)
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+            ensure_output_dir(folder, overwrite, inputs=(model,))
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         m, tok = load_model(model, require_head=True)
-        check_labels(m, data, model, task)
+        data = check_labels(m, data, model, task)
         context = _context(data, tok, max_length_for(data, max_length), batch_size, validation_examples,
                            fit_examples, seed, not as_json)  # fmt: skip
         searched, report = _search(m, config, context)

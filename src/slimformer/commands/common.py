@@ -18,7 +18,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 #: exceptions that mean "the user asked for something that cannot work": exit code 2, one line on stderr
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+#: Errors shown as one line (no traceback): bad input, missing files, and OS failures such as a full disk.
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 # ---- option aliases (one definition each; commands with other help texts spell theirs out) ----------------
 
@@ -30,6 +31,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 TextCol = Annotated[str, typer.Option(help="column holding the text (user files)")]
 PairCol = Annotated[str | None, typer.Option(help="optional second text column for pair tasks (user files)")]
 LabelCol = Annotated[str, typer.Option(help="column holding the label (user files)")]
+ValFileOpt = Annotated[
+    Path | None,
+    typer.Option("--validation-file", help="your own validation file, used as given (--task is then the train file)"),
+]
+TestFileOpt = Annotated[
+    Path | None, typer.Option("--test-file", help="your own test file, used as given (--task is then the train file)")
+]
 SeedOpt = Annotated[int, typer.Option(help="seed of the data split")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the last epoch checkpoint in --out")]
@@ -110,27 +118,33 @@ def setup_logging(verbose: bool) -> None:
 # ---- checks and parsing shared by commands ---------------------------------------------------------------
 
 
-def ensure_output_dir(path: Path | None, overwrite: bool, *, resume: bool | None = None) -> None:
-    """Refuse a non-empty output folder before any work starts (``None``: no folder asked for).
+def ensure_output_dir(
+    path: Path | None, overwrite: bool, *, resume: bool | None = None, inputs: tuple[str | Path, ...] = ()
+) -> None:
+    """Check an output folder before any work starts (``None``: no folder asked for).
 
     Args:
         path: the folder the command will write.
-        overwrite: the user passed ``--overwrite``.
+        overwrite: the user passed ``--overwrite`` (the old folder is replaced only once the new one is complete).
         resume: ``None`` for commands without ``--resume``; else whether it was passed (a non-empty folder
             is then expected).
+        inputs: what the command reads (the model): the output may not be or hold it.
 
     Raises:
         NotADirectoryError: ``path`` is a file.
         FileExistsError: ``path`` holds files and neither ``--overwrite`` nor ``--resume`` was passed.
+        ValueError: ``path`` is the root, home, the working folder or above it, or holds an input.
+        PermissionError: ``path`` cannot be written.
     """
-    if path is None or not path.exists():
+    from slimformer.fsutil import check_output_dir
+
+    if path is None:
         return
-    if not path.is_dir():
-        raise NotADirectoryError(f"output folder {str(path)!r} is a file; choose a folder")
-    if overwrite or resume or not any(path.iterdir()):
-        return
-    hint = "pass --overwrite or --resume" if resume is not None else "choose another or pass --overwrite"
-    raise FileExistsError(f"output folder {str(path)!r} is not empty; {hint}")
+    try:
+        check_output_dir(path, overwrite=overwrite or bool(resume), inputs=inputs)
+    except FileExistsError:
+        hint = "pass --overwrite or --resume" if resume is not None else "choose another or pass --overwrite"
+        raise FileExistsError(f"output folder {str(path)!r} is not empty; {hint}") from None
 
 
 def ensure_distinct(**folders: Path | None) -> None:
@@ -148,21 +162,41 @@ def load_task_option(
     text_pair_column: str | None = None,
     label_column: str = "label",
     seed: int = 0,
+    *,
+    validation_file: Path | None = None,
+    test_file: Path | None = None,
 ):
-    """The task named by ``--task`` with the user-file column options (one place for every command)."""
+    """The task named by ``--task`` with the user-file options (one place for every command)."""
     from slimformer.data import load_task
 
     return load_task(
-        task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, seed=seed
+        task,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        validation_file=validation_file,
+        test_file=test_file,
+        seed=seed,
     )
 
 
-def check_labels(model, data, model_name: str, task: str) -> None:
-    """Refuse a classifier whose label count differs from the task's."""
+def check_labels(model, data, model_name: str, task: str):
+    """The task with its labels in the model's order (``id2label``, when the model names its classes).
+
+    Raises:
+        ValueError: a task label the model does not know (named), or a label count that differs.
+    """
+    from slimformer.data import align_labels
+    from slimformer.models import model_label_names
+
+    names = model_label_names(model.config)
+    if names is not None:
+        data = align_labels(data, names)
     if model.config.num_labels != data.num_labels:
         raise ValueError(
             f"model {model_name!r} has {model.config.num_labels} labels but task {task!r} has {data.num_labels}"
         )
+    return data
 
 
 def max_length_for(data, max_length: int | None) -> int:

@@ -16,7 +16,10 @@ from slimformer.commands.common import (
     OverwriteOpt,
     PairCol,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
+    check_labels,
     emit_json,
     ensure_output_dir,
     fail,
@@ -39,6 +42,8 @@ def compress(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -55,9 +60,12 @@ def compress(
 
     try:
         steps = load_recipe(recipe)
-        ensure_output_dir(out, overwrite)
-        data = load_task_option(task, text_column, text_pair_column, label_column)
+        ensure_output_dir(out, overwrite, inputs=(model,))
+        data = load_task_option(
+            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        )
         m, tok = load_model(model, require_head=True)
+        data = check_labels(m, data, model, task)
         context = RecipeContext(
             tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
         )

@@ -13,7 +13,9 @@ from slimformer.commands.common import (
     ModelArg,
     PairCol,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
     check_labels,
     emit_json,
     fail,
@@ -24,12 +26,14 @@ from slimformer.commands.common import (
 def evaluate(
     model: ModelArg,
     task: TaskOpt = "rotten_tomatoes",
-    split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+    split: Annotated[str, typer.Option(help="train, validation, test, or all (every example)")] = "test",
     max_length: Annotated[int, typer.Option(help="truncate inputs to this many tokens")] = 128,
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 64,
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     seed: Annotated[int, typer.Option(help="seed of the train/validation/test split")] = 0,
     as_json: JsonOpt = False,
 ):
@@ -38,10 +42,18 @@ def evaluate(
     from slimformer.models import load_model
 
     try:
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         examples = data.split(split)
         m, tok = load_model(model, require_head=True)
-        check_labels(m, data, model, task)
+        data = check_labels(m, data, model, task)
         metrics = run_eval(m, tok, examples, batch_size=batch_size, max_length=max_length, progress=not as_json)
     except USER_ERRORS as exc:
         fail(exc)

@@ -112,7 +112,7 @@ def train_command(
         )
         slender = SlenderConfig(budget=budget, method=method, seed=seed) if budget else None
         cal = CalibrateConfig.parse(rule, target) if calibrate else None
-        ensure_output_dir(out, overwrite)
+        ensure_output_dir(out, overwrite, inputs=(model,))
         data = load_task_option(task, seed=seed)
         m, tok = load_model(model)
         check_labels(m, data, model, task)
@@ -184,7 +184,7 @@ def calibrate_command(
 
     try:
         cal = CalibrateConfig.parse(rule, target)
-        ensure_output_dir(out, overwrite)
+        ensure_output_dir(out, overwrite, inputs=(model,))
         m, tok = load_model(str(model))
         if not isinstance(m, MultiExitModel):
             raise ValueError(f"{str(model)!r} is not a multi-exit model; make one with `slimformer exit train`")

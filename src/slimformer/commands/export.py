@@ -136,7 +136,7 @@ def export_command(
                 warmup=warmup,
                 threads=threads,
             )
-        ensure_output_dir(onnx, overwrite)
+        ensure_output_dir(onnx, overwrite, inputs=(model,))
         texts = _texts(task, verify_examples, seed)
         m, tokenizer = load_model(model)
         report = export_onnx(

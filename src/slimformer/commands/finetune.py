@@ -17,7 +17,9 @@ from slimformer.commands.common import (
     PairCol,
     ResumeOpt,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
     emit_json,
     ensure_output_dir,
     fail,
@@ -44,6 +46,8 @@ def finetune(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
@@ -57,8 +61,16 @@ def finetune(
             epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, warmup_ratio=warmup_ratio,
             weight_decay=weight_decay, seed=seed, max_steps=max_steps,
         )  # fmt: skip
-        ensure_output_dir(out, overwrite, resume=resume)
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        ensure_output_dir(out, overwrite, resume=resume, inputs=(model,))
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         m, tok = load_model(model, label_names=data.label_names)
         report = run_finetune(m, tok, data, config, out, resume=resume, overwrite=overwrite, progress=not as_json)
     except USER_ERRORS as exc:

@@ -16,7 +16,10 @@ from slimformer.commands.common import (
     OverwriteOpt,
     PairCol,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
+    check_labels,
     emit_json,
     fail,
     load_task_option,
@@ -42,6 +45,8 @@ def pareto(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -58,8 +63,11 @@ def pareto(
             repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
         folder = prepare_output_dir(out, overwrite=overwrite)  # refuses a non-empty folder before any work
-        data = load_task_option(task, text_column, text_pair_column, label_column)
+        data = load_task_option(
+            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        )
         m, tok = load_model(model, require_head=True)
+        data = check_labels(m, data, model, task)
         result = sweep(m, tok, data, config, name="dense", progress=not as_json)
     except USER_ERRORS as exc:
         fail(exc)

@@ -18,7 +18,10 @@ from slimformer.commands.common import (
     PairCol,
     SetOpt,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
+    check_labels,
     emit_json,
     ensure_output_dir,
     fail,
@@ -47,6 +50,8 @@ def prune(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -60,9 +65,12 @@ def prune(
         config = PruneConfig.from_dict(
             {"method": method, "budget": budget, "repair": repair, "seed": seed, **parse_options(set_)}
         )
-        ensure_output_dir(out, overwrite)
-        data = load_task_option(task, text_column, text_pair_column, label_column)
+        ensure_output_dir(out, overwrite, inputs=(model,))
+        data = load_task_option(
+            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        )
         m, tok = load_model(model, require_head=True)
+        data = check_labels(m, data, model, task)
         batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
         result = run_prune(m, config, batches, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}

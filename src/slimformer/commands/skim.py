@@ -19,7 +19,9 @@ from slimformer.commands.common import (
     SeedOpt,
     SetOpt,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
     check_labels,
     emit_json,
     ensure_output_dir,
@@ -82,6 +84,8 @@ def train_command(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     seed: Annotated[int, typer.Option(help="seed of the data split, the subset and the Gumbel noise")] = 0,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
@@ -104,12 +108,20 @@ def train_command(
                 "max_steps": max_steps, "seed": seed, **parse_options(set_),
             }
         )  # fmt: skip
-        ensure_output_dir(out, overwrite, resume=resume)
+        ensure_output_dir(out, overwrite, resume=resume, inputs=(model,))
         if not resume:
             prepare_output_dir(out, overwrite=overwrite)
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         m, tok = load_model(model, require_head=True)
-        check_labels(m, data, model, task)
+        data = check_labels(m, data, model, task)
         result = skim(m, config, data, tokenizer=tok, out_dir=out, resume=resume, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
         if keep is not None or macs is not None or latency_ms is not None:

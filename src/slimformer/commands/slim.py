@@ -16,7 +16,9 @@ from slimformer.commands.common import (
     SeedOpt,
     SetOpt,
     TaskOpt,
+    TestFileOpt,
     TextCol,
+    ValFileOpt,
     check_labels,
     console,
     emit_json,
@@ -53,6 +55,8 @@ def train_command(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
@@ -62,8 +66,16 @@ def train_command(
         from slimformer.slim.config import SlimConfig
         from slimformer.slim.train import slim
 
-        ensure_output_dir(out, overwrite, resume=resume)
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        ensure_output_dir(out, overwrite, resume=resume, inputs=(model,))
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         options = {"max_length": max_length_for(data, max_length), **parse_options(set_)}
         if epochs is not None:
             options["epochs"] = epochs
@@ -71,7 +83,7 @@ def train_command(
             options["max_steps"] = max_steps
         config = SlimConfig.from_dict(options)
         m, tok = load_model(model, require_head=True)
-        check_labels(m, data, model, task)
+        data = check_labels(m, data, model, task)
         slimmed = slim(
             m, config, data, tokenizer=tok, out_dir=out, resume=resume, overwrite=overwrite, progress=not as_json
         )
@@ -113,7 +125,7 @@ def extract_command(
         from slimformer.slim.extraction import extract
         from slimformer.slim.run import load_run
 
-        ensure_output_dir(out, overwrite)
+        ensure_output_dir(out, overwrite, inputs=(run,))
         slimmed, tok = load_run(run)
         result = extract(slimmed, budget, of=of, prune_vocab=prune_vocab, min_count=min_count, tokenizer=tok)
         report = dict(result.report)
@@ -166,6 +178,8 @@ def curve_command(
     text_column: TextCol = "text",
     text_pair_column: PairCol = None,
     label_column: LabelCol = "label",
+    validation_file: ValFileOpt = None,
+    test_file: TestFileOpt = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
@@ -177,7 +191,15 @@ def curve_command(
 
         shares = list(fractions(budgets, "--budgets"))
         slimmed, tok = load_run(run)
-        data = load_task_option(task, text_column, text_pair_column, label_column, seed)
+        data = load_task_option(
+            task,
+            text_column,
+            text_pair_column,
+            label_column,
+            seed,
+            validation_file=validation_file,
+            test_file=test_file,
+        )
         examples = split_examples(data, split, limit)
         length = max_length or slimmed.info.get("config", {}).get("max_length", 128)
         dense = evaluate(slimmed.model, tok, examples, max_length=length, progress=False)["accuracy"]
