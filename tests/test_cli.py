@@ -282,6 +282,31 @@ def test_compress_bad_recipe_fails_before_work(saved_model, csv_task, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_compress_help_lists_every_registered_step():
+    from slimformer.compose import available_steps
+
+    result = runner.invoke(app, ["compress", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name, method in available_steps().items():
+        assert f"{name} ({method.kind}): {method.help[:40]}" in result.output
+
+
+def test_every_registered_method_is_a_compress_step(tmp_path):
+    """Each step name the registry holds passes the CLI's recipe check (the unknown task fails after it)."""
+    from slimformer.methods import available
+    from test_compose import minimal_step
+
+    for name in available():
+        recipe = tmp_path / f"{name}.json"
+        recipe.write_text(json.dumps({"steps": [minimal_step(name)]}))
+        result = run("compress", "no-such-model", "--recipe", recipe, "--task", "no_such_task", "--out", tmp_path / "o")
+        assert result.exit_code == 2 and "'no_such_task' is not a built-in task" in result.stderr, (name, result.stderr)
+    recipe.write_text('{"steps": [{"step": "distill"}]}')
+    result = run("compress", "no-such-model", "--recipe", recipe, "--task", "no_such_task", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown step 'distill'; available: prune, " in result.stderr
+    assert all(name in result.stderr for name in available())
+
+
 def test_demo_bad_budgets_named(tmp_path):
     result = run("demo", "--budgets", "0.6,abc", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--budgets '0.6,abc'" in result.stderr

@@ -72,10 +72,10 @@ def _prune_step() -> Method:
 
 
 def _steps() -> dict[str, Method]:
-    """Refresh :data:`STEPS` from the registry (methods registered since are included)."""
-    if "prune" not in STEPS:
-        STEPS["prune"] = _prune_step()
-    STEPS.update(methods())
+    """Refresh :data:`STEPS` from the registry (methods registered or removed since are too)."""
+    prune = STEPS.get("prune") or _prune_step()
+    STEPS.clear()
+    STEPS.update({"prune": prune, **methods()})
     return STEPS
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from slimformer.commands.common import (
     USER_ERRORS,
@@ -23,6 +24,25 @@ from slimformer.commands.common import (
     load_task_option,
     split_metrics,
 )
+
+
+def steps_help() -> str:
+    """One line per recipe step, read from the method registry: ``name (kind): help``."""
+    from slimformer.compose import available_steps
+
+    return "\n".join(f"{name} ({m.kind}): {m.help}" for name, m in available_steps().items())
+
+
+class RecipeCommand(TyperCommand):
+    """A command whose help ends with the recipe steps, read from the registry only when help is shown
+    (building the registry loads torch, which ``slimformer --help`` and every other command do without)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        if not getattr(self, "_steps_listed", False):
+            lines = "\n\n".join(f"* {line}" for line in steps_help().splitlines())
+            self.help = f"{self.help or ''}\n\nSteps:\n\n{lines}"
+            self._steps_listed = True
+        super().format_help(ctx, formatter)
 
 
 def compress(
@@ -46,8 +66,7 @@ def compress(
 
     The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
     fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
-    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 or
-    bf16 (last).
+    Every registered method is a step (listed below); dynamic and precision steps must be the last.
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress
