@@ -542,7 +542,7 @@ def test_config_validation_names_the_field(field, value):
 # --- command line ---------------------------------------------------------------------------------
 
 
-def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
+def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer, monkeypatch):
     model = make_tiny_model("bert", num_labels=2)
     damage_head(model, layer=2, head=1)
     src = save_model(model, tiny_tokenizer, tmp_path / "model")
@@ -580,8 +580,14 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     compensated = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair", "--compensate"])
     assert compensated.exit_code == 0, compensated.output
     assert json.loads(compensated.stdout)["config"]["compensate"] is True
+    from slimformer import recover as recover_module
+
+    teachers, real = [], recover_module.recover
+    monkeypatch.setattr(recover_module, "recover", lambda m, t, *a, **k: teachers.append(t) or real(m, t, *a, **k))
     recovered = CliRunner().invoke(app, [*args, "--overwrite", "--recover-epochs", "1"])
     assert recovered.exit_code == 0, recovered.output
+    assert [s["step"] for s in json.loads(recovered.stdout)["recipe"]] == ["axformer", "recover"]  # one recipe
+    assert [Structure.from_model(t) for t in teachers] == [Structure.from_model(model)]  # distilled from the input
     rec = json.loads(recovered.stdout)["recover"]
     assert rec["steps"] == 2 and rec["examples_per_epoch"] == 48  # 48 train rows in batches of 32
     assert rec["validation"]["before"]["n"] == rec["validation"]["after"]["n"] == 6
