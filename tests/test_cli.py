@@ -132,6 +132,16 @@ def test_list_json():
     assert "minilm-l6" in data["models"] and {"rotten_tomatoes", "bbc_news"} <= set(data["tasks"])
 
 
+def test_list_and_info_show_the_registered_methods(saved_model):
+    from slimformer.methods import methods
+
+    expected = [{"name": m.name, "kind": m.kind, "help": m.help} for m in methods().values()]
+    assert json.loads(run("list", "--json").stdout)["methods"] == expected
+    assert json.loads(run("info", saved_model[0], "--seq-len", 16, "--json").stdout)["methods"] == expected
+    text = run("list").stdout
+    assert all(f"{m['name']:10s} {m['kind']:9s} {m['help']}" in text for m in expected)
+
+
 def test_public_api_names_resolve():
     import slimformer
 
