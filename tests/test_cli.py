@@ -365,6 +365,55 @@ def test_common_imports_no_command_module_and_no_torch():
     assert out.stdout.strip() == "[] False"
 
 
+def test_building_the_app_loads_no_torch():
+    """Help texts that come from torch-importing config modules or the registry are read on --help only."""
+    code = "import sys, slimformer.commands.application; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("path", "config", "names"),
+    [
+        (
+            ["axformer"],
+            "slimformer.axformer.config:AxConfig",
+            [
+                "budget",
+                "loss_tolerance",
+                "tolerance_from",
+                "max_worse_fraction",
+                "max_accuracy_drop",
+                "hard_attention",
+                "compensate",
+                "repair",
+                "holdout",
+                "neuron_groups",
+                "max_passes",
+            ],
+        ),  # fmt: skip
+        (["prune"], "slimformer.static.prune:PruneConfig", ["budget", "repair"]),
+        (["exit", "train"], "slimformer.exits.config:ExitConfig", ["epochs", "max_steps", "head"]),
+        (["exit", "train"], "slimformer.exits.config:SlenderConfig", ["method"]),
+        (["slim", "train"], "slimformer.slim.config:SlimConfig", ["max_steps"]),
+    ],
+)
+def test_options_that_are_config_fields_show_the_field_help(path, config, names):
+    import importlib
+
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    command.complete_help()
+    module, cls = config.split(":")
+    fields = getattr(importlib.import_module(module), cls).field_help()
+    options = {p.name: p.help for p in command.params}
+    assert {n: options[n] for n in names} == {n: fields[n] for n in names}
+    assert all(options.values()), options  # every option has a help text, its own or its field's
+
+
 def test_python_dash_m_and_the_old_entry_point_are_the_same_app():
     import slimformer.commands
     from slimformer import cli

@@ -6,8 +6,8 @@ recipe's teacher), and runs it with :func:`slimformer.compose.run_steps`; ``--in
 ``--bf16-out`` are the recipe's last step (``int8`` / ``bf16``), each converting the chain's output
 into its own folder. The command's JSON is read from the per-step reports: the search's at the top
 level, the recover step's under ``recover``, each copy's under its kind, and the steps run under
-``recipe``. Importing this module loads typer only (help texts are spelled out here rather than read
-from ``AxConfig``, whose module loads torch).
+``recipe``. Importing this module loads typer only: the options that are ``AxConfig`` fields take
+their help from ``AxConfig.field_help()`` when help is shown (:class:`AxCommand`), as its module loads torch.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from slimformer.commands.common import (
     TaskOpt,
     TextCol,
     check_labels,
+    config_help_command,
     emit_json,
     ensure_distinct,
     ensure_output_dir,
@@ -39,55 +40,22 @@ from slimformer.commands.common import (
     split_metrics,
 )
 
-BudgetOpt = Annotated[
-    str | None,
-    typer.Option(help="stop once this fits: macs=0.5, params=12M, memory=40MB (default: the most accurate model)"),
-]
-LossTolOpt = Annotated[
-    float, typer.Option(help="a removal is kept when the mean validation loss rises by at most this (nats)")
-]
-TolFromOpt = Annotated[
-    str, typer.Option(help="previous: the tolerance applies to each removal; start: to the input model's loss")
-]
-WorseOpt = Annotated[
-    float, typer.Option(help="and when at most this share of the samples whose loss changes get worse")
-]
-AccDropOpt = Annotated[
-    float | None,
-    typer.Option(help="and when validation accuracy stays within this of the input model's (0: never below)"),
-]
+#: the command class: options declared below without help show the AxConfig field's help (read on --help)
+AxCommand = config_help_command("slimformer.axformer.config:AxConfig")
+
+BudgetOpt = Annotated[str | None, typer.Option()]
+LossTolOpt = Annotated[float, typer.Option()]
+TolFromOpt = Annotated[str, typer.Option()]
+WorseOpt = Annotated[float, typer.Option()]
+AccDropOpt = Annotated[float | None, typer.Option()]
 TopkOpt = Annotated[
     str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
 ]
-CompensateOpt = Annotated[
-    bool,
-    typer.Option(
-        help="evaluate each removal with a least-squares refit of the kept units' output weights and bias "
-        "(no labels); accepted refits stay in the model"
-    ),
-]
-RepairOpt = Annotated[
-    bool,
-    typer.Option(
-        help="after the search, refit the output projections by least squares towards the input model "
-        "(kept when validation loss does not rise and accuracy holds)"
-    ),
-]
-HoldoutOpt = Annotated[
-    float,
-    typer.Option(
-        min=0.0,
-        max=0.9,
-        help="no budget only: share of the validation split kept out of the search; the search stops at the "
-        "longest prefix of its changes that still passes on it (0: off)",
-    ),
-]
-GroupsOpt = Annotated[
-    int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
-]
-PassesOpt = Annotated[
-    int, typer.Option(help="passes over the layers, last to first; stops early when a pass changes nothing")
-]
+CompensateOpt = Annotated[bool, typer.Option()]
+RepairOpt = Annotated[bool, typer.Option()]
+HoldoutOpt = Annotated[float, typer.Option(min=0.0, max=0.9)]
+GroupsOpt = Annotated[int, typer.Option()]
+PassesOpt = Annotated[int, typer.Option()]
 SetAx = SetOpt("AxConfig")
 ValExamplesOpt = Annotated[
     int | None, typer.Option(help="search on the first N validation examples only (default: all)")
@@ -127,7 +95,7 @@ def axformer_command(
     max_worse_fraction: WorseOpt = 0.5,
     max_accuracy_drop: AccDropOpt = None,
     topk: TopkOpt = "0.1,0.25,0.5",
-    hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    hard_attention: Annotated[bool, typer.Option()] = True,
     compensate: CompensateOpt = False,
     repair: RepairOpt = True,
     holdout: HoldoutOpt = 0.0,

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
 from slimformer.commands.common import (
     USER_ERRORS,
     CalibrationOpt,
     JsonOpt,
     LabelCol,
+    LazyHelpCommand,
     ModelArg,
     OverwriteOpt,
     PairCol,
@@ -33,16 +33,12 @@ def steps_help() -> str:
     return "\n".join(f"{name} ({m.kind}): {m.help}" for name, m in available_steps().items())
 
 
-class RecipeCommand(TyperCommand):
-    """A command whose help ends with the recipe steps, read from the registry only when help is shown
-    (building the registry loads torch, which ``slimformer --help`` and every other command do without)."""
+class RecipeCommand(LazyHelpCommand):
+    """A command whose help ends with the recipe steps, read from the registry when help is shown."""
 
-    def format_help(self, ctx, formatter) -> None:
-        if not getattr(self, "_steps_listed", False):
-            lines = "\n\n".join(f"* {line}" for line in steps_help().splitlines())
-            self.help = f"{self.help or ''}\n\nSteps:\n\n{lines}"
-            self._steps_listed = True
-        super().format_help(ctx, formatter)
+    def complete_help(self) -> None:
+        lines = "\n\n".join(f"* {line}" for line in steps_help().splitlines())
+        self.help = f"{self.help or ''}\n\nSteps:\n\n{lines}"
 
 
 def compress(

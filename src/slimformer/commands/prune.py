@@ -19,6 +19,7 @@ from slimformer.commands.common import (
     SetOpt,
     TaskOpt,
     TextCol,
+    config_help_command,
     emit_json,
     ensure_output_dir,
     fail,
@@ -29,18 +30,19 @@ from slimformer.commands.common import (
 
 SetPrune = SetOpt("method", "head_examples=256")
 
+#: options declared without help show the PruneConfig field's help (read on --help: its module loads torch)
+PruneCommand = config_help_command("slimformer.static.prune:PruneConfig")
+
 
 def prune(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the pruned model (must be empty or new)")],
-    budget: Annotated[
-        str, typer.Option(help="e.g. macs=0.5, params=12M, memory=40MB, latency=8ms,batch=1,seq=128")
-    ] = "macs=0.5",
+    budget: Annotated[str, typer.Option()] = "macs=0.5",
     method: Annotated[str, typer.Option(help="optin, fisher, magnitude or random")] = "optin",
     task: TaskOpt = "rotten_tomatoes",
     calibration: CalibrationOpt = 1024,
     max_length: Annotated[int, typer.Option(help="truncate calibration inputs to this many tokens")] = 64,
-    repair: Annotated[bool, typer.Option(help="least-squares refit of the kept units' output projections")] = True,
+    repair: Annotated[bool, typer.Option()] = True,
     seed: Annotated[int, typer.Option(help="seed of the calibration sample and the method")] = 0,
     set_: SetPrune = None,
     evaluate_split: EvaluateOpt = None,
