@@ -412,6 +412,10 @@ def test_options_that_are_config_fields_show_the_field_help(path, config, names)
     options = {p.name: p.help for p in command.params}
     assert {n: options[n] for n in names} == {n: fields[n] for n in names}
     assert all(options.values()), options  # every option has a help text, its own or its field's
+    if path == ["prune"]:
+        from slimformer.compose import pruners
+
+        assert options["method"] == f"one-shot pruning method: {', '.join(pruners())}"  # from the registry
 
 
 def test_python_dash_m_and_the_old_entry_point_are_the_same_app():

@@ -15,6 +15,7 @@ from slimformer.compose import (
     compress,
     load_recipe,
     parse_recipe,
+    pruners,
     save_result,
 )
 from slimformer.cost import cost_of
@@ -86,6 +87,16 @@ def test_every_registered_method_is_a_recipe_step(name):
     assert step.kind == name and isinstance(step.config, method.config)
     assert methods.method_for(step.config) is method  # the step runs the method it names
     assert available_steps()[name] is method and method.help
+
+
+def test_the_prune_step_names_the_registered_pruners():
+    from slimformer.static.prune import METHODS
+
+    assert pruners() == list(METHODS) and "optin" in pruners()
+    assert f"(method: {', '.join(METHODS)})" in available_steps()["prune"].help
+    for name in pruners():
+        (step,) = parse_recipe([{"step": "prune", "method": name, "budget": "macs=0.5"}])
+        assert step.config.method == name and type(step.config) is methods.get_method(name).config
 
 
 def test_an_unregistered_step_is_named_with_every_allowed_one():

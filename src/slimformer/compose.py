@@ -52,6 +52,13 @@ WHY_LAST = {
 }
 
 
+def pruners() -> list[str]:
+    """Names of the registered one-shot pruning methods: the ``method`` a ``prune`` step may name."""
+    from slimformer.static import PruneConfig
+
+    return [m.name for m in methods().values() if issubclass(m.config, PruneConfig)]
+
+
 def _prune_step() -> Method:
     from slimformer.method_runners import run_prune
     from slimformer.static import PruneConfig
@@ -67,15 +74,14 @@ def _prune_step() -> Method:
         run_prune,
         copies=True,
         parse=parse,
-        help="one-shot pruning (method: optin, fisher, magnitude, random) to a budget, no retraining",
+        help=f"one-shot pruning (method: {', '.join(pruners())}) to a budget, no retraining",
     )
 
 
 def _steps() -> dict[str, Method]:
     """Refresh :data:`STEPS` from the registry (methods registered or removed since are too)."""
-    prune = STEPS.get("prune") or _prune_step()
     STEPS.clear()
-    STEPS.update({"prune": prune, **methods()})
+    STEPS.update({"prune": _prune_step(), **methods()})
     return STEPS
 
 

@@ -30,15 +30,24 @@ from slimformer.commands.common import (
 
 SetPrune = SetOpt("method", "head_examples=256")
 
-#: options declared without help show the PruneConfig field's help (read on --help: its module loads torch)
-PruneCommand = config_help_command("slimformer.static.prune:PruneConfig")
+
+class PruneCommand(config_help_command("slimformer.static.prune:PruneConfig")):
+    """Options declared without help show the PruneConfig field's help, and ``--method`` the registered
+    pruners, read when help is shown (the config module and the registry load torch)."""
+
+    def complete_help(self) -> None:
+        from slimformer.compose import pruners
+
+        super().complete_help()
+        (method,) = (p for p in self.params if p.name == "method")
+        method.help = f"one-shot pruning method: {', '.join(pruners())}"
 
 
 def prune(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the pruned model (must be empty or new)")],
     budget: Annotated[str, typer.Option()] = "macs=0.5",
-    method: Annotated[str, typer.Option(help="optin, fisher, magnitude or random")] = "optin",
+    method: Annotated[str, typer.Option()] = "optin",
     task: TaskOpt = "rotten_tomatoes",
     calibration: CalibrationOpt = 1024,
     max_length: Annotated[int, typer.Option(help="truncate calibration inputs to this many tokens")] = 64,
