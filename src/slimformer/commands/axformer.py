@@ -188,6 +188,8 @@ def _run(model, steps: list, copies: dict, context, report: dict, split: str | N
     if split:
         report["metrics"] = _metrics(final, context, split)
     report["recipe"] = [{k: v for k, v in e.items() if k != "report"} for e in entries]
+    # the copies are alternative last steps: each converts the chain's output into its own folder
+    report["recipe"] += [{"index": len(entries) + 1, "step": kind, "folder": str(f)} for kind, (_, f) in copies.items()]
     for kind, (step, folder) in copies.items():
         report[kind] = _save_copy(final, step, folder, context, report, split, overwrite)
     return final
@@ -229,8 +231,8 @@ def _save_copy(model, step, folder: Path, context, report: dict, split: str | No
     from slimformer.compose import run_steps
     from slimformer.quantize import size_on_disk
 
-    ((converted, _),) = run_steps(model, [step], context)
-    entry: dict = {"folder": str(folder)}
+    ((converted, step_entry),) = run_steps(model, [step], context)
+    entry: dict = {"folder": str(folder), "seconds": step_entry["seconds"]}
     if split:
         entry["metrics"] = _metrics(converted, context, split)
     _save(converted, context.tokenizer, folder, {**report, step.kind: entry}, overwrite)
