@@ -542,7 +542,7 @@ def test_config_validation_names_the_field(field, value):
 # --- command line ---------------------------------------------------------------------------------
 
 
-def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
+def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer, monkeypatch):
     model = make_tiny_model("bert", num_labels=2)
     damage_head(model, layer=2, head=1)
     src = save_model(model, tiny_tokenizer, tmp_path / "model")
@@ -561,6 +561,7 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["method"] == "axformer" and report["relative"]["macs"] <= 0.6
+    assert [(s["index"], s["step"]) for s in report["recipe"]] == [(1, "axformer"), (2, "int8"), (2, "bf16")]
     assert report["metrics"]["n"] == 6 and report["validation_examples"] == 6
     assert json.loads((out / "slimformer.json").read_text())["budget"] == "macs=0.6,seq=16"
     assert load_slim(out) is not None
@@ -580,8 +581,15 @@ def test_cli_searches_saves_and_reports(tmp_path, tiny_tokenizer):
     compensated = CliRunner().invoke(app, [*args, "--overwrite", "--no-repair", "--compensate"])
     assert compensated.exit_code == 0, compensated.output
     assert json.loads(compensated.stdout)["config"]["compensate"] is True
+    from slimformer import recover as recover_module
+
+    teachers, real = [], recover_module.recover
+    monkeypatch.setattr(recover_module, "recover", lambda m, t, *a, **k: teachers.append(t) or real(m, t, *a, **k))
     recovered = CliRunner().invoke(app, [*args, "--overwrite", "--recover-epochs", "1"])
     assert recovered.exit_code == 0, recovered.output
+    steps = [s["step"] for s in json.loads(recovered.stdout)["recipe"]]
+    assert steps == ["axformer", "recover", "int8", "bf16"]  # one recipe, the copies its alternative last steps
+    assert [Structure.from_model(t) for t in teachers] == [Structure.from_model(model)]  # distilled from the input
     rec = json.loads(recovered.stdout)["recover"]
     assert rec["steps"] == 2 and rec["examples_per_epoch"] == 48  # 48 train rows in batches of 32
     assert rec["validation"]["before"]["n"] == rec["validation"]["after"]["n"] == 6

@@ -132,6 +132,16 @@ def test_list_json():
     assert "minilm-l6" in data["models"] and {"rotten_tomatoes", "bbc_news"} <= set(data["tasks"])
 
 
+def test_list_and_info_show_the_registered_methods(saved_model):
+    from slimformer.methods import methods
+
+    expected = [{"name": m.name, "kind": m.kind, "help": m.help} for m in methods().values()]
+    assert json.loads(run("list", "--json").stdout)["methods"] == expected
+    assert json.loads(run("info", saved_model[0], "--seq-len", 16, "--json").stdout)["methods"] == expected
+    text = run("list").stdout
+    assert all(f"{m['name']:10s} {m['kind']:9s} {m['help']}" in text for m in expected)
+
+
 def test_public_api_names_resolve():
     import slimformer
 
@@ -282,6 +292,31 @@ def test_compress_bad_recipe_fails_before_work(saved_model, csv_task, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_compress_help_lists_every_registered_step():
+    from slimformer.compose import available_steps
+
+    result = runner.invoke(app, ["compress", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name, method in available_steps().items():
+        assert f"{name} ({method.kind}): {method.help[:40]}" in result.output
+
+
+def test_every_registered_method_is_a_compress_step(tmp_path):
+    """Each step name the registry holds passes the CLI's recipe check (the unknown task fails after it)."""
+    from slimformer.methods import available
+    from test_compose import minimal_step
+
+    for name in available():
+        recipe = tmp_path / f"{name}.json"
+        recipe.write_text(json.dumps({"steps": [minimal_step(name)]}))
+        result = run("compress", "no-such-model", "--recipe", recipe, "--task", "no_such_task", "--out", tmp_path / "o")
+        assert result.exit_code == 2 and "'no_such_task' is not a built-in task" in result.stderr, (name, result.stderr)
+    recipe.write_text('{"steps": [{"step": "distill"}]}')
+    result = run("compress", "no-such-model", "--recipe", recipe, "--task", "no_such_task", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown step 'distill'; available: prune, " in result.stderr
+    assert all(name in result.stderr for name in available())
+
+
 def test_demo_bad_budgets_named(tmp_path):
     result = run("demo", "--budgets", "0.6,abc", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--budgets '0.6,abc'" in result.stderr
@@ -328,6 +363,59 @@ def test_common_imports_no_command_module_and_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] False"
+
+
+def test_building_the_app_loads_no_torch():
+    """Help texts that come from torch-importing config modules or the registry are read on --help only."""
+    code = "import sys, slimformer.commands.application; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("path", "config", "names"),
+    [
+        (
+            ["axformer"],
+            "slimformer.axformer.config:AxConfig",
+            [
+                "budget",
+                "loss_tolerance",
+                "tolerance_from",
+                "max_worse_fraction",
+                "max_accuracy_drop",
+                "hard_attention",
+                "compensate",
+                "repair",
+                "holdout",
+                "neuron_groups",
+                "max_passes",
+            ],
+        ),  # fmt: skip
+        (["prune"], "slimformer.static.prune:PruneConfig", ["budget", "repair"]),
+        (["exit", "train"], "slimformer.exits.config:ExitConfig", ["epochs", "max_steps", "head"]),
+        (["exit", "train"], "slimformer.exits.config:SlenderConfig", ["method"]),
+        (["slim", "train"], "slimformer.slim.config:SlimConfig", ["max_steps"]),
+    ],
+)
+def test_options_that_are_config_fields_show_the_field_help(path, config, names):
+    import importlib
+
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    command.complete_help()
+    module, cls = config.split(":")
+    fields = getattr(importlib.import_module(module), cls).field_help()
+    options = {p.name: p.help for p in command.params}
+    assert {n: options[n] for n in names} == {n: fields[n] for n in names}
+    assert all(options.values()), options  # every option has a help text, its own or its field's
+    if path == ["prune"]:
+        from slimformer.compose import pruners
+
+        assert options["method"] == f"one-shot pruning method: {', '.join(pruners())}"  # from the registry
 
 
 def test_python_dash_m_and_the_old_entry_point_are_the_same_app():

@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from slimformer import methods
 from slimformer.compose import (
     STEPS,
     RecipeContext,
     RecipeError,
+    available_steps,
     compress,
     load_recipe,
     parse_recipe,
+    pruners,
     save_result,
 )
 from slimformer.cost import cost_of
@@ -64,6 +67,54 @@ def test_parse_recipe_accepts_list_and_file_forms(tmp_path):
 def test_bad_recipes_fail_before_any_work(recipe, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe(recipe)
+
+
+def minimal_step(name: str) -> dict:
+    """The smallest recipe step naming ``name``: no fields, or a budget where the step requires one."""
+    try:
+        parse_recipe([{"step": name}])
+    except RecipeError as exc:
+        if "'budget' is required" not in str(exc):
+            raise
+        return {"step": name, "budget": "params=0.5"}
+    return {"step": name}
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_every_registered_method_is_a_recipe_step(name):
+    (step,) = parse_recipe([minimal_step(name)])
+    method = methods.get_method(name)
+    assert step.kind == name and isinstance(step.config, method.config)
+    assert methods.method_for(step.config) is method  # the step runs the method it names
+    assert available_steps()[name] is method and method.help
+
+
+def test_the_prune_step_names_the_registered_pruners():
+    from slimformer.static.prune import METHODS
+
+    assert pruners() == list(METHODS) and "optin" in pruners()
+    assert f"(method: {', '.join(METHODS)})" in available_steps()["prune"].help
+    for name in pruners():
+        (step,) = parse_recipe([{"step": "prune", "method": name, "budget": "macs=0.5"}])
+        assert step.config.method == name and type(step.config) is methods.get_method(name).config
+
+
+def test_an_unregistered_step_is_named_with_every_allowed_one():
+    with pytest.raises(RecipeError, match="step 1: unknown step 'prun'; available: ") as caught:
+        parse_recipe([{"step": "prun", "budget": "macs=0.5"}])
+    allowed = str(caught.value).split("available: ")[1].split(", ")
+    assert allowed == list(available_steps()) and set(methods.available()) < set(allowed)
+
+
+def test_a_method_registered_later_is_a_step_and_leaves_with_it(monkeypatch):
+    from slimformer.quantize import Int8Config
+
+    extra = methods.Method("int8_copy", Int8Config, lambda m, c, d: methods.Result(m, {}), kind="precision")
+    monkeypatch.setitem(methods._METHODS, "int8_copy", extra)
+    assert [s.kind for s in parse_recipe([{"step": "int8_copy"}])] == ["int8_copy"]
+    monkeypatch.undo()
+    with pytest.raises(RecipeError, match="unknown step 'int8_copy'"):
+        parse_recipe([{"step": "int8_copy"}])
 
 
 def test_int8_must_be_last():

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,13 @@ WHY_LAST = {
 }
 
 
+def pruners() -> list[str]:
+    """Names of the registered one-shot pruning methods: the ``method`` a ``prune`` step may name."""
+    from slimformer.static import PruneConfig
+
+    return [m.name for m in methods().values() if issubclass(m.config, PruneConfig)]
+
+
 def _prune_step() -> Method:
     from slimformer.method_runners import run_prune
     from slimformer.static import PruneConfig
@@ -66,16 +74,20 @@ def _prune_step() -> Method:
         run_prune,
         copies=True,
         parse=parse,
-        help="one-shot pruning (method: optin, fisher, magnitude, random) to a budget, no retraining",
+        help=f"one-shot pruning (method: {', '.join(pruners())}) to a budget, no retraining",
     )
 
 
 def _steps() -> dict[str, Method]:
-    """Refresh :data:`STEPS` from the registry (methods registered since are included)."""
-    if "prune" not in STEPS:
-        STEPS["prune"] = _prune_step()
-    STEPS.update(methods())
+    """Refresh :data:`STEPS` from the registry (methods registered or removed since are too)."""
+    STEPS.clear()
+    STEPS.update({"prune": _prune_step(), **methods()})
     return STEPS
+
+
+def available_steps() -> dict[str, Method]:
+    """Every step a recipe may name (each registered method, plus ``prune``), by name, in order (a copy)."""
+    return dict(_steps())
 
 
 @dataclass(frozen=True)
@@ -191,13 +203,14 @@ def _absolute(budget: Budget, reference) -> Budget:
     return dataclasses.replace(budget, value=budget.limit(reference), relative=False)
 
 
-def compress(model, steps: list[Step], context: MethodData) -> tuple[Any, dict[str, Any]]:
-    """Run ``steps`` in order, each through :func:`slimformer.methods.run`; the input is untouched.
+def run_steps(model, steps: list[Step], context: MethodData) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Run ``steps`` in order, each through :func:`slimformer.methods.run`, yielding after each one.
 
-    Steps that distil (recover, exits) learn from ``context.teacher``, by default ``model`` itself.
+    The input is untouched; steps that distil (recover, exits) learn from ``context.teacher``, by
+    default ``model`` itself. A caller that needs a step's own model (not only the last) reads it here.
 
-    Returns:
-        ``(the last step's model, report)``; each step's report entry gives its config, time, its
+    Yields:
+        ``(the step's model, its report entry)``: the entry gives the step's config, time, its
         method's report, and the structure, params and MACs after it.
     """
     from slimformer.cost import cost_of
@@ -206,11 +219,10 @@ def compress(model, steps: list[Step], context: MethodData) -> tuple[Any, dict[s
     reference = Structure.from_model(model)
     data = dataclasses.replace(context, teacher=context.teacher if context.teacher is not None else model)
     current = model
-    entries = []
-    t_all = time.perf_counter()
     for i, step in enumerate(steps, start=1):
         config = step.config
-        if step.budget is not None and step.budget.relative and step.budget.kind != "latency":
+        # a relative budget is of the input; only a later step's own input differs from it
+        if i > 1 and step.budget is not None and step.budget.relative and step.budget.kind != "latency":
             config = dataclasses.replace(config, budget=_absolute(step.budget, reference))
         logger.info("step %d/%d: %s", i, len(steps), step.kind)
         t0 = time.perf_counter()
@@ -223,8 +235,21 @@ def compress(model, steps: list[Step], context: MethodData) -> tuple[Any, dict[s
             entry.update(params=cost.params, macs=cost.macs, layers=[dict(h=s.heads, ffn=s.ffn) for s in st.layers])
         except Exception:  # a quantized or wrapped model has no plain Linear shapes to read; the earlier entry stands
             logger.debug("no structure after step %d (%s)", i, step.kind)
+        yield current, entry
+
+
+def compress(model, steps: list[Step], context: MethodData) -> tuple[Any, dict[str, Any]]:
+    """Run ``steps`` in order (see :func:`run_steps`); the input is untouched.
+
+    Returns:
+        ``(the last step's model, report)``; the report's ``steps`` hold one :func:`run_steps` entry per step.
+    """
+    out, entries = model, []
+    t_all = time.perf_counter()
+    for step_model, entry in run_steps(model, steps, context):
+        out = step_model
         entries.append(entry)
-    return current, {"steps": entries, "seconds": round(time.perf_counter() - t_all, 2)}
+    return out, {"steps": entries, "seconds": round(time.perf_counter() - t_all, 2)}
 
 
 def save_result(model, tokenizer, folder: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:

@@ -1,10 +1,13 @@
-"""``slimformer axformer``: a thin command over :func:`slimformer.axformer.axformer`.
+"""``slimformer axformer``: one :mod:`slimformer.compose` recipe around the ``axformer`` method.
 
-The search itself is the library verb (its report is the command's report). What follows it runs on
-:mod:`slimformer.compose`: ``--recover-epochs`` distils on the recipe context's train batches, and
-``--int8-out`` / ``--bf16-out`` are one-step recipes (``int8`` / ``bf16``) run on the searched model and
-saved with :func:`slimformer.compose.save_result`. Importing this module loads typer only (help texts
-are spelled out here rather than read from ``AxConfig``, whose module loads torch).
+The command builds the recipe ``axformer`` (the search on the validation split), then with
+``--recover-epochs`` ``recover`` (a fine-tune on the train split distilled from the input model, the
+recipe's teacher), and runs it with :func:`slimformer.compose.run_steps`; ``--int8-out`` /
+``--bf16-out`` are the recipe's last step (``int8`` / ``bf16``), each converting the chain's output
+into its own folder. The command's JSON is read from the per-step reports: the search's at the top
+level, the recover step's under ``recover``, each copy's under its kind, and the steps run under
+``recipe``. Importing this module loads typer only: the options that are ``AxConfig`` fields take
+their help from ``AxConfig.field_help()`` when help is shown (:class:`AxCommand`), as its module loads torch.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from slimformer.commands.common import (
     TextCol,
     ValFileOpt,
     check_labels,
+    config_help_command,
     emit_json,
     ensure_distinct,
     ensure_output_dir,
@@ -38,55 +42,22 @@ from slimformer.commands.common import (
     split_metrics,
 )
 
-BudgetOpt = Annotated[
-    str | None,
-    typer.Option(help="stop once this fits: macs=0.5, params=12M, memory=40MB (default: the most accurate model)"),
-]
-LossTolOpt = Annotated[
-    float, typer.Option(help="a removal is kept when the mean validation loss rises by at most this (nats)")
-]
-TolFromOpt = Annotated[
-    str, typer.Option(help="previous: the tolerance applies to each removal; start: to the input model's loss")
-]
-WorseOpt = Annotated[
-    float, typer.Option(help="and when at most this share of the samples whose loss changes get worse")
-]
-AccDropOpt = Annotated[
-    float | None,
-    typer.Option(help="and when validation accuracy stays within this of the input model's (0: never below)"),
-]
+#: the command class: options declared below without help show the AxConfig field's help (read on --help)
+AxCommand = config_help_command("slimformer.axformer.config:AxConfig")
+
+BudgetOpt = Annotated[str | None, typer.Option()]
+LossTolOpt = Annotated[float, typer.Option()]
+TolFromOpt = Annotated[str, typer.Option()]
+WorseOpt = Annotated[float, typer.Option()]
+AccDropOpt = Annotated[float | None, typer.Option()]
 TopkOpt = Annotated[
     str, typer.Option(help="top-k settings tried per layer, comma-separated (ints: keys, floats <1: fraction)")
 ]
-CompensateOpt = Annotated[
-    bool,
-    typer.Option(
-        help="evaluate each removal with a least-squares refit of the kept units' output weights and bias "
-        "(no labels); accepted refits stay in the model"
-    ),
-]
-RepairOpt = Annotated[
-    bool,
-    typer.Option(
-        help="after the search, refit the output projections by least squares towards the input model "
-        "(kept when validation loss does not rise and accuracy holds)"
-    ),
-]
-HoldoutOpt = Annotated[
-    float,
-    typer.Option(
-        min=0.0,
-        max=0.9,
-        help="no budget only: share of the validation split kept out of the search; the search stops at the "
-        "longest prefix of its changes that still passes on it (0: off)",
-    ),
-]
-GroupsOpt = Annotated[
-    int, typer.Option(help="FFN neurons of a layer are tried in this many groups, least important first")
-]
-PassesOpt = Annotated[
-    int, typer.Option(help="passes over the layers, last to first; stops early when a pass changes nothing")
-]
+CompensateOpt = Annotated[bool, typer.Option()]
+RepairOpt = Annotated[bool, typer.Option()]
+HoldoutOpt = Annotated[float, typer.Option(min=0.0, max=0.9)]
+GroupsOpt = Annotated[int, typer.Option()]
+PassesOpt = Annotated[int, typer.Option()]
 SetAx = SetOpt("AxConfig")
 ValExamplesOpt = Annotated[
     int | None, typer.Option(help="search on the first N validation examples only (default: all)")
@@ -126,7 +97,7 @@ def axformer_command(
     max_worse_fraction: WorseOpt = 0.5,
     max_accuracy_drop: AccDropOpt = None,
     topk: TopkOpt = "0.1,0.25,0.5",
-    hard_attention: Annotated[bool, typer.Option(help="search top-k attention per layer")] = True,
+    hard_attention: Annotated[bool, typer.Option()] = True,
     compensate: CompensateOpt = False,
     repair: RepairOpt = True,
     holdout: HoldoutOpt = 0.0,
@@ -154,21 +125,22 @@ def axformer_command(
 ):
     """AxFormer: remove what does not help the task and switch layers to top-k attention where that helps,
     searched on the validation split; save the smaller model (its top-k settings load with it)."""
-    from slimformer.axformer.config import AxConfig
-    from slimformer.export import save_model
+    from slimformer.compose import parse_recipe
     from slimformer.models import load_model
     from slimformer.quantize import size_on_disk
 
     try:
-        config = AxConfig.from_dict(
-            {
-                "budget": budget, "loss_tolerance": loss_tolerance, "tolerance_from": tolerance_from,
-                "max_worse_fraction": max_worse_fraction, "max_accuracy_drop": max_accuracy_drop,
-                "topk": _parse_topk(topk), "hard_attention": hard_attention, "compensate": compensate,
-                "repair": repair, "holdout": holdout, "neuron_groups": neuron_groups, "max_passes": max_passes,
-                **parse_options(set_),
-            }
-        )  # fmt: skip
+        fields = {
+            "budget": budget, "loss_tolerance": loss_tolerance, "tolerance_from": tolerance_from,
+            "max_worse_fraction": max_worse_fraction, "max_accuracy_drop": max_accuracy_drop,
+            "topk": _parse_topk(topk), "hard_attention": hard_attention, "compensate": compensate,
+            "repair": repair, "holdout": holdout, "neuron_groups": neuron_groups, "max_passes": max_passes,
+        }  # fmt: skip
+        chain = _recipe({**fields, **parse_options(set_)}, recover_epochs, seed)
+        steps = parse_recipe(chain)
+        # each copy is the chain's last step (so checked as one); it converts the chain's output
+        copies = {kind: (parse_recipe([*chain, {"step": kind}])[-1], folder)
+                  for kind, folder in (("int8", int8_out), ("bf16", bf16_out)) if folder is not None}  # fmt: skip
         ensure_distinct(out=out, int8_out=int8_out, bf16_out=bf16_out)
         for folder in (out, int8_out, bf16_out):
             ensure_output_dir(folder, overwrite, inputs=(model,))
@@ -185,16 +157,9 @@ def axformer_command(
         data = check_labels(m, data, model, task)
         context = _context(data, tok, max_length_for(data, max_length), batch_size, validation_examples,
                            fit_examples, seed, not as_json)  # fmt: skip
-        searched, report = _search(m, config, context)
-        report = {"model": model, "task": data.name, "max_length": context.max_length, **report}
-        if recover_epochs:
-            searched, report["recover"] = _recover(searched, m, context, epochs=recover_epochs)
-        if evaluate_split:
-            report["metrics"] = _metrics(searched, context, evaluate_split)
-        for kind, folder in (("int8", int8_out), ("bf16", bf16_out)):
-            if folder is not None:
-                report[kind] = _save_copy(searched, kind, folder, context, report, evaluate_split, overwrite)
-        save_model(searched, tok, out, overwrite=overwrite, extra=report)
+        report = {"model": model, "task": data.name, "max_length": context.max_length}
+        final = _run(m, steps, copies, context, report, evaluate_split, overwrite)
+        _save(final, tok, out, report, overwrite)
         report["size_on_disk"] = size_on_disk(out)
     except USER_ERRORS as exc:
         fail(exc)
@@ -202,6 +167,44 @@ def axformer_command(
         emit_json(report)
     else:
         _echo(report, out, evaluate_split)
+
+
+def _recipe(fields: dict, recover_epochs: int, seed: int) -> list[dict]:
+    """The command's recipe: the search, then (``--recover-epochs``) a fine-tune distilled from the input."""
+    chain = [{"step": "axformer", **fields}]
+    if recover_epochs:
+        chain.append({"step": "recover", "epochs": recover_epochs, "seed": seed})
+    return chain
+
+
+def _run(model, steps: list, copies: dict, context, report: dict, split: str | None, overwrite: bool):
+    """Run the recipe through :func:`slimformer.compose.run_steps`, filling ``report`` from its per-step reports.
+
+    The search's report is the command's; the recover step's (with validation before / after) is
+    ``report["recover"]``; each copy (``{kind: (its step, its folder)}``, a precision step) converts the
+    chain's output and is saved to its folder. Returns the chain's output model (the one saved to ``--out``).
+    """
+    from slimformer.axformer.search import score_batches
+    from slimformer.compose import run_steps
+
+    entries, models = [], []
+    for step_model, entry in run_steps(model, steps, context):
+        entries.append(entry)
+        models.append(step_model)
+    report.update(entries[0]["report"])
+    if len(entries) > 1:
+        validation = context.cache["validation"]
+        before, after = score_batches(models[0], validation), score_batches(models[1], validation)
+        report["recover"] = {**entries[1]["report"], "validation": {"before": before, "after": after}}
+    final = models[-1]
+    if split:
+        report["metrics"] = _metrics(final, context, split)
+    report["recipe"] = [{k: v for k, v in e.items() if k != "report"} for e in entries]
+    # the copies are alternative last steps: each converts the chain's output into its own folder
+    report["recipe"] += [{"index": len(entries) + 1, "step": kind, "folder": str(f)} for kind, (_, f) in copies.items()]
+    for kind, (step, folder) in copies.items():
+        report[kind] = _save_copy(final, step, folder, context, report, split, overwrite)
+    return final
 
 
 def _context(data, tok, length: int, batch_size: int, limit: int | None, fit: int, seed: int, progress: bool):
@@ -213,6 +216,7 @@ def _context(data, tok, length: int, batch_size: int, limit: int | None, fit: in
     context.cache["validation"] = validation_batches(
         data.split("validation"), tok, batch_size=batch_size, max_length=length, seed=seed, limit=limit
     )
+    context.cache["calibration"] = None  # --fit-examples 0: the axformer step's refits fit on validation inputs
     if fit:
         from slimformer.static import calibration_batches
 
@@ -222,44 +226,28 @@ def _context(data, tok, length: int, batch_size: int, limit: int | None, fit: in
     return context
 
 
-def _search(model, config, context):
-    """Run the AxFormer search on the context's validation batches; the searched model and its report."""
-    from slimformer.axformer.search import axformer
-
-    refits = context.calibration and (config.compensate or config.repair)
-    fit = context.calibration_batches() if refits else None
-    result = axformer(model, config, context.cache["validation"], fit_data=fit, progress=context.progress)
-    return result.model, result.report
-
-
-def _recover(model, teacher, context, *, epochs: int):
-    """Distil ``model`` from ``teacher`` on the train split; the model and a report with validation before/after."""
-    from slimformer.axformer.search import score_batches
-    from slimformer.recover import RecoverConfig, recover
-
-    config = RecoverConfig(epochs=epochs, seed=context.seed)
-    result = recover(model, teacher, context.training_batches(), config, progress=context.progress)
-    validation = context.cache["validation"]
-    before, after = score_batches(model, validation), score_batches(result.model, validation)
-    return result.model, {**result.report, "validation": {"before": before, "after": after}}
-
-
 def _metrics(model, context, split: str) -> dict:
     return split_metrics(
         model, context.tokenizer, context.task, split, max_length=context.max_length, progress=context.progress
     )
 
 
-def _save_copy(model, kind: str, folder: Path, context, report: dict, split: str | None, overwrite: bool) -> dict:
-    """Run the one-step recipe ``kind`` (int8 or bf16) on ``model``, save it to ``folder``; its report entry."""
-    from slimformer.compose import compress, parse_recipe, save_result
+def _save(model, tokenizer, folder: Path, report: dict, overwrite: bool) -> None:
+    from slimformer.compose import save_result
+
+    save_result(model, tokenizer, folder, overwrite=overwrite, extra=report)
+
+
+def _save_copy(model, step, folder: Path, context, report: dict, split: str | None, overwrite: bool) -> dict:
+    """Run the copy ``step`` (int8 or bf16) on ``model`` and save the result to ``folder``; its report entry."""
+    from slimformer.compose import run_steps
     from slimformer.quantize import size_on_disk
 
-    converted, _ = compress(model, parse_recipe([{"step": kind}]), context)
-    entry: dict = {"folder": str(folder)}
+    ((converted, step_entry),) = run_steps(model, [step], context)
+    entry: dict = {"folder": str(folder), "seconds": step_entry["seconds"]}
     if split:
         entry["metrics"] = _metrics(converted, context, split)
-    save_result(converted, context.tokenizer, folder, overwrite=overwrite, extra={**report, kind: entry})
+    _save(converted, context.tokenizer, folder, {**report, step.kind: entry}, overwrite)
     entry["size_on_disk"] = size_on_disk(folder)
     return entry
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 #: exceptions that mean "the user asked for something that cannot work": exit code 2, one line on stderr
 #: Errors shown as one line (no traceback): bad input, missing files, and OS failures such as a full disk.
@@ -62,8 +63,11 @@ def field_readers(cls: type) -> tuple[Callable[[str], str], Callable[[str], Any]
 
 
 def field_help(cls: type, name: str) -> str:
-    """The ``help`` metadata of dataclass field ``name`` of ``cls`` (so CLI help and config agree)."""
-    return _field(cls, name).metadata["help"]
+    """The help text of field ``name`` of config ``cls``, from ``cls.field_help()`` (so CLI help and config agree)."""
+    helps = cls.field_help()
+    if name not in helps:
+        raise KeyError(f"{cls.__name__} has no field {name!r}; fields: {', '.join(helps)}")
+    return helps[name]
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -76,6 +80,44 @@ def _field(cls: type, name: str) -> dataclasses.Field:
     if name not in fields:
         raise KeyError(f"{cls.__name__} has no field {name!r}; fields: {', '.join(fields)}")
     return fields[name]
+
+
+class LazyHelpCommand(TyperCommand):
+    """A command whose help is completed when first shown (:meth:`complete_help`), so that building the
+    app imports no config module or method registry (several load torch) for a run that shows no help."""
+
+    _help_completed = False
+
+    def complete_help(self) -> None:
+        """Fill in help texts before the help is formatted (subclasses)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        if not self._help_completed:
+            self.complete_help()
+            self._help_completed = True
+        super().format_help(ctx, formatter)
+
+
+def config_help_command(*configs: str) -> type[LazyHelpCommand]:
+    """A command class whose options declared without help show the help of the config field of the
+    same name, read with ``Config.field_help()`` from the first of ``configs`` (``"module:Class"``) that
+    has the field, when help is shown. Options with their own help (a CLI-only meaning) keep it."""
+
+    class ConfigHelpCommand(LazyHelpCommand):
+        def complete_help(self) -> None:
+            helps = [_config_class(path).field_help() for path in configs]
+            for param in self.params:
+                if hasattr(param, "help") and not param.help:  # an option or argument declared without help
+                    param.help = next((h[param.name] for h in helps if param.name in h), None)
+
+    return ConfigHelpCommand
+
+
+def _config_class(path: str) -> type:
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # ---- output, errors, logging ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from slimformer.commands.common import (
     CalibrationOpt,
     JsonOpt,
     LabelCol,
+    LazyHelpCommand,
     ModelArg,
     OverwriteOpt,
     PairCol,
@@ -26,6 +27,21 @@ from slimformer.commands.common import (
     load_task_option,
     split_metrics,
 )
+
+
+def steps_help() -> str:
+    """One line per recipe step, read from the method registry: ``name (kind): help``."""
+    from slimformer.compose import available_steps
+
+    return "\n".join(f"{name} ({m.kind}): {m.help}" for name, m in available_steps().items())
+
+
+class RecipeCommand(LazyHelpCommand):
+    """A command whose help ends with the recipe steps, read from the registry when help is shown."""
+
+    def complete_help(self) -> None:
+        lines = "\n\n".join(f"* {line}" for line in steps_help().splitlines())
+        self.help = f"{self.help or ''}\n\nSteps:\n\n{lines}"
 
 
 def compress(
@@ -51,8 +67,7 @@ def compress(
 
     The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
     fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
-    Steps: prune (optin, fisher, magnitude, random), axformer, recover (distil from MODEL on train), int8 or
-    bf16 (last).
+    Every registered method is a step (listed below); dynamic and precision steps must be the last.
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress

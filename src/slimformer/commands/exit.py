@@ -18,6 +18,7 @@ from slimformer.commands.common import (
     SetOpt,
     TaskOpt,
     check_labels,
+    config_help_command,
     emit_json,
     ensure_output_dir,
     fail,
@@ -41,6 +42,8 @@ TargetOpt = Annotated[
     ),
 ]
 SetExit = SetOpt("ExitConfig")
+# options of `exit train` declared without help show these configs' field help (read on --help: they load torch)
+EXIT_CONFIG, SLENDER_CONFIG = "slimformer.exits.config:ExitConfig", "slimformer.exits.config:SlenderConfig"
 
 
 def _validation(task, tokenizer, max_length: int, limit: int | None) -> list:
@@ -73,7 +76,7 @@ def _calibrate(model, data, tok, cal, length: int, limit: int | None, progress: 
     return calibrate_rule(model, val, cal, seq_len=seq, latency_inputs=lat, progress=progress)
 
 
-@exit_app.command("train")
+@exit_app.command("train", cls=config_help_command(EXIT_CONFIG, SLENDER_CONFIG))
 def train_command(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the multi-exit model (must be empty or new)")],
@@ -81,13 +84,11 @@ def train_command(
     budget: Annotated[
         str | None, typer.Option(help="slenderize first to this budget (macs=0.4,seq=48, params=15M); none: full width")
     ] = None,
-    method: Annotated[str, typer.Option(help="importance scores for slenderizing: optin or fisher")] = "optin",
+    method: Annotated[str, typer.Option()] = "optin",
     calibration_size: Annotated[int, typer.Option(help="training examples scored when slenderizing")] = 1024,
-    epochs: Annotated[int, typer.Option(help="passes over the training split")] = 1,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
-    head: Annotated[
-        str, typer.Option(help="exit head: mean (of the tokens) or pooler ([CLS]), dense + tanh + linear; or linear")
-    ] = "mean",
+    epochs: Annotated[int, typer.Option()] = 1,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    head: Annotated[str, typer.Option()] = "mean",
     set_: SetExit = None,
     batch_size: Annotated[int, typer.Option(help="training examples per step")] = 32,
     max_length: RecipeMaxLenOpt = None,

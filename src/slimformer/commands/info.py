@@ -1,4 +1,5 @@
-"""``slimformer list`` and ``slimformer info``: what is built in, and what a model costs."""
+"""``slimformer list`` and ``slimformer info``: what is built in (models, tasks, the registered methods),
+and what a model costs."""
 
 from __future__ import annotations
 
@@ -9,19 +10,34 @@ import typer
 from slimformer.commands.common import USER_ERRORS, JsonOpt, ModelArg, emit_json, fail
 
 
+def registered_methods() -> list[dict[str, str]]:
+    """Every method of :mod:`slimformer.methods` as ``{"name", "kind", "help"}`` (each a recipe step)."""
+    from slimformer.methods import methods
+
+    return [{"name": m.name, "kind": m.kind, "help": m.help} for m in methods().values()]
+
+
 def list_builtins(as_json: JsonOpt = False):
-    """List the built-in models and tasks (installed from packages, no download)."""
+    """List the built-in models and tasks (installed from packages, no download) and the registered methods."""
     from slimformer.data import BUILTIN_TASKS
     from slimformer.models import BUILTIN_MODELS
 
     data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": dict(BUILTIN_TASKS)}
+    data["methods"] = registered_methods()
     if as_json:
         emit_json(data)
         return
-    for kind, items in data.items():
+    for kind in ("models", "tasks"):
         typer.echo(f"{kind}:")
-        for name, desc in items.items():
+        for name, desc in data[kind].items():
             typer.echo(f"  {name:18s} {desc}")
+    _echo_methods(data["methods"])
+
+
+def _echo_methods(rows: list[dict[str, str]]) -> None:
+    typer.echo("methods (recipe steps of `slimformer compress`):")
+    for row in rows:
+        typer.echo(f"  {row['name']:10s} {row['kind']:9s} {row['help']}")
 
 
 def info(
@@ -29,7 +45,8 @@ def info(
     seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs")] = 128,
     as_json: JsonOpt = False,
 ):
-    """Parameters, bytes and MACs of a model, from the cost model, with per-layer shapes."""
+    """Parameters, bytes and MACs of a model, from the cost model, with per-layer shapes, and the
+    methods that can compress it (the registered ones)."""
     from slimformer.cost import cost_of, marginal_costs
     from slimformer.models import load_model
     from slimformer.structure import Structure
@@ -45,11 +62,13 @@ def info(
         "family": structure.dims.family,
         **cost.to_dict(),
         "marginal": marginal_costs(structure, seq_len),
+        "methods": registered_methods(),
     }
     if as_json:
         emit_json(data)
         return
     _echo_info(model, structure, cost, data["macs_note"], seq_len)
+    _echo_methods(data["methods"])
 
 
 def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int) -> None:

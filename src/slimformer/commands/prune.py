@@ -22,6 +22,7 @@ from slimformer.commands.common import (
     TextCol,
     ValFileOpt,
     check_labels,
+    config_help_command,
     emit_json,
     ensure_output_dir,
     fail,
@@ -33,17 +34,27 @@ from slimformer.commands.common import (
 SetPrune = SetOpt("method", "head_examples=256")
 
 
+class PruneCommand(config_help_command("slimformer.static.prune:PruneConfig")):
+    """Options declared without help show the PruneConfig field's help, and ``--method`` the registered
+    pruners, read when help is shown (the config module and the registry load torch)."""
+
+    def complete_help(self) -> None:
+        from slimformer.compose import pruners
+
+        super().complete_help()
+        (method,) = (p for p in self.params if p.name == "method")
+        method.help = f"one-shot pruning method: {', '.join(pruners())}"
+
+
 def prune(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the pruned model (must be empty or new)")],
-    budget: Annotated[
-        str, typer.Option(help="e.g. macs=0.5, params=12M, memory=40MB, latency=8ms,batch=1,seq=128")
-    ] = "macs=0.5",
-    method: Annotated[str, typer.Option(help="optin, fisher, magnitude or random")] = "optin",
+    budget: Annotated[str, typer.Option()] = "macs=0.5",
+    method: Annotated[str, typer.Option()] = "optin",
     task: TaskOpt = "rotten_tomatoes",
     calibration: CalibrationOpt = 1024,
     max_length: Annotated[int, typer.Option(help="truncate calibration inputs to this many tokens")] = 64,
-    repair: Annotated[bool, typer.Option(help="least-squares refit of the kept units' output projections")] = True,
+    repair: Annotated[bool, typer.Option()] = True,
     seed: Annotated[int, typer.Option(help="seed of the calibration sample and the method")] = 0,
     set_: SetPrune = None,
     evaluate_split: EvaluateOpt = None,

@@ -20,6 +20,7 @@ from slimformer.commands.common import (
     TextCol,
     ValFileOpt,
     check_labels,
+    config_help_command,
     console,
     emit_json,
     ensure_output_dir,
@@ -41,13 +42,13 @@ DEFAULT_CURVE = "0.9,0.8,0.7,0.6,0.5,0.45,0.4,0.3,0.25,0.2"
 SetSlim = SetOpt("SlimConfig")
 
 
-@slim_app.command("train")
+@slim_app.command("train", cls=config_help_command("slimformer.slim.config:SlimConfig"))
 def train_command(
     model: Annotated[str, typer.Argument(help="fine-tuned model: built-in name, local folder or hub id")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder (checkpoints, then the gated model)")],
     task: TaskOpt = "rotten_tomatoes",
     epochs: Annotated[int | None, typer.Option(help="passes over the training split (default: SlimConfig's)")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    max_steps: Annotated[int | None, typer.Option()] = None,
     max_length: Annotated[int | None, typer.Option(help="truncate inputs (default: the task's recipe)")] = None,
     set_: SetSlim = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run folder's latest checkpoint")] = False,
