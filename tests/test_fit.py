@@ -148,6 +148,9 @@ def test_fit_refuses_bad_input_before_work(dense_folder, task_file, tmp_path, ti
         fit(load_model(str(dense_folder))[0], FitConfig(budget="macs=0.5"), load_task(str(task_file)), tiny_tokenizer)
     with pytest.raises(NoFit) as info:
         model = load_model(str(dense_folder))[0]
-        fit(model, FitConfig(budget="params=10,seq=16", variants=("torch-fp32",), **SMALL), load_task(str(task_file)),
+        fit(model, FitConfig(budget="params=10,seq=16", variants=("torch-int8",), **SMALL), load_task(str(task_file)),
             tiny_tokenizer, progress=False)  # fmt: skip
-    assert info.value.report["closest"]["key"] and "params=10" in str(info.value.report["budget"])
+    report = info.value.report
+    assert report["closest"]["key"] and report["budget"] == "params=10,seq=16"
+    assert [r["key"] for r in report["candidates"]][:2] == ["dense/torch-fp32", "dense/torch-int8"]  # the reference
+    assert any("params=10" in s["what"] and "infeasible" in s["why"] for s in report["skipped"])

@@ -78,7 +78,7 @@ class FitConfig(ConfigBase):
     )
     variants: tuple[str, ...] = option(
         tuple(VARIANTS),
-        "runtimes to try each structure in (bf16 only where the CPU has it; onnxruntime for latency budgets)",
+        "runtimes per structure (bf16 where the CPU has it; onnxruntime for latency budgets; dense fp32 always)",
         tuple_of(text(), min_len=1, from_text=str),
     )
     calibration: int = option(1024, "calibration examples from the train split", integer(1))

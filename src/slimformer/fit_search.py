@@ -106,7 +106,9 @@ class Search:
             self.task.split("train"), self.tokenizer, size=cfg.calibration, seed=cfg.seed, max_length=cfg.max_length
         )
         budgets, table = self._pruning_budgets()
-        first = PruneConfig.from_dict({"method": cfg.method, "budget": budgets[0] if budgets else "macs=0.5"})
+        if not budgets:
+            return
+        first = PruneConfig.from_dict({"method": cfg.method, "budget": budgets[0]})
         importance = score(self.model, first, batches, progress=False)
         self._step(f"scored {cfg.method}", 2)
         seen = {_shapes(Structure.from_model(self.model))}
@@ -157,7 +159,8 @@ class Search:
         structure = Structure.from_model(model)
         label = f"{method}@{budget}" if budget else method
         onnx = self._export(label, model) if any(v.startswith("ort-") for v in self.variants) else None
-        for variant in self.variants:
+        names = self.variants if method != "dense" else list(dict.fromkeys(["torch-fp32", *self.variants]))
+        for variant in names:  # dense fp32 always comes first: the reference of relative budgets and speedups
             key = f"{label}/{variant}"
             if variant == "torch-fp32":
                 built = model
