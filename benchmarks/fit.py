@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per candidate inside fit")
     parser.add_argument("--test-batches", type=int, default=20)
     parser.add_argument("--test-rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch (and onnxruntime) threads; default torch's")
     args = harness.start(parser, argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # fit gives onnxruntime the same count
     if args.smoke:
         args.targets, args.budgets, args.calibration, args.repeats = "0.9", "0.5", 16, 2
         args.test_batches, args.test_rounds = 3, 2
