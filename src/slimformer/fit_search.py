@@ -55,14 +55,14 @@ class Search:
         self.seq_len = budget.seq_len
         self.skipped: list[dict[str, str]] = []
         self.variants = [v for v in config.variants if self._usable(v, VARIANTS[v])]
-        self.candidates: dict[str, Candidate] = {}
-        self.work = Path(tempfile.mkdtemp(prefix="slimformer-fit-"))
-        self.limit = 0.0
-        self.environment: dict[str, Any] = {}
         val = task.split("validation")
         self.validation = val[: config.val_examples] if config.val_examples else val
         if not self.validation:
             raise ValueError(f"task {task.name!r} has an empty validation split; fit scores candidates on it")
+        self.candidates: dict[str, Candidate] = {}
+        self.work = Path(tempfile.mkdtemp(prefix="slimformer-fit-"))
+        self.limit = 0.0
+        self.environment: dict[str, Any] = {}
         planned = 1 + len(config.budgets) + (len(config.latency_scales) if budget.kind == "latency" else 1)
         # units: 2 for scoring, 1 per structure, 1 per candidate scored, 1 per 2 candidates timed
         self.bar = tqdm(
