@@ -154,3 +154,16 @@ def test_fit_refuses_bad_input_before_work(dense_folder, task_file, tmp_path, ti
     assert report["closest"]["key"] and report["budget"] == "params=10,seq=16"
     assert [r["key"] for r in report["candidates"]][:2] == ["dense/torch-fp32", "dense/torch-int8"]  # the reference
     assert any("params=10" in s["what"] and "infeasible" in s["why"] for s in report["skipped"])
+
+
+def test_relative_latency_budget_is_a_fraction_of_dense_measured_beside_it(dense_folder, task_file, tiny_tokenizer):
+    model, _ = load_model(str(dense_folder))
+    config = FitConfig(budget="latency=0.999,seq=16", variants=("torch-fp32", "torch-int8"), **SMALL)
+    try:
+        report = fit(model, config, load_task(str(task_file)), tiny_tokenizer, progress=False).report
+    except NoFit as exc:  # on a busy machine every pruned tiny model may be as slow as dense
+        report = exc.report
+    rows = report["candidates"]
+    assert report["limit"] == pytest.approx(0.999 * rows[0]["latency_ms"]) and rows[0]["key"] == "dense/torch-fp32"
+    assert all(r["met"] == (r["latency_ms"] <= report["limit"]) for r in rows)
+    assert {r["budget"] for r in rows} >= {"", "latency=0.999", "macs=0.4"}  # the table's structure and a MACs one
