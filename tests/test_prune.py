@@ -89,3 +89,14 @@ def test_infeasible_budget_names_smallest():
     model = make_tiny_model("bert")
     with pytest.raises(InfeasibleBudget, match="smallest"):
         prune(model, OptinConfig(budget="params=100"), batches(), progress=False)
+
+
+def test_infeasible_budget_is_refused_before_scoring(monkeypatch):
+    import slimformer.static.prune as prune_module
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored an infeasible budget")
+
+    monkeypatch.setattr(prune_module, "score", no_scoring)
+    with pytest.raises(InfeasibleBudget, match="smallest"):
+        prune(make_tiny_model("bert"), OptinConfig(budget="memory=1KB"), batches(), progress=False)
