@@ -89,3 +89,16 @@ def test_infeasible_budget_names_smallest():
     model = make_tiny_model("bert")
     with pytest.raises(InfeasibleBudget, match="smallest"):
         prune(model, OptinConfig(budget="params=100"), batches(), progress=False)
+
+
+def test_infeasible_budget_is_refused_before_scoring(monkeypatch):
+    import importlib
+
+    prune_module = importlib.import_module("slimformer.static.prune")  # the module, not the function
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored an infeasible budget")
+
+    monkeypatch.setattr(prune_module, "score", no_scoring)
+    with pytest.raises(InfeasibleBudget, match="smallest"):
+        prune(make_tiny_model("bert"), OptinConfig(budget="memory=1KB"), batches(), progress=False)

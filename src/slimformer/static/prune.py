@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from slimformer.budget import Budget
 from slimformer.config import ConfigBase, boolean, budget_or_text, integer, non_negative, option
 from slimformer.static.importance import Batches, Importance
-from slimformer.static.select import FFN_MULTIPLE, MIN_FFN
+from slimformer.static.select import FFN_MULTIPLE, MIN_FFN, check_feasible
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ def prune(
         latency_table = measure_latency_table(
             model, batch_size=config.budget.batch_size, seq_len=config.budget.seq_len, progress=progress
         )  # cached under $SLIMFORMER_CACHE/latency after the first measurement
+    check_feasible(dense_structure, config.budget, latency_table=latency_table)  # before the (slow) scoring
     reused = importance is not None
     if importance is None:
         importance = score(model, config, calibration, progress=progress)

@@ -114,9 +114,7 @@ def select(
     _check(structure, importance, ffn_multiple, min_ffn)
     total = dense_cost = budget.measure(structure, latency_table=latency_table)
     limit = budget.limit_of(dense_cost)
-    smallest = budget.measure(smallest_structure(structure), latency_table=latency_table)
-    if smallest > limit:
-        raise InfeasibleBudget(budget, smallest, dense_cost, KEPT_ANYWAY)
+    check_feasible(structure, budget, latency_table=latency_table)
 
     greedy = _Greedy(
         _init_layers(structure, importance),
@@ -148,6 +146,18 @@ def select(
         budget.kind, final, limit, dense_cost,
     )  # fmt: skip
     return plan
+
+
+def check_feasible(structure: Structure, budget: Budget, *, latency_table: LatencyTable | None = None) -> None:
+    """Refuse, before any scoring, a budget that even removing every head and neuron cannot meet.
+
+    Raises:
+        InfeasibleBudget: naming the smallest reachable cost and the dense cost.
+    """
+    dense_cost = budget.measure(structure, latency_table=latency_table)
+    smallest = budget.measure(smallest_structure(structure), latency_table=latency_table)
+    if smallest > budget.limit_of(dense_cost):
+        raise InfeasibleBudget(budget, smallest, dense_cost, KEPT_ANYWAY)
 
 
 class _Greedy:
