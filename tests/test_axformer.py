@@ -224,12 +224,12 @@ def test_accuracy_guard_holds_validation_accuracy_under_a_loose_loss_tolerance(t
 
 def test_passing_units_of_a_layer_are_taken_in_one_step_when_together_they_pass(tiny_tokenizer):
     from slimformer.axformer.evaluator import Candidate
-    from slimformer.axformer.search import _Search
+    from slimformer.axformer.greedy import GreedySearch
 
     model = make_tiny_model("bert")
     batches = validation_batches(examples(32), tiny_tokenizer, batch_size=8)
     loose = AxConfig(hard_attention=False, loss_tolerance=10.0, max_worse_fraction=1.0)
-    search = _Search(model, loose, batches, None, progress=False)
+    search = GreedySearch(model, loose, batches, None, progress=False)
     search.ev.refresh(search.state)
     search.before = {"loss": search.estimate, "accuracy": float(search.ev.correct.double().mean())}
     search._try_each([Candidate(2, "head", (h,)) for h in range(4)], 0)
@@ -306,11 +306,11 @@ def test_repair_that_does_not_help_on_validation_is_discarded(tiny_tokenizer):
 
 def test_compensation_is_the_least_squares_refit_of_the_removed_units(tiny_tokenizer):
     from slimformer.axformer.evaluator import Candidate
-    from slimformer.axformer.search import _Search
+    from slimformer.axformer.greedy import GreedySearch
 
     model, batches = loud_model("bert", tiny_tokenizer)
     config = AxConfig(hard_attention=False, compensate=True, repair_ridge=0.0)
-    search = _Search(model, config, batches, None, progress=False)
+    search = GreedySearch(model, config, batches, None, progress=False)
     ev, state = search.ev, search.state
     ev.refresh(state)
     ev.prepare(state, 1)
@@ -366,14 +366,14 @@ def test_compensated_search_returns_the_model_it_measured(family, tiny_tokenizer
 
 
 def test_refits_fit_on_separate_inputs_when_given(tiny_tokenizer):
-    from slimformer.axformer.search import _Search
+    from slimformer.axformer.greedy import GreedySearch
 
     model, batches = loud_model("bert", tiny_tokenizer)
     fit = validation_batches(examples(40, seed=5), tiny_tokenizer, batch_size=8, max_length=32)
     for b in fit:
         del b["labels"]  # inputs only
     tokens = sum(int(b["attention_mask"].sum()) for b in fit)
-    search = _Search(model, AxConfig(compensate=True), batches, None, progress=False, fit_data=fit)
+    search = GreedySearch(model, AxConfig(compensate=True), batches, None, progress=False, fit_data=fit)
     search.ev.refresh(search.state)
     search.ev.prepare(search.state, 2)
     assert search.ev.grams[2]["fc_out"][-1, -1] == tokens  # the bias column counts the fit tokens
