@@ -232,6 +232,62 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "co
     return loss
 
 
+def save_embedding_model(
+    model, tokenizer, folder: str | Path, *, source: str | Path | None = None, overwrite: bool = False, extra=None
+) -> Path:
+    """Save an embedding model so plain transformers and sentence-transformers load it.
+
+    The folder is :func:`slimformer.export.save_model`'s (pruned shapes through the remote-code
+    file; ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` gives the base model) plus
+    sentence-transformers' files describing this model's pooling: ``modules.json``,
+    ``1_Pooling/config.json``, ``sentence_bert_config.json`` (and ``2_Normalize/`` when it
+    normalises). Settings of ``source``'s own files that this view does not change are kept, and
+    its ``config_sentence_transformers.json`` is copied.
+
+    Raises:
+        ValueError: the model is not an embedding model.
+        FileExistsError: see :func:`slimformer.export.prepare_output_dir`.
+    """
+    from slimformer.arch import get_adapter
+    from slimformer.export import save_model
+    from slimformer.hf_remote.modeling_slimformer import SLIM_BASE_CLASSES, SLIM_KEY
+
+    pooling = embedding_pooling(model)
+    if pooling is None:
+        raise ValueError(f"{type(model).__name__} is not an embedding model; wrap it with as_embedding_model")
+    path = save_model(model, tokenizer, folder, overwrite=overwrite, extra=extra)
+    config = json.loads((path / "config.json").read_text())
+    if config.get(SLIM_KEY):
+        base = SLIM_BASE_CLASSES[get_adapter(model).family].__name__
+        config["auto_map"] = {**config.get("auto_map", {}), "AutoModel": f"modeling_slimformer.{base}"}
+        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_sentence_transformers(path, pooling, model.config.hidden_size, Path(source) if source else None)
+    return path
+
+
+def _write_sentence_transformers(path: Path, pooling: Pooling, hidden: int, source: Path | None) -> None:
+    def read(name: str) -> dict:
+        file = source / name if source is not None else None
+        return json.loads(file.read_text()) if file is not None and file.is_file() else {}
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if pooling.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (path / "2_Normalize").mkdir(exist_ok=True)
+    pool = {**read("1_Pooling/config.json"), "word_embedding_dimension": hidden}
+    pool.update({flag: mode == pooling.mode for mode, flag in _ST_FLAGS.items()})
+    bert = {"do_lower_case": False, **read("sentence_bert_config.json"), "max_seq_length": pooling.max_seq_length}
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    files = {"modules.json": modules, "1_Pooling/config.json": pool, "sentence_bert_config.json": bert}
+    if read("config_sentence_transformers.json"):
+        files["config_sentence_transformers.json"] = read("config_sentence_transformers.json")
+    for name, data in files.items():
+        (path / name).write_text(json.dumps(data, indent=2) + "\n")
+
+
 def read_texts(source: str, *, column: str = "text", split: str = "train", limit: int | None = None) -> list[str]:
     """Unlabelled texts: a built-in task's split, or one column of a CSV / TSV / JSONL file.
 
