@@ -166,6 +166,24 @@ def encode(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return pooling(hidden, batch["attention_mask"])
 
 
+class EmbeddingForward(torch.nn.Module):
+    """An embedding model called like a transformers model: ``forward(**inputs) -> (B, d)`` embeddings.
+
+    Lets the timing utilities (:func:`slimformer.bench.bench_models`) time what an embedding user
+    runs (encoder + pooling, no head); ``config`` is the wrapped model's.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        if embedding_pooling(model) is None:
+            raise ValueError(f"{type(model).__name__} is not an embedding model; wrap it with as_embedding_model")
+        self.model = model
+        self.config = model.config
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return encode(self.model, inputs)
+
+
 def text_batches(
     texts: Sequence[str], tokenizer, *, batch_size: int = 32, max_length: int | None = 128, sort: bool = True
 ) -> list[dict[str, torch.Tensor]]:
