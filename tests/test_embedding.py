@@ -226,3 +226,33 @@ def test_read_texts_from_files(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported file type"):
         read_texts(str(tmp_path / "a.txt"))
+
+
+def test_recover_embedding_moves_towards_the_teacher(tiny_tokenizer):
+    from slimformer.embedding import EmbeddingForward
+    from slimformer.embedding_recover import recover_embedding
+    from slimformer.recover import RecoverConfig
+    from slimformer.structure import Structure
+
+    model = tiny_embedder("bert")
+    for m in model.modules():  # dropout would blur a small effect on a tiny model
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    batches = calibration(tiny_tokenizer)
+    cut = prune(model, OptinConfig(budget=Budget.parse("macs=0.5"), repair=False), batches, progress=False).model
+    with torch.no_grad():  # pruning a random model barely moves it: knock it off the teacher first
+        for p in cut.bert.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    dense = embed(model, tiny_tokenizer, TEXTS)
+    before = mean_cosine(embed(cut, tiny_tokenizer, TEXTS), dense)
+    config = RecoverConfig(epochs=20, lr=1e-3, warmup_ratio=0.0, hidden_weight=0.5)
+    result = recover_embedding(cut, model, batches, config, progress=False)
+    assert Structure.from_model(result.model) == Structure.from_model(cut)
+    after = mean_cosine(embed(result.model, tiny_tokenizer, TEXTS), dense)
+    assert 1 - after < 0.5 * (1 - before)
+    assert result.report["steps"] == 20 * len(batches) and result.report["hidden_pairs"] == 3
+    torch.testing.assert_close(EmbeddingForward(result.model)(**batches[0]), encode(result.model, batches[0]))
+    with pytest.raises(ValueError, match="teacher is not an embedding model"):
+        recover_embedding(cut, make_tiny_model("bert"), batches, config)
+    with pytest.raises(ValueError, match="loss='kl'"):
+        recover_embedding(cut, model, batches, config, loss="kl")

@@ -147,8 +147,11 @@ def load_embedding_model(name: str):
     return as_embedding_model(model, pooling).eval(), tokenizer
 
 
-def encode(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def encode(model, batch: dict[str, torch.Tensor], *, return_states: bool = False):
     """Pooled embeddings of one tokenized batch: ``(B, T)`` ids -> ``(B, d)``, with gradients if enabled.
+
+    Args:
+        return_states: also return every layer's output, a list of ``(B, T, d)`` tensors.
 
     Raises:
         ValueError: the model is not an embedding model.
@@ -161,9 +164,12 @@ def encode(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     adapter = get_adapter(model)
     hidden = adapter.embed(model, batch["input_ids"], batch.get("token_type_ids"))  # (B, T, d)
     mask = adapter.layer_mask(model, hidden, batch["attention_mask"])
+    states = []
     for layer in adapter.layers(model):
         hidden = adapter.run_layer(layer, hidden, mask)
-    return pooling(hidden, batch["attention_mask"])
+        states.append(hidden)
+    pooled = pooling(hidden, batch["attention_mask"])
+    return (pooled, states) if return_states else pooled
 
 
 class EmbeddingForward(torch.nn.Module):
