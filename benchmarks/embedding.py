@@ -12,7 +12,15 @@ texts). For the dense model and every pruned one it records, on the TEST splits:
   precision@10 (test queries test);
 * wall clock at batch 1 and 32 x 128 tokens (encoder + pooling), all models timed interleaved.
 
-    .venv/bin/python benchmarks/embedding.py [--budgets 0.5] [--calibration 256] [--max-train 4000]
+With ``--recover 0.3`` the model pruned at that budget is also distilled from dense
+(:func:`slimformer.embedding_recover.recover_embedding`, ``1 - cos`` plus hidden states) for one
+pass over ``--recover-texts`` further unlabelled train texts, and measured the same way.
+
+    .venv/bin/python benchmarks/embedding.py [--budgets 0.5,0.3] [--recover 0.3] [--calibration 256] \
+        [--max-train 2000] [--threads 1]
+
+Scoring, distillation and embedding run with ``--threads`` (1 on a shared machine: oversubscribed
+threads slow down by far more than they gain); timing uses ``--bench-threads`` (torch's default).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from slimformer.bench import BenchConfig, bench_models
 from slimformer.budget import Budget
 from slimformer.embedding import EmbeddingForward, embed, load_embedding_model, text_batches
 from slimformer.embedding_eval import agreement, labelled_scores, train_sample
+from slimformer.embedding_recover import recover_embedding
+from slimformer.recover import RecoverConfig
 from slimformer.static import OptinConfig, prune, score
 
 TASKS = ("rotten_tomatoes", "bbc_news")
@@ -38,7 +48,7 @@ log = logging.getLogger("benchmarks.embedding")
 
 def calibration(tasks: dict, tokenizer, size: int, seed: int) -> list[dict]:
     """A seeded sample of ``size`` unlabelled train texts, the same share from every task."""
-    rng = random.Random(seed)
+    rng = random.Random(f"{seed}-{size}")
     per_task = -(-size // len(tasks))
     texts = []
     for task in tasks.values():
@@ -67,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__file__, __doc__, out="embedding.json")
     parser.add_argument("--budgets", default="0.5", help="comma-separated MACs fractions")
     parser.add_argument("--calibration", type=int, default=256, help="unlabelled calibration texts")
-    parser.add_argument("--max-train", type=int, default=4000, help="training texts per task for kNN")
+    parser.add_argument("--max-train", type=int, default=2000, help="training texts per task for kNN")
+    parser.add_argument("--recover", type=float, default=None, help="also distil the model pruned at this budget")
+    parser.add_argument("--recover-texts", type=int, default=2048, help="unlabelled train texts to distil on")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per model and batch size")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for everything but timing")
+    parser.add_argument("--bench-threads", type=int, default=None, help="torch threads while timing")
     args = harness.start(parser, argv)
+    torch.set_num_threads(args.threads)
     model, tokenizer = load_embedding_model(args.model)
     tasks = {name: harness.load_task_for(name, args) for name in TASKS}
     batches = calibration(tasks, tokenizer, args.calibration, args.seed)
@@ -88,9 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"scores": scores, "agreement": agreement(corpus, dense_corpus, K), "prune": report}
         models[name] = EmbeddingForward(result.model)
         log.info("%s: %s", name, rows[name]["agreement"])
-    timing = bench_models(
-        models, BenchConfig(batch_sizes=(1, 32), seq_len=128, warmup=2, repeats=args.repeats), progress=False
-    )
+        if args.recover == value:
+            texts = calibration(tasks, tokenizer, args.recover_texts, args.seed + 1)
+            config = RecoverConfig(epochs=1, max_steps=8 if args.smoke else None, seed=args.seed)
+            recovered = recover_embedding(result.model, model, texts, config)
+            scores, corpus = measure(recovered.model, tokenizer, tasks, args.max_train, args.seed)
+            rows[name + "+recover"] = {
+                "scores": scores,
+                "agreement": agreement(corpus, dense_corpus, K),
+                "prune": report,
+                "recover": {k: recovered.report[k] for k in ("steps", "examples_per_epoch", "seconds", "epochs")},
+            }
+            models[name + "+recover"] = EmbeddingForward(recovered.model)
+            log.info("%s+recover: %s", name, rows[name + "+recover"]["agreement"])
+    bench = BenchConfig(batch_sizes=(1, 32), seq_len=128, warmup=2, repeats=args.repeats, threads=args.bench_threads)
+    timing = bench_models(models, bench, progress=False)
     for name, res in timing.items():
         rows[name]["median_ms"] = {str(r["batch_size"]): r["median_ms"] for r in res["results"]}
     report = {
