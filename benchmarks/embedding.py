@@ -17,7 +17,7 @@ With ``--recover 0.3`` the model pruned at that budget is also distilled from de
 pass over ``--recover-texts`` further unlabelled train texts, and measured the same way.
 
     .venv/bin/python benchmarks/embedding.py [--budgets 0.5,0.3] [--recover 0.3] [--calibration 256] \
-        [--max-train 2000] [--threads 1]
+        [--max-train 1000] [--max-length 128] [--threads 1]
 
 Scoring, distillation and embedding run with ``--threads`` (1 on a shared machine: oversubscribed
 threads slow down by far more than they gain); timing uses ``--bench-threads`` (torch's default).
@@ -58,14 +58,14 @@ def calibration(tasks: dict, tokenizer, size: int, seed: int) -> list[dict]:
     return [{k: v for k, v in b.items() if k != "index"} for b in batches]
 
 
-def measure(model, tokenizer, tasks: dict, max_train: int | None, seed: int) -> tuple[dict, torch.Tensor]:
+def measure(model, tokenizer, tasks: dict, args) -> tuple[dict, torch.Tensor]:
     """Labelled proxies per task and the test embeddings of every task, concatenated (the corpus)."""
     scores, corpus = {}, []
     for name, task in tasks.items():
-        train, test = train_sample(task, max_train, seed), task.split("test")
+        train, test = train_sample(task, args.max_train, args.seed), task.split("test")
         t0 = time.perf_counter()
-        train_emb = embed(model, tokenizer, [e.text for e in train])
-        test_emb = embed(model, tokenizer, [e.text for e in test])
+        train_emb = embed(model, tokenizer, [e.text for e in train], max_length=args.max_length)
+        test_emb = embed(model, tokenizer, [e.text for e in test], max_length=args.max_length)
         scores[name] = labelled_scores(train_emb, [e.label for e in train], test_emb, [e.label for e in test], K)
         scores[name].update(train_examples=len(train), test_examples=len(test))
         log.info("%s: %s in %.0fs", name, scores[name], time.perf_counter() - t0)
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__file__, __doc__, out="embedding.json")
     parser.add_argument("--budgets", default="0.5", help="comma-separated MACs fractions")
     parser.add_argument("--calibration", type=int, default=256, help="unlabelled calibration texts")
-    parser.add_argument("--max-train", type=int, default=2000, help="training texts per task for kNN")
+    parser.add_argument("--max-train", type=int, default=1000, help="training texts per task for kNN")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text when embedding")
     parser.add_argument("--recover", type=float, default=None, help="also distil the model pruned at this budget")
     parser.add_argument("--recover-texts", type=int, default=2048, help="unlabelled train texts to distil on")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per model and batch size")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_embedding_model(args.model)
     tasks = {name: harness.load_task_for(name, args) for name in TASKS}
     batches = calibration(tasks, tokenizer, args.calibration, args.seed)
-    dense_scores, dense_corpus = measure(model, tokenizer, tasks, args.max_train, args.seed)
+    dense_scores, dense_corpus = measure(model, tokenizer, tasks, args)
     rows = {"dense": {"scores": dense_scores, "agreement": agreement(dense_corpus, dense_corpus, K)}}
     models = {"dense": EmbeddingForward(model)}
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for value in budgets:
         config = OptinConfig(budget=Budget.parse(f"macs={value}"), seed=args.seed)
         result = prune(model, config, batches, importance=importance)
-        scores, corpus = measure(result.model, tokenizer, tasks, args.max_train, args.seed)
+        scores, corpus = measure(result.model, tokenizer, tasks, args)
         name = f"optin@macs={value}"
         report = {k: result.report[k] for k in ("relative", "layers", "seconds", "calibration_examples")}
         rows[name] = {"scores": scores, "agreement": agreement(corpus, dense_corpus, K), "prune": report}
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             texts = calibration(tasks, tokenizer, args.recover_texts, args.seed + 1)
             config = RecoverConfig(epochs=1, max_steps=8 if args.smoke else None, seed=args.seed)
             recovered = recover_embedding(result.model, model, texts, config)
-            scores, corpus = measure(recovered.model, tokenizer, tasks, args.max_train, args.seed)
+            scores, corpus = measure(recovered.model, tokenizer, tasks, args)
             rows[name + "+recover"] = {
                 "scores": scores,
                 "agreement": agreement(corpus, dense_corpus, K),
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "pooling": model.config.slimformer_embedding,
         "calibration_texts": sum(len(b["input_ids"]) for b in batches),
         "corpus_texts": len(dense_corpus),
+        "max_length": args.max_length,
+        "max_train": args.max_train,
         "k": K,
         "rows": rows,
         "environment": next(iter(timing.values()))["environment"],
@@ -161,7 +164,8 @@ def markdown(report: dict, args) -> str:
     intro = (
         f"No fine-tuning, no labels. Pooling: {report['pooling']}. Calibration: {report['calibration_texts']} "
         f"train texts. Agreement on the {report['corpus_texts']} test texts of {', '.join(TASKS)}; kNN / "
-        f"precision@{K} in points on each test split; latency: median of interleaved runs, 128 tokens."
+        f"precision@{K} in points on each test split ({report['max_train']} train texts per task as the kNN "
+        f"index; texts truncated to {report['max_length']} tokens); latency: median of interleaved runs, 128 tokens."
     )
     return "\n".join(
         [harness.header("Embedding model: OPTIN without labels", args, report["environment"]), intro, ""] + lines
