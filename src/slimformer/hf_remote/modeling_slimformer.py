@@ -27,11 +27,17 @@ import torch
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
+    BertModel,
     CamembertForSequenceClassification,
+    CamembertModel,
     DistilBertForSequenceClassification,
+    DistilBertModel,
     ElectraForSequenceClassification,
+    ElectraModel,
     RobertaForSequenceClassification,
+    RobertaModel,
     XLMRobertaForSequenceClassification,
+    XLMRobertaModel,
 )
 
 SLIM_KEY = "slimformer"
@@ -271,15 +277,18 @@ def reshape_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: i
     layer.set_submodule(paths["fc_out"], _linear(ffn, hidden))
 
 
-def apply_structure(model: nn.Module, family: str) -> None:
-    """Reshape a freshly built model to the per-layer shapes recorded in its config (if any)."""
+def apply_structure(model: nn.Module, family: str, *, base: bool = False) -> None:
+    """Reshape a freshly built model to the per-layer shapes recorded in its config (if any).
+
+    ``base``: the model is the family's base model (no head), whose layers sit one level up.
+    """
     spec = getattr(model.config, SLIM_KEY, None)
     if not spec:
         return
     if int(spec.get("format", 0)) != FORMAT_VERSION:
         raise ValueError(f"unsupported slimformer format {spec.get('format')!r}; this file reads {FORMAT_VERSION}")
     paths = FAMILY_PATHS[family]
-    layers = model.get_submodule(paths["layers"])
+    layers = model.get_submodule(paths["layers"].split(".", 1)[1] if base else paths["layers"])
     shapes = spec["layers"]
     if len(shapes) != len(layers):
         raise ValueError(f"config lists {len(shapes)} layer shapes but the model has {len(layers)} layers")
@@ -338,4 +347,49 @@ SLIM_CLASSES = {
     "xlm-roberta": SlimXLMRobertaForSequenceClassification,
     "camembert": SlimCamembertForSequenceClassification,
     "electra": SlimElectraForSequenceClassification,
+}
+
+
+class _SlimBaseShapes:
+    """Mixin: the family's base model (no head, ``AutoModel``) with the recorded per-layer shapes."""
+
+    _slim_family = ""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_structure(self, self._slim_family, base=True)
+
+
+class SlimBertModel(_SlimBaseShapes, BertModel):
+    _slim_family = "bert"
+
+
+class SlimRobertaModel(_SlimBaseShapes, RobertaModel):
+    _slim_family = "roberta"
+
+
+class SlimDistilBertModel(_SlimBaseShapes, DistilBertModel):
+    _slim_family = "distilbert"
+
+
+class SlimXLMRobertaModel(_SlimBaseShapes, XLMRobertaModel):
+    _slim_family = "xlm-roberta"
+
+
+class SlimCamembertModel(_SlimBaseShapes, CamembertModel):
+    _slim_family = "camembert"
+
+
+class SlimElectraModel(_SlimBaseShapes, ElectraModel):
+    _slim_family = "electra"
+
+
+#: family -> base-model class, named in an embedding folder's ``auto_map`` as ``AutoModel``.
+SLIM_BASE_CLASSES = {
+    "bert": SlimBertModel,
+    "roberta": SlimRobertaModel,
+    "distilbert": SlimDistilBertModel,
+    "xlm-roberta": SlimXLMRobertaModel,
+    "camembert": SlimCamembertModel,
+    "electra": SlimElectraModel,
 }

@@ -42,6 +42,10 @@ def score_fisher(model, batches: Batches, *, seed: int = 0, progress: bool = Tru
 
     if not batches:
         raise ValueError("Fisher importance needs at least one calibration batch")
+    from slimformer.embedding import embedding_pooling
+
+    if embedding_pooling(model) is not None:
+        raise ValueError("Fisher importance needs a task loss with labels; score an embedding model with optin")
     if any("labels" not in b for b in batches):
         raise ValueError("Fisher importance needs labelled calibration batches (a 'labels' entry in every batch)")
     adapter = get_adapter(model)

@@ -18,6 +18,11 @@ later one (OPTIN's distillation of the features downstream of the unit). The nor
   probes (Hutchinson: ``E[(v^T J)^2] = ||J||^2``). Mask variables are per example, so one
   backward pass gives per-example gradients (squares are taken per example).
   ``benchmarks/neuron_score_agreement.py`` measures how this ranks against exact masking.
+
+Embedding models (:func:`slimformer.embedding.embedding_pooling` is set; no labels, no head) use
+``1 - cos(e, e_m)`` of the unit-length pooled embeddings in place of the KL term; it equals
+``1/2 ||e - e_m||^2``, so its Gauss-Newton diagonal is ``1/2 sum_d (d e_d / d m_i)^2``, estimated
+with :data:`OUTPUT_PROBES` Rademacher probes over the embedding dimensions.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from slimformer.arch import get_adapter
+from slimformer.embedding import embedding_pooling
 from slimformer.static.importance import Batches, Importance
 from slimformer.surgery import masked
 
@@ -39,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: A unit to mask: ``("head" | "ffn", layer index, unit index within the layer)``.
 Unit = tuple[str, int, int]
+#: Hutchinson probes per batch for the output term of an embedding model's neuron estimate.
+OUTPUT_PROBES = 8
 
 
 def score_optin(
@@ -55,8 +63,10 @@ def score_optin(
     """OPTIN scores: exact masking damage for heads, its Gauss-Newton estimate for FFN neurons.
 
     Args:
-        model: a sequence classifier of a supported family, in eval mode (left unchanged).
-        batches: calibration batches (see :data:`~slimformer.static.importance.Batches`).
+        model: a sequence classifier of a supported family, or an embedding model (module
+            docstring), in eval mode (left unchanged).
+        batches: calibration batches (see :data:`~slimformer.static.importance.Batches`); no
+            labels are needed.
         seed: seeds the example samples and the Hutchinson probes.
         progress: show tqdm progress bars.
         trajectory_weight: weight ``w`` of the hidden-state distillation term next to the KL term.
@@ -156,21 +166,16 @@ def gauss_newton(
     acc = [torch.zeros(n, dtype=torch.float64) for n in sizes]  # heads then FFN, per layer
     live = [i for i, n in enumerate(sizes) if n]
     gen = torch.Generator().manual_seed(seed)
+    embedding = embedding_pooling(model) is not None
     for batch in tqdm(batches if live else [], desc="optin gauss-newton", disable=not progress, leave=False):
         with torch.enable_grad(), example_masks(model, len(batch["input_ids"])) as (head_m, ffn_m):
             dense = _forward(adapter, model, batch)
         leaves = [(head_m + ffn_m)[i] for i in live]
-        logits = dense.logits  # (B, C)
-        # KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with
-        # nonzero eigenvalue (all but the constant one) give C - 1 exact backward passes.
-        p = logits.detach().double().softmax(-1)  # (B, C)
-        fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
-        evals, evecs = torch.linalg.eigh(fisher)  # ascending; column 0 is the null direction
-        cols = (evecs[:, :, 1:] * evals[:, None, 1:].clamp_min(0).sqrt()).to(logits.dtype)  # (B, C, C-1)
-        for k in range(cols.shape[-1]):
-            grads = torch.autograd.grad((logits * cols[:, :, k]).sum(), leaves, retain_graph=True)
+        logits = dense.logits  # (B, C) logits, or (B, d) unit embeddings
+        for direction, weight in _output_directions(logits, embedding, gen):
+            grads = torch.autograd.grad((logits * direction).sum(), leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
-                acc[i] += 0.5 / n_ex * g.double().pow(2).sum(0).cpu()  # per-example squares, (H,) or (F,)
+                acc[i] += weight / n_ex * g.double().pow(2).sum(0).cpu()  # per-example squares, (H,) or (F,)
         keep = batch["attention_mask"].to(logits)[..., None]  # (B, T, 1)
         for _ in range(probes if trajectory_weight > 0 else 0):
             target = logits.new_zeros(())
@@ -279,7 +284,42 @@ def _forward(adapter, model, batch: dict) -> _Dense:
     for layer in adapter.layers(model):
         hidden = adapter.run_layer(layer, hidden, mask)
         states.append(hidden)
-    return _Dense(states, mask, adapter.classify(model, hidden))
+    return _Dense(states, mask, _output(adapter, model, hidden, batch["attention_mask"]))
+
+
+def _output(adapter, model, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, C)``, or for an embedding model its unit-length pooled embedding ``(B, d)``."""
+    pooling = embedding_pooling(model)
+    if pooling is None:
+        return adapter.classify(model, hidden)
+    return F.normalize(pooling(hidden, attention_mask), dim=-1)
+
+
+def _damage(dense: torch.Tensor, out: torch.Tensor, embedding: bool) -> torch.Tensor:
+    """Per-example output damage ``(B,)``: KL(dense || masked) of logits, or ``1 - cos`` of embeddings."""
+    if embedding:
+        return 1 - (dense.double() * out.double()).sum(-1)  # both unit length
+    logp, logq = F.log_softmax(dense.double(), -1), F.log_softmax(out.double(), -1)  # (B, C)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _output_directions(out: torch.Tensor, embedding: bool, gen: torch.Generator):
+    """``(direction (B, C), weight)`` pairs whose squared per-example gradients sum to the output term.
+
+    KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with nonzero
+    eigenvalue (all but the constant one) give C - 1 exact backward passes. Embedding: Rademacher
+    probes of ``1/2 ||e - e_m||^2`` (Hutchinson), :data:`OUTPUT_PROBES` of them.
+    """
+    if embedding:
+        for _ in range(OUTPUT_PROBES):
+            yield (torch.randint(0, 2, out.shape, generator=gen) * 2 - 1).to(out), 0.5 / OUTPUT_PROBES
+        return
+    p = out.detach().double().softmax(-1)  # (B, C)
+    fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
+    evals, evecs = torch.linalg.eigh(fisher)  # ascending; column 0 is the null direction
+    cols = (evecs[:, :, 1:] * evals[:, None, 1:].clamp_min(0).sqrt()).to(out.dtype)  # (B, C, C-1)
+    for k in range(cols.shape[-1]):
+        yield cols[:, :, k], 0.5
 
 
 def _heads(adapter, layer) -> int:
@@ -301,7 +341,7 @@ class MaskingTerms:
     """Per-example pieces of the exact damage of masking each unit, so any subset can be scored.
 
     Attributes:
-        kl: ``(U, N)`` KL(dense || masked) of each example.
+        kl: ``(U, N)`` KL(dense || masked) of each example (``1 - cos`` for an embedding model).
         err: ``(U, N, L)`` squared error of each layer's output, summed over the example's tokens.
         sq: ``(N, L)`` dense squared norm of each layer's output, summed over the example's tokens.
         tokens: ``(N,)`` non-padding tokens of each example.
@@ -338,6 +378,7 @@ def masking_terms(
     device = adapter.ffn(layers[0]).fc_out.weight.device if len(layers) else None
     head_masks = [torch.ones(_heads(adapter, layer), device=device) for layer in layers]
     ffn_masks = [torch.ones(adapter.ffn(layer).width, device=device) for layer in layers]
+    embedding = embedding_pooling(model) is not None
     kl, err, sq, tokens = [], [], [], []  # per batch: (U, B), (U, B, L), (B, L), (B,)
     bar = tqdm(total=len(batches) * len(units), desc=desc, disable=not progress, leave=False)
     # Dense and masked passes both run under the hooks, so an unmasked unit computes bit-identically.
@@ -345,7 +386,6 @@ def masking_terms(
         for batch in batches:
             dense = _forward(adapter, model, batch)
             keep = batch["attention_mask"].to(torch.float64)  # (B, T)
-            logp = F.log_softmax(dense.logits.double(), -1)  # (B, C)
             sq.append(torch.stack([(h.double().pow(2).sum(-1) * keep).sum(-1) for h in dense.states[1:]], -1))
             tokens.append(keep.sum(-1))
             b_kl = torch.zeros(len(units), len(keep), dtype=torch.float64)
@@ -359,8 +399,8 @@ def masking_terms(
                         hidden = adapter.run_layer(layers[j], hidden, dense.mask)
                         diff = (hidden - dense.states[j + 1]).double().pow(2).sum(-1)  # (B, T)
                         b_err[u, :, j] = (diff * keep).sum(-1)
-                    logq = F.log_softmax(adapter.classify(model, hidden).double(), -1)  # (B, C)
-                    b_kl[u] = (logp.exp() * (logp - logq)).sum(-1)
+                    out = _output(adapter, model, hidden, batch["attention_mask"])
+                    b_kl[u] = _damage(dense.logits, out, embedding)
                 finally:
                     mask[idx] = 1.0
                 bar.update(1)
