@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from render_features import FEATURES_BODY
 from render_headline import headline_rows
 from render_studies import STUDIES_BODY
 from render_tables import PAGES_BODY
@@ -92,6 +93,7 @@ PAGES: tuple[Page, ...] = (
         "neuron_score_agreement.py",
         ("neuron_score_agreement",),
     ),
+    Page("embedding", "Sentence-embedding models (no labels)", "embedding.py", ("embedding",)),
 )
 
 
@@ -113,7 +115,7 @@ def environment_line(data: dict) -> str:
 
 def render_page(page: Page, data: dict[str, dict], notes_dir: Path = NOTES) -> str:
     """The markdown of one page: a header per results file, its tables and targets, then the notes."""
-    body: Callable[[str, dict], list[str]] = {**PAGES_BODY, **STUDIES_BODY}[page.name]
+    body: Callable[[str, dict], list[str]] = {**PAGES_BODY, **STUDIES_BODY, **FEATURES_BODY}[page.name]
     lines = [GENERATED, "", f"# {page.title}", ""]
     lines += [f"Measured by `benchmarks/{page.script}`; [all results](README.md)."]
     for stem, report in data.items():

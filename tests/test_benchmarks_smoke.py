@@ -15,7 +15,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 #: Modules in benchmarks/ that are not benchmarks.
-NOT_BENCHMARKS = {"harness", "render_results", "render_tables", "render_studies", "render_headline"}
+NOT_BENCHMARKS = {"harness", "render_results", "render_tables", "render_studies", "render_headline", "render_features"}
 #: Scripts that need an optional package: skipped where it is not installed.
 NEEDS = {"torch_pruning_baseline": "torch_pruning"}
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem not in NOT_BENCHMARKS)

@@ -1,0 +1,70 @@
+"""Results-page bodies of the newer task kinds and runtimes (embedding models, ...).
+
+Each body takes ``(stem, report)`` and returns markdown lines, like :mod:`render_tables`. Targets
+are the ones the issue that asked for each benchmark states; a miss is shown as **MISSED**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from render_tables import num, table, targets
+
+#: Issue 20's targets for MiniLM-L6 as an embedding model at 50% MACs, no labels.
+EMBED_RECALL, EMBED_POINTS, EMBED_SPEEDUP = 0.90, 1.0, 1.8
+
+
+def _speedups(row: dict, dense: dict) -> dict[str, float]:
+    ms, ref = row.get("median_ms") or {}, dense.get("median_ms") or {}
+    return {b: ref[b] / ms[b] for b in ms if b in ref and ms[b]}
+
+
+def embedding(stem: str, r: dict) -> list[str]:
+    """Agreement with dense, labelled proxies and speed of each compressed embedding model."""
+    rows, dense = r["rows"], r["rows"]["dense"]
+    tasks = list(dense["scores"])
+    headers = ["model", "mean cos", f"recall@{r.get('k', 10)}"]
+    headers += [f"{t} kNN / P@{r.get('k', 10)}" for t in tasks] + ["speedup b1 / b32"]
+    body = []
+    for name, row in rows.items():
+        s = _speedups(row, dense)
+        cells = [name, num(row["agreement"]["mean_cosine"], ".3f"), num(row["agreement"]["recall_at_k"], ".3f")]
+        for t in tasks:
+            sc = row["scores"][t]
+            cells.append(
+                f"{num(sc['knn_accuracy'], '.2f', scale=100)} / {num(sc['retrieval_precision'], '.2f', scale=100)}"
+            )
+        cells.append(f"{num(s.get('1'), '.2f', suffix='x')} / {num(s.get('32'), '.2f', suffix='x')}")
+        body.append(cells)
+    pooling = r.get("pooling", {})
+    lines = [
+        f"Model `{r.get('model')}` as an embedding model (pooling: {pooling.get('mode')}, normalised "
+        f"{pooling.get('normalize')}, from {pooling.get('source')}); {r.get('calibration_texts')} unlabelled "
+        f"calibration texts; agreement on {r.get('corpus_texts')} held-out test texts; kNN index of "
+        f"{r.get('max_train')} train texts per task; inputs cut to {r.get('max_length')} tokens.",
+        "",
+        *table(headers, body),
+        "",
+    ]
+    half = rows.get("optin@macs=0.5")
+    if half is not None:
+        drops = [100 * (dense["scores"][t]["knn_accuracy"] - half["scores"][t]["knn_accuracy"]) for t in tasks]
+        found = {
+            f"recall@10 of dense's neighbours >= {EMBED_RECALL} at 50% MACs": {
+                "met": half["agreement"]["recall_at_k"] >= EMBED_RECALL,
+                "recall": half["agreement"]["recall_at_k"],
+            },
+            f"kNN accuracy within {EMBED_POINTS:g} point of dense at 50% MACs": {
+                "met": max(drops) <= EMBED_POINTS,
+                "largest drop (points)": max(drops),
+            },
+            f">= {EMBED_SPEEDUP}x at batch 32 at 50% MACs": {
+                "met": _speedups(half, dense).get("32", 0) >= EMBED_SPEEDUP,
+                "speedup": _speedups(half, dense).get("32", 0),
+            },
+        }
+        lines += targets(found)
+    return lines
+
+
+FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding,)}
