@@ -30,14 +30,13 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     config_help_command,
     emit_json,
     ensure_distinct,
     ensure_output_dir,
     fail,
-    load_task_option,
     max_length_for,
+    model_and_task,
     parse_options,
     split_metrics,
 )
@@ -126,7 +125,6 @@ def axformer_command(
     """AxFormer: remove what does not help the task and switch layers to top-k attention where that helps,
     searched on the validation split; save the smaller model (its top-k settings load with it)."""
     from slimformer.compose import parse_recipe
-    from slimformer.models import load_model
     from slimformer.quantize import size_on_disk
 
     try:
@@ -144,17 +142,9 @@ def axformer_command(
         ensure_distinct(out=out, int8_out=int8_out, bf16_out=bf16_out)
         for folder in (out, int8_out, bf16_out):
             ensure_output_dir(folder, overwrite, inputs=(model,))
-        data = load_task_option(
-            task,
-            text_column,
-            text_pair_column,
-            label_column,
-            seed,
-            validation_file=validation_file,
-            test_file=test_file,
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, seed, validation_file, test_file
         )
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         context = _context(data, tok, max_length_for(data, max_length), batch_size, validation_examples,
                            fit_examples, seed, not as_json)  # fmt: skip
         report = {"model": model, "task": data.name, "max_length": context.max_length}

@@ -222,6 +222,26 @@ def load_task_option(
     )
 
 
+def model_and_task(
+    model: str,
+    task: str,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    seed: int = 0,
+    validation_file: Path | None = None,
+    test_file: Path | None = None,
+):
+    """``(model, tokenizer, task)``: a classifier with a trained head and the task, labels in the model's order."""
+    from slimformer.models import load_model
+
+    data = load_task_option(
+        task, text_column, text_pair_column, label_column, seed, validation_file=validation_file, test_file=test_file
+    )
+    m, tok = load_model(model, require_head=True)
+    return m, tok, check_labels(m, data, model, task)
+
+
 def check_labels(model, data, model_name: str, task: str):
     """The task with its labels in the model's order (``id2label``, when the model names its classes).
 

@@ -20,11 +20,10 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     emit_json,
     ensure_output_dir,
     fail,
-    load_task_option,
+    model_and_task,
     split_metrics,
 )
 
@@ -71,16 +70,13 @@ def compress(
     """
     from slimformer.compose import RecipeContext, load_recipe, save_result
     from slimformer.compose import compress as run_compress
-    from slimformer.models import load_model
 
     try:
         steps = load_recipe(recipe)
         ensure_output_dir(out, overwrite, inputs=(model,))
-        data = load_task_option(
-            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
         )
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         context = RecipeContext(
             tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
         )

@@ -16,10 +16,9 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     emit_json,
     fail,
-    load_task_option,
+    model_and_task,
 )
 
 
@@ -39,21 +38,12 @@ def evaluate(
 ):
     """Task metrics (accuracy, macro F1, MCC for binary tasks) of a model on one split."""
     from slimformer.evaluate import evaluate as run_eval
-    from slimformer.models import load_model
 
     try:
-        data = load_task_option(
-            task,
-            text_column,
-            text_pair_column,
-            label_column,
-            seed,
-            validation_file=validation_file,
-            test_file=test_file,
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, seed, validation_file, test_file
         )
-        examples = data.split(split)
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
+        examples = data.split(split)  # after the labels follow the model's id2label
         metrics = run_eval(m, tok, examples, batch_size=batch_size, max_length=max_length, progress=not as_json)
     except USER_ERRORS as exc:
         fail(exc)

@@ -116,7 +116,7 @@ def train_command(
         ensure_output_dir(out, overwrite, inputs=(model,))
         data = load_task_option(task, seed=seed)
         m, tok = load_model(model)
-        check_labels(m, data, model, task)
+        data = check_labels(m, data, model, task)
         length = max_length_for(data, max_length)
         train = split_examples(data, "train", limit_train)
         result = _train(

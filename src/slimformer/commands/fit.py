@@ -21,13 +21,12 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     emit_json,
     ensure_output_dir,
     fail,
     field_help,
-    load_task_option,
     max_length_for,
+    model_and_task,
     parse_options,
 )
 
@@ -74,25 +73,16 @@ def fit_command(
     """
     from slimformer.fit import FitConfig, NoFit, fit
     from slimformer.fit_report import save_fit, save_report, summary
-    from slimformer.models import load_model
 
     try:
         fields = {"budget": budget, "max_drop": max_drop, "method": method, "budgets": budgets, "variants": variants}
         fields |= {"calibration": calibration, "repeats": repeats, "seed": seed, **parse_options(set_)}
         FitConfig.from_dict(fields)  # refuse bad settings before loading anything
         ensure_output_dir(out, overwrite, inputs=(model,))
-        data = load_task_option(
-            task,
-            text_column,
-            text_pair_column,
-            label_column,
-            seed,
-            validation_file=validation_file,
-            test_file=test_file,
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, seed, validation_file, test_file
         )
         config = FitConfig.from_dict({**fields, "max_length": max_length_for(data, max_length)})
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         result = fit(m, config, data, tok, progress=not as_json)
         result.report["model"] = model
         save_fit(result, tok, out, overwrite=overwrite)

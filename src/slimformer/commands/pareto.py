@@ -19,10 +19,9 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     emit_json,
     fail,
-    load_task_option,
+    model_and_task,
 )
 
 
@@ -53,7 +52,6 @@ def pareto(
     """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
     from slimformer.bench import parse_int_list
     from slimformer.export import prepare_output_dir
-    from slimformer.models import load_model
     from slimformer.pareto import ParetoConfig, sweep
     from slimformer.report import write_json
 
@@ -63,11 +61,9 @@ def pareto(
             repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
         folder = prepare_output_dir(out, overwrite=overwrite)  # refuses a non-empty folder before any work
-        data = load_task_option(
-            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
         )
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         result = sweep(m, tok, data, config, name="dense", progress=not as_json)
     except USER_ERRORS as exc:
         fail(exc)

@@ -21,12 +21,11 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     config_help_command,
     emit_json,
     ensure_output_dir,
     fail,
-    load_task_option,
+    model_and_task,
     parse_options,
     split_metrics,
 )
@@ -68,7 +67,6 @@ def prune(
 ):
     """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
     from slimformer.export import save_model
-    from slimformer.models import load_model
     from slimformer.static import PruneConfig, calibration_batches
     from slimformer.static import prune as run_prune
 
@@ -77,11 +75,9 @@ def prune(
             {"method": method, "budget": budget, "repair": repair, "seed": seed, **parse_options(set_)}
         )
         ensure_output_dir(out, overwrite, inputs=(model,))
-        data = load_task_option(
-            task, text_column, text_pair_column, label_column, validation_file=validation_file, test_file=test_file
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
         )
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
         result = run_prune(m, config, batches, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}

@@ -22,12 +22,12 @@ from slimformer.commands.common import (
     TestFileOpt,
     TextCol,
     ValFileOpt,
-    check_labels,
     emit_json,
     ensure_output_dir,
     fail,
     field_readers,
     load_task_option,
+    model_and_task,
     parse_options,
 )
 from slimformer.skim.config import SkimConfig  # torch-free: its field help texts are the options' help
@@ -93,7 +93,6 @@ def train_command(
 ):
     """Train skim predictors (fine-tuning the model with them) and save the skimming model."""
     from slimformer.export import prepare_output_dir
-    from slimformer.models import load_model
     from slimformer.skim.measure import measure_skim, tokenized_batches
     from slimformer.skim.saving import write_skim
     from slimformer.skim.train import CHECKPOINTS_DIR, skim
@@ -111,17 +110,9 @@ def train_command(
         ensure_output_dir(out, overwrite, resume=resume, inputs=(model,))
         if not resume:
             prepare_output_dir(out, overwrite=overwrite)
-        data = load_task_option(
-            task,
-            text_column,
-            text_pair_column,
-            label_column,
-            seed,
-            validation_file=validation_file,
-            test_file=test_file,
+        m, tok, data = model_and_task(
+            model, task, text_column, text_pair_column, label_column, seed, validation_file, test_file
         )
-        m, tok = load_model(model, require_head=True)
-        data = check_labels(m, data, model, task)
         result = skim(m, config, data, tokenizer=tok, out_dir=out, resume=resume, progress=not as_json)
         report = {"model": model, "task": data.name, **result.report}
         if keep is not None or macs is not None or latency_ms is not None:
