@@ -30,6 +30,7 @@ from transformers import (
     CamembertForSequenceClassification,
     DistilBertForSequenceClassification,
     ElectraForSequenceClassification,
+    ModernBertForSequenceClassification,
     RobertaForSequenceClassification,
     XLMRobertaForSequenceClassification,
 )
@@ -78,6 +79,20 @@ for _family, _base in (
     ("electra", "electra"),
 ):
     FAMILY_PATHS[_family] = {**FAMILY_PATHS["bert"], "layers": f"{_base}.encoder.layer"}
+# A fused layout: one ``qkv`` Linear holds the q, k and v rows (in that order, each heads * head
+# size wide), and ``fc_in`` is a GLU input projection with two rows per neuron (values, then gates).
+FAMILY_PATHS["modernbert"] = {
+    "layers": "model.layers",
+    "qkv": "attn.Wqkv",
+    "o": "attn.Wo",
+    "core": "attn",
+    "fc_in": "mlp.Wi",
+    "fc_out": "mlp.Wo",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden": "hidden_size",
+    "ffn": "intermediate_size",
+}
 
 
 class HeadlessAttention(nn.Module):
@@ -89,11 +104,11 @@ class HeadlessAttention(nn.Module):
     same attribute name, so checkpoints keep their keys.
     """
 
-    def __init__(self, out_name: str | None = None, hidden: int = 0):
+    def __init__(self, out_name: str | None = None, hidden: int = 0, *, bias: bool = True):
         super().__init__()
         self.out_name = out_name
         if out_name is not None:
-            setattr(self, out_name, _linear(0, hidden))
+            setattr(self, out_name, _linear(0, hidden, bias=bias))
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)  # (B, T, 0)
@@ -102,10 +117,10 @@ class HeadlessAttention(nn.Module):
         return empty, None
 
 
-def _linear(n_in: int, n_out: int) -> nn.Linear:
+def _linear(n_in: int, n_out: int, *, bias: bool = True) -> nn.Linear:
     with warnings.catch_warnings():  # a removed sublayer has a zero-size weight; its init is a no-op
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return nn.Linear(n_in, n_out)
+        return nn.Linear(n_in, n_out, bias=bias)
 
 
 def check_topk(k) -> int | float:
@@ -245,6 +260,12 @@ def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | 
         return False
     if topk is None:
         return False
+    if "qkv" in paths:
+        raise ValueError(
+            "top-k attention is not available for this family: its attention rotates q and k by "
+            "their positions (rotary embeddings) and may attend within a sliding window, which "
+            "the top-k attention module does not reproduce"
+        )
     prefix = core_path + "."
     names = {n: paths[n][len(prefix) :] if paths[n].startswith(prefix) else None for n in ("q", "k", "v", "o")}
     if not all(names[n] for n in ("q", "k", "v")):
@@ -253,8 +274,26 @@ def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | 
     return True
 
 
+def _reshape_fused_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: int, head_size: int, hidden: int):
+    """:func:`reshape_layer` for the fused layout (``qkv`` and a GLU ``fc_in``); biases where the layer has them."""
+    att_bias = layer.get_submodule(paths["o"]).bias is not None
+    ffn_bias = layer.get_submodule(paths["fc_out"]).bias is not None
+    if heads == 0:
+        core, out = paths["core"], paths["o"]
+        layer.set_submodule(core, HeadlessAttention(out[len(core) + 1 :], hidden, bias=att_bias))
+    else:
+        width = heads * head_size
+        layer.set_submodule(paths["qkv"], _linear(hidden, 3 * width, bias=att_bias))
+        layer.set_submodule(paths["o"], _linear(width, hidden, bias=att_bias))
+    layer.set_submodule(paths["fc_in"], _linear(hidden, 2 * ffn, bias=ffn_bias))
+    layer.set_submodule(paths["fc_out"], _linear(ffn, hidden, bias=ffn_bias))
+
+
 def reshape_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: int, head_size: int, hidden: int):
     """Give one layer fresh projections for ``heads`` heads and ``ffn`` neurons (weights to be loaded)."""
+    if "qkv" in paths:
+        _reshape_fused_layer(layer, paths, heads=heads, ffn=ffn, head_size=head_size, hidden=hidden)
+        return
     if heads == 0:
         core, out = paths["core"], paths["o"]
         if out.startswith(core + "."):
@@ -291,10 +330,22 @@ def apply_structure(model: nn.Module, family: str) -> None:
         )
     topk = getattr(model.config, TOPK_KEY, None) or {}
     origins = spec.get("origin") or list(range(len(layers)))
+    if family == "modernbert":
+        _restore_attention_norms(model.config, layers, origins)
     for layer, origin in zip(layers, origins, strict=True):
         k = topk.get(str(origin))
         if k is not None:
             set_layer_topk(layer, paths, k, head_size=head_size)
+
+
+def _restore_attention_norms(config, layers: nn.ModuleList, origins: list[int]) -> None:
+    """ModernBERT builds its first layer without an attention norm; only the original first layer lacks it.
+
+    After the original first layer was removed, the layer now first had a norm when it was saved.
+    """
+    for layer, origin in zip(layers, origins, strict=True):
+        if origin != 0 and isinstance(layer.attn_norm, nn.Identity):
+            layer.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
 
 class _SlimShapes:
@@ -331,6 +382,10 @@ class SlimElectraForSequenceClassification(_SlimShapes, ElectraForSequenceClassi
     _slim_family = "electra"
 
 
+class SlimModernBertForSequenceClassification(_SlimShapes, ModernBertForSequenceClassification):
+    _slim_family = "modernbert"
+
+
 SLIM_CLASSES = {
     "bert": SlimBertForSequenceClassification,
     "roberta": SlimRobertaForSequenceClassification,
@@ -338,4 +393,5 @@ SLIM_CLASSES = {
     "xlm-roberta": SlimXLMRobertaForSequenceClassification,
     "camembert": SlimCamembertForSequenceClassification,
     "electra": SlimElectraForSequenceClassification,
+    "modernbert": SlimModernBertForSequenceClassification,
 }
