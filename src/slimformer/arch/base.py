@@ -102,13 +102,13 @@ def head_columns(heads: Sequence[int], head_size: int) -> torch.Tensor:
     return torch.tensor([h * head_size + j for h in heads for j in range(head_size)], dtype=torch.long)
 
 
-def _rows(linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def take_rows(linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Output rows ``idx`` of a Linear (weight is (out, in)) and of its bias, if any."""
     bias = None if linear.bias is None else linear.bias.data[idx].clone()
     return linear.weight.data[idx].clone(), bias
 
 
-def _columns(linear: nn.Linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def take_columns(linear: nn.Linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input columns ``idx`` of a Linear; the bias (per output) stays whole."""
     return linear.weight.data[:, idx].clone(), None if linear.bias is None else linear.bias.data.clone()
 
@@ -210,6 +210,10 @@ class ArchAdapter:
     def ffn(self, layer: nn.Module) -> FFNView:
         return FFNView(layer.get_submodule(self.paths["fc_in"]), layer.get_submodule(self.paths["fc_out"]))
 
+    def ffn_input(self, layer: nn.Module) -> nn.Module:
+        """The module whose input is the residual stream the FFN adds to (post-norm: ``fc_in`` itself)."""
+        return layer.get_submodule(self.paths["fc_in"])
+
     # --- surgery ----------------------------------------------------------------------------
     @torch.no_grad()
     def shrink_layer(self, layer: nn.Module, heads: Sequence[int], neurons: Sequence[int], dims: ModelDims) -> None:
@@ -217,8 +221,9 @@ class ArchAdapter:
         att, ffn = self.attention(layer), self.ffn(layer)
         cols = head_columns(heads, dims.head_size)  # (width,)
         idx = torch.tensor(list(neurons), dtype=torch.long)
-        saved = {name: _rows(getattr(att, name), cols) for name in ("q", "k", "v") if heads}
-        saved |= {"o": _columns(att.o, cols), "fc_in": _rows(ffn.fc_in, idx), "fc_out": _columns(ffn.fc_out, idx)}
+        saved = {name: take_rows(getattr(att, name), cols) for name in ("q", "k", "v") if heads}
+        saved["o"], saved["fc_out"] = take_columns(att.o, cols), take_columns(ffn.fc_out, idx)
+        saved["fc_in"] = take_rows(ffn.fc_in, idx)
         like = att.o
         reshape_layer(layer, self.paths, heads=len(heads), ffn=len(idx), head_size=dims.head_size, hidden=dims.hidden)
         new_att, new_ffn = self.attention(layer), self.ffn(layer)

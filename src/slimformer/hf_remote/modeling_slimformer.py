@@ -174,7 +174,8 @@ def topk_attention(
         keep = torch.ceil(n_keys * topk).clamp(min=1)
     else:
         keep = n_keys.clamp(max=topk)
-    keep = keep.long().expand(b, h, t, 1)  # (B, H, T, 1) keys each query keeps
+    # a query that may attend to nothing (a padding query outside every local window) keeps one
+    keep = keep.clamp(min=1).long().expand(b, h, t, 1)  # (B, H, T, 1) keys each query keeps
     k_max = int(keep.max())
     if k_max < t:
         if bool((keep == k_max).all()):  # one k for every query (no padding): unsorted top-k is cheaper
@@ -242,6 +243,30 @@ class TopKSelfAttention(nn.Module):
         return f"topk={self.topk}"
 
 
+class TopKRotaryAttention(TopKSelfAttention):
+    """Hard (top-k) attention for the fused layout (ModernBERT): one ``qkv`` projection, rotary q and k.
+
+    The rotary tables come from the layer (``position_embeddings``), and a local layer's
+    sliding-window mask arrives as its attention mask, so top-k picks among the keys the dense
+    layer may attend to.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, **kwargs):
+        from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+        b, t, _ = hidden_states.shape
+        qkv = getattr(self, self.names["qkv"])(hidden_states).view(b, t, 3, -1, self.attention_head_size)
+        q, k, v = (x.transpose(1, 2) for x in qkv.unbind(dim=2))  # 3 x (B, H, T, s)
+        cos, sin = position_embeddings  # (B, T, s) each
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        dropout = getattr(self._dense_core, "attention_dropout", 0.0)
+        out = topk_attention(
+            q, k, v, attention_mask, topk=self.topk, scaling=self.scaling, dropout=dropout, training=self.training
+        )  # (B, H, T, s)
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * s)
+        return getattr(self, self.names["o"])(out), None
+
+
 def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | None, *, head_size: int) -> bool:
     """Switch one layer to hard attention with ``topk`` (``None``: back to dense attention).
 
@@ -260,13 +285,11 @@ def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | 
         return False
     if topk is None:
         return False
-    if "qkv" in paths:
-        raise ValueError(
-            "top-k attention is not available for this family: its attention rotates q and k by "
-            "their positions (rotary embeddings) and may attend within a sliding window, which "
-            "the top-k attention module does not reproduce"
-        )
     prefix = core_path + "."
+    if "qkv" in paths:
+        names = {n: paths[n][len(prefix) :] for n in ("qkv", "o")}
+        layer.set_submodule(core_path, TopKRotaryAttention(core, names, topk=topk, head_size=head_size))
+        return True
     names = {n: paths[n][len(prefix) :] if paths[n].startswith(prefix) else None for n in ("q", "k", "v", "o")}
     if not all(names[n] for n in ("q", "k", "v")):
         raise ValueError(f"the q/k/v projections are not inside {core_path!r}; cannot switch to top-k attention")
