@@ -122,6 +122,23 @@ def copy_into(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
             linear.bias.copy_(bias)
 
 
+def bert_named_dims(family: str, config, **terms) -> ModelDims:
+    """:class:`ModelDims` of a config that uses BERT's field names (``hidden_size``, ...), plus layout ``terms``."""
+    return ModelDims(
+        family=family,
+        hidden=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        head_size=config.hidden_size // config.num_attention_heads,
+        ffn=config.intermediate_size,
+        num_layers=config.num_hidden_layers,
+        vocab_size=config.vocab_size,
+        max_positions=config.max_position_embeddings,
+        type_vocab_size=getattr(config, "type_vocab_size", 0),
+        num_labels=config.num_labels,
+        **terms,
+    )
+
+
 def bert_style_tiny(*, layers: int, num_labels: int) -> dict:
     """Config fields of a tiny BERT-named model: hidden 32, 4 heads of 8, FFN 37, vocabulary 99."""
     return {

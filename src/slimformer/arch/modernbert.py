@@ -20,6 +20,7 @@ from slimformer.arch.base import (
     FFNView,
     LinearRows,
     ModelDims,
+    bert_named_dims,
     copy_into,
     head_columns,
     take_columns,
@@ -69,22 +70,8 @@ class ModernBertAdapter(ArchAdapter):
                 f"attention_bias={config.attention_bias}, mlp_bias={config.mlp_bias}, "
                 f"classifier_bias={config.classifier_bias}: the cost model needs all three equal"
             )
-        return ModelDims(
-            family=self.family,
-            hidden=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            head_size=config.hidden_size // config.num_attention_heads,
-            ffn=config.intermediate_size,
-            num_layers=config.num_hidden_layers,
-            vocab_size=config.vocab_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=0,
-            num_labels=config.num_labels,
-            gated_ffn=True,
-            biases=biases.pop(),
-            norm_size=2 if config.norm_bias else 1,
-            pre_norm=True,
-        )
+        terms = {"gated_ffn": True, "biases": biases.pop(), "norm_size": 2 if config.norm_bias else 1}
+        return bert_named_dims(self.family, config, **terms, pre_norm=True)
 
     def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
         from transformers import ModernBertConfig
