@@ -181,7 +181,7 @@ def markdown(report: dict, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__file__, __doc__, out="families.json")
     p.add_argument("--rounds", type=int, default=3, help="timed calls per model at batch 32 (x8 at batch 1)")
     p.add_argument("--calib", type=int, default=16, help="calibration sequences for the OPTIN timing")
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         report["optin"][name] = optin_cost(name, copy.deepcopy(configs[name]), args)
     report["environment"] = harness.environment()
     harness.write_results(args.out, report, markdown(report, args))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
