@@ -22,11 +22,11 @@ Writes benchmarks/results/families.{json,md}.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import harness
 import torch
-from batch1_overhead import interleaved_walls
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
@@ -90,6 +90,20 @@ def calibration(model, n: int, seq: int, seed: int) -> list[dict]:
     return batches
 
 
+def interleaved_ms(models: list, inputs: dict, calls: int) -> list[float]:
+    """Median ms of each model over ``calls`` rounds; each round calls every model once, order rotating."""
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for m in models:  # one untimed call each: allocations, lazy initialisation
+            m(**inputs)
+        for r in range(calls):
+            for i in [(r + j) % len(models) for j in range(len(models))]:
+                start = time.perf_counter()
+                models[i](**inputs)
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def pruned_to(model, fraction: float, seq: int, data: list[dict]):
     """``model`` cut to ``fraction`` of its MACs by real surgery (magnitude scores, no repair)."""
     config = PruneConfig.from_dict({"method": "magnitude", "budget": f"macs={fraction},seq={seq}", "repair": False})
@@ -109,7 +123,7 @@ def time_family(name: str, config, args) -> dict:
     for batch in args.batches:
         inputs = make_bench_inputs(dense, batch, args.seq, seed=args.seed)
         calls = args.rounds * (1 if batch > 1 else 8)
-        walls = dict(zip(models, interleaved_walls(list(models.values()), inputs, calls), strict=True))
+        walls = dict(zip(models, interleaved_ms(list(models.values()), inputs, calls), strict=True))
         rows = {}
         for k in models:
             speedup = walls["dense"] / walls[k]
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed calls per model at batch 32 (x8 at batch 1)")
     p.add_argument("--calib", type=int, default=16, help="calibration sequences for the OPTIN timing")
     p.add_argument("--vocab", type=int, default=1024, help="embedding rows of the base-size models")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU oversubscribes more)")
     args = harness.start(p, argv)
     torch.set_num_threads(args.threads)
     configs = smoke_configs() if args.smoke else base_configs(args.vocab)
