@@ -67,4 +67,57 @@ def embedding(stem: str, r: dict) -> list[str]:
     return lines
 
 
-FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding,)}
+def families(stem: str, r: dict) -> list[str]:
+    """Pruned speed over the MACs ratio per family at base size, and OPTIN's cost per family."""
+    goal = r.get("targets", {})
+    rows, found = [], {}
+    for name, fam in r["families"].items():
+        budgets = [k for k in fam["macs"] if k != "dense"]
+        cells = [name, f"{fam['params']['dense'] / 1e6:.1f}M"]
+        for batch in ("32", "1"):
+            models = fam["batches"].get(batch, {}).get("models", {})
+            for b in budgets:
+                ratio = models.get(b, {}).get("speedup_over_macs_ratio")
+                cells.append(f"{num(models.get(b, {}).get('speedup'), '.2f', suffix='x')} ({num(ratio, '.2f')})")
+                if ratio is not None and batch in goal:
+                    found[f"{name} {b} batch {batch}: speedup / MACs ratio >= {goal[batch]}"] = {
+                        "met": ratio >= goal[batch],
+                        "ratio": ratio,
+                    }
+        rows.append(cells)
+    first = next(iter(r["families"].values()))
+    budgets = [k for k in first["macs"] if k != "dense"]
+    headers = ["family", "params"] + [f"b{batch} {b}" for batch in ("32", "1") for b in budgets]
+    lines = [
+        f"Random weights at base-size shapes (vocabulary reduced: it only changes the embedding table), "
+        f"{r.get('seq_len')} tokens; speedup over dense with the speedup / MACs-ratio "
+        "in brackets (1.00: the clock follows the cost model), dense and pruned timed alternately.",
+        "",
+        *table(headers, rows),
+        "",
+    ]
+    optin = r.get("optin") or {}
+    if optin:
+        orows = []
+        for name, o in optin.items():
+            proj = o.get("projected_seconds_1024", {})
+            measured = o.get("measured_seconds", {})
+            cal = o.get("calibration", {})
+            total = proj.get("total") or 0
+            orows.append([name, f"{o['params'] / 1e6:.1f}M", str(cal.get("sequences")),
+                          num(measured.get("wall"), ".0f"), num(total, ".0f"), num(total / 60, ".0f")])  # fmt: skip
+            found[f"{name}: OPTIN on 1,024 x 128 within 10 minutes (projected)"] = {
+                "met": (proj.get("total") or 0) <= 600,
+                "projected_minutes": (proj.get("total") or 0) / 60,
+            }
+        lines += [
+            "OPTIN scoring + pruning cost (measured on a few sequences, projected to 1,024 x 128 by how each part "
+            "grows with the data; a projection, not a measurement):",
+            "",
+            *table(["family", "params", "sequences", "measured s", "projected s (1,024)", "projected min"], orows),
+            "",
+        ]
+    return lines + targets(found)
+
+
+FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding, families)}

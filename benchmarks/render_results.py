@@ -94,6 +94,7 @@ PAGES: tuple[Page, ...] = (
         ("neuron_score_agreement",),
     ),
     Page("embedding", "Sentence-embedding models (no labels)", "embedding.py", ("embedding",)),
+    Page("families", "Model families at base size", "families.py", ("families",)),
 )
 
 

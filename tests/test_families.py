@@ -2,8 +2,9 @@
 
 The shared suite (test_arch, test_cost, test_surgery, test_export, test_onnx_export, ...) runs on a
 tiny model of every family in the registry; these tests check the family facts that code outside
-``arch/`` reads (position offset, inputs, head modules, exit warm start), and ELECTRA-small's
-narrower embeddings, which the registry's tiny ELECTRA (embeddings as wide as the layers) lacks.
+``arch/`` reads (position offset, inputs, head modules, exit warm start), ELECTRA-small's
+narrower embeddings, which the registry's tiny ELECTRA (embeddings as wide as the layers) lacks,
+and ModernBERT's fused projections, layer kinds and refusals.
 """
 
 import dataclasses
@@ -52,6 +53,8 @@ def test_position_offset_gives_the_longest_sequence_that_runs(family):
     ids = torch.full((1, limit), 20)
     with torch.no_grad():
         model(input_ids=ids)  # the limit itself runs
+        if get_adapter(model).dims(model.config).pre_norm:
+            return  # rotary positions (ModernBERT) have no table to run past; the limit is the config's
         with pytest.raises((IndexError, RuntimeError)):
             model(input_ids=torch.full((1, limit + 1), 20))  # one more token is past the position table
 
@@ -175,3 +178,74 @@ def test_electra_small_skim_and_exit_costs_count_the_projection():
     assert table["dense_macs"] == dense.macs
     assert table["macs_by_depth"][-1] == dense.macs + sum(table["exit_macs"])
     assert table["macs_by_depth"][0] == 16 * 16 * 32 + dense.layers[0]["macs"] + table["exit_macs"][0]
+
+
+# --- ModernBERT: fused Wqkv, GLU pairs, local / global layers, first layer without attention norm --
+
+
+def modernbert(seed: int = 0):
+    model = make_tiny_model("modernbert", seed=seed)
+    with torch.no_grad():  # outputs differ visibly once units go
+        model.classifier.weight.mul_(10)
+    return model
+
+
+def test_modernbert_head_removal_takes_its_q_k_v_slices_and_neuron_removal_its_glu_pair():
+    model = modernbert()
+    layer = get_adapter(model).layers(model)[1]
+    wqkv, wi = layer.attn.Wqkv.weight.clone(), layer.mlp.Wi.weight.clone()  # (3 * 32, 32), (2 * 37, 32)
+    apply_plan(model, KeepPlan.removing(model, heads={1: [0, 2]}, neurons={1: range(30)}))
+    q, k, v = wqkv.view(3, 4, 8, 32).unbind(0)  # (heads, head size, hidden) each
+    expected = torch.cat([x[[1, 3]].reshape(16, 32) for x in (q, k, v)])
+    torch.testing.assert_close(layer.attn.Wqkv.weight, expected, rtol=0, atol=0)
+    torch.testing.assert_close(layer.mlp.Wi.weight, wi[[*range(30, 37), *range(67, 74)]], rtol=0, atol=0)
+    att, ffn = get_adapter(model).attention(layer), get_adapter(model).ffn(layer)
+    assert (att.num_heads, att.q.out_features, ffn.width, ffn.gate.out_features) == (2, 16, 7, 7)
+    assert layer.attn.Wqkv.bias is None and layer.mlp.Wi.bias is None  # still bias-free
+
+
+def test_modernbert_local_layers_attend_within_their_window():
+    model = modernbert()
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    inputs = make_inputs(batch=1, seq=12, pad_last=0)
+    with torch.no_grad():
+        windowed = model(**inputs).logits
+        model.config.layer_types = ["full_attention"] * 3
+        for layer in get_adapter(model).layers(model):
+            layer.attention_type, layer.attn.sliding_window = "full_attention", None
+        assert (model(**inputs).logits - windowed).abs().max() > 1e-3  # the window is real at 12 tokens
+
+
+def test_modernbert_without_its_first_layer_saves_loads_and_exports(tiny_tokenizer, tmp_path):
+    model = modernbert()
+    inputs = make_inputs(batch=2, seq=12, pad_last=3)
+    dense = logits(model, inputs)
+    apply_plan(model, KeepPlan.removing(model, layers=[0], heads={1: [3]}, neurons={2: range(20)}))
+    assert model.config.layer_types == ["sliding_attention", "sliding_attention"]
+    assert isinstance(get_adapter(model).layers(model)[0].attn_norm, nn.LayerNorm)  # the old layer 1's norm
+    expected = logits(model, inputs)
+    assert (expected - dense).abs().max() > 1e-3
+    folder = save_model(model, tiny_tokenizer, tmp_path / "m")
+    loaded = load_slim(folder)
+    assert isinstance(get_adapter(loaded).layers(loaded)[0].attn_norm, nn.LayerNorm)
+    torch.testing.assert_close(logits(loaded, inputs), expected, rtol=0, atol=0)
+    torch.testing.assert_close(plain_transformers_logits(folder, inputs), expected, rtol=1e-5, atol=1e-6)
+    assert cost_of(Structure.from_model(loaded)).params == sum(p.numel() for p in loaded.parameters())
+    report = export_onnx(model, tiny_tokenizer, tmp_path / "onnx", ExportConfig(int8=False), bench=None, progress=False)
+    assert report["passed"] and report["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+
+
+def test_modernbert_refuses_skimming_and_mean_pooling_saying_why():
+    with pytest.raises(ValueError, match="skim is not available for modernbert models: .*rotary"):
+        build_skim_model(modernbert())
+    model = modernbert()
+    model.config.classifier_pooling = "mean"
+    with pytest.raises(ValueError, match="classifier_pooling='mean'.*'cls'"):
+        get_adapter(model).forward(model, **make_inputs())
+
+
+def test_modernbert_with_mixed_biases_is_refused_by_the_cost_model():
+    config = ADAPTER_FAMILIES["modernbert"].tiny_config()
+    config.mlp_bias = True
+    with pytest.raises(ValueError, match="attention_bias=False, mlp_bias=True"):
+        ADAPTER_FAMILIES["modernbert"].dims(config)

@@ -73,7 +73,8 @@ def test_onnx_matches_pytorch(family, pruned, tiny_tokenizer, tmp_path):
     assert fp32["texts"] == 12 and fp32["batches"] == 5  # the default texts: 3 alone, then batches of 8 and 4
     assert len({shape[1] for shape in fp32["shapes"]}) > 1  # lengths differ across batches
     assert any((b["attention_mask"] == 0).any() for b in verification_batches(model, tiny_tokenizer))  # padding
-    assert report["verification"]["int8"]["max_abs_diff"] < 1.0
+    # ModernBERT's head ends in a LayerNorm, so its scaled logits are ~100x larger: bound int8 relative to them
+    assert report["verification"]["int8"]["max_abs_diff"] < max(1.0, 0.02 * float(dense_logits.abs().max()))
     assert model.training is False
 
     # dynamic axes: batch sizes and lengths (longer than anything traced) the export never saw, padded

@@ -92,7 +92,7 @@ def test_repair_reduces_error_on_every_family(family):
             changed.append(not torch.equal(p, q))
         else:
             assert torch.equal(p, q), name
-    assert all(changed) and len(changed) == 2 * len(outputs)
+    assert all(changed) and len(changed) == sum(len(list(m.parameters())) for m in outputs)  # weight (+ bias)
     for k, v in dense.state_dict().items():
         assert torch.equal(v, dense_before[k]), k
     assert not dense.training and not pruned.training
@@ -142,7 +142,8 @@ def test_repair_with_headless_and_neuronless_sublayers(family):
     adapter = get_adapter(pruned)
     headless = adapter.attention(adapter.layers(pruned)[1]).o
     assert headless.weight.shape == (32, 0) and _shapes(pruned) == shapes
-    assert not torch.equal(headless.bias, adapter.attention(adapter.layers(unrepaired)[1]).o.bias)  # bias refit
+    if headless.bias is not None:  # a bias-free family (ModernBERT) has nothing left to refit there
+        assert not torch.equal(headless.bias, adapter.attention(adapter.layers(unrepaired)[1]).o.bias)  # bias refit
     for inputs in (CALIB[2], HELD_OUT):
         assert _errors(pruned, dense, inputs)[1] < 0.8 * _errors(unrepaired, dense, inputs)[1]
 

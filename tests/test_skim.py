@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import WORDS, make_inputs, make_tiny_model
+from slimformer.arch import FAMILIES as ADAPTER_FAMILIES
 from slimformer.bench import BenchConfig, bench_model
 from slimformer.cli import app
 from slimformer.cost import cost_of, head_macs, layer_macs
@@ -41,6 +42,14 @@ def random_predictors(model, scale: float = 1.0, seed: int = 0):
             p.fc2.weight.normal_(0.0, scale)
             p.fc2.bias.zero_()
     return model
+
+
+@pytest.fixture
+def family(family):
+    """Every family that can skim (test_families checks the refusal of the others)."""
+    if "skim" in ADAPTER_FAMILIES[family].refused:
+        pytest.skip(f"{family} refuses skimming: {ADAPTER_FAMILIES[family].refused['skim']}")
+    return family
 
 
 def skimmer(family="bert", **kw):

@@ -7,6 +7,12 @@ lookups and count 0 MACs, except a projection of narrower embeddings up to the h
 (ELECTRA-small), one Linear per token; norms, softmax, activations and bias adds are not counted (they are
 O(T * hidden), under 1% of the total for these models). Tested against
 ``torch.utils.flop_counter.FlopCounterMode`` on real forward passes.
+
+Family terms come from :class:`~slimformer.arch.ModelDims`: a gated (GLU) FFN has two input rows
+per neuron; a bias-free family (ModernBERT) has no Linear biases; a pre-norm family has no
+attention norm in its first layer, a final norm, a normed head and no position table. Local
+(sliding-window) attention is computed densely under a mask, so it costs what global attention
+costs; rotary embeddings are elementwise (not counted).
 """
 
 from __future__ import annotations
@@ -28,16 +34,24 @@ def layer_macs(dims: ModelDims, shape: LayerShape, seq_len: int) -> dict[str, in
     # q, k, v and output projections: 4 (T x d) @ (d x width) products; scores and weighted sum:
     # 2 per head (T x s) @ (s x T), i.e. 2 * T^2 * width.
     attention = 4 * t * d * width + 2 * t * t * width
-    ffn = 2 * t * d * shape.ffn
+    ffn = _ffn_matrices(dims) * t * d * shape.ffn
     return {"attention": attention, "ffn": ffn, "total": attention + ffn}
+
+
+def _ffn_matrices(dims: ModelDims) -> int:
+    """Weight rows/columns one FFN neuron owns, in units of ``hidden``: in (+ gate) and out."""
+    return 3 if dims.gated_ffn else 2
 
 
 def layer_params(dims: ModelDims, shape: LayerShape) -> dict[str, int]:
     """Parameters of one layer: ``{"attention", "ffn", "total"}`` (LayerNorms included)."""
-    d, width = dims.hidden, shape.heads * dims.head_size
+    d, width, b, f = dims.hidden, shape.heads * dims.head_size, int(dims.biases), shape.ffn
+    norm = dims.norm_size * d
+    attention_norm = 0 if dims.pre_norm and shape.origin == 0 else norm  # pre-norm: the first layer has none
     # q, k, v (weights + biases), output projection (its bias survives even with 0 heads), LayerNorm
-    attention = 3 * (d * width + width) + (width * d + d) + 2 * d
-    ffn = (d * shape.ffn + shape.ffn) + (shape.ffn * d + d) + 2 * d
+    attention = 3 * (d * width + b * width) + (width * d + b * d) + attention_norm
+    in_rows = f * (2 if dims.gated_ffn else 1)  # a GLU has a value row and a gate row per neuron
+    ffn = (d * in_rows + b * in_rows) + (f * d + b * d) + norm
     return {"attention": attention, "ffn": ffn, "total": attention + ffn}
 
 
@@ -45,7 +59,8 @@ def embedding_params(dims: ModelDims) -> int:
     """Token, position and type tables with their LayerNorm, plus the projection up to ``hidden`` if any."""
     width = dims.embedding_size or dims.hidden
     project = width * dims.hidden + dims.hidden if dims.embedding_size else 0
-    return (dims.vocab_size + dims.max_positions + dims.type_vocab_size) * width + 2 * width + project
+    positions = 0 if dims.pre_norm else dims.max_positions  # rotary positions have no table
+    return (dims.vocab_size + positions + dims.type_vocab_size) * width + dims.norm_size * width + project
 
 
 def embedding_macs(dims: ModelDims, seq_len: int) -> int:
@@ -54,8 +69,13 @@ def embedding_macs(dims: ModelDims, seq_len: int) -> int:
 
 
 def head_params(dims: ModelDims) -> int:
-    """Pooler / pre-classifier (d x d) and classifier (d x labels), with biases."""
-    return dims.hidden * dims.hidden + dims.hidden + dims.hidden * dims.num_labels + dims.num_labels
+    """Pooler / pre-classifier (d x d) and classifier (d x labels), with biases.
+
+    A pre-norm family adds its final norm and the head's norm; the classifier always has a bias.
+    """
+    d = dims.hidden
+    norms = 2 * dims.norm_size * d if dims.pre_norm else 0
+    return d * d + int(dims.biases) * d + norms + d * dims.num_labels + dims.num_labels
 
 
 def head_macs(dims: ModelDims) -> int:
@@ -68,7 +88,7 @@ def _linear_weights(dims: ModelDims, structure: Structure) -> int:
     total = d * d + d * dims.num_labels + dims.embedding_size * d
     for s in structure.layers:
         width = s.heads * dims.head_size
-        total += 4 * d * width + 2 * d * s.ffn
+        total += 4 * d * width + _ffn_matrices(dims) * d * s.ffn
     return total
 
 
@@ -132,14 +152,14 @@ def marginal_costs(structure: Structure, seq_len: int = 128) -> dict:
     "layer": [{"macs", "params"} per layer], "token": [macs per layer for one more token]}``.
     """
     dims = structure.dims
-    d, s, t = dims.hidden, dims.head_size, seq_len
+    d, s, t, m = dims.hidden, dims.head_size, seq_len, _ffn_matrices(dims)
     layer, token = [], []
     for shape in structure.layers:
         layer.append({"macs": layer_macs(dims, shape, t)["total"], "params": layer_params(dims, shape)["total"]})
         token.append(layer_macs(dims, shape, t + 1)["total"] - layer_macs(dims, shape, t)["total"])
     return {
-        "head": {"macs": 4 * t * d * s + 2 * t * t * s, "params": 4 * d * s + 3 * s},
-        "neuron": {"macs": 2 * t * d, "params": 2 * d + 1},
+        "head": {"macs": 4 * t * d * s + 2 * t * t * s, "params": 4 * d * s + 3 * s * int(dims.biases)},
+        "neuron": {"macs": m * t * d, "params": m * d + (m - 1) * int(dims.biases)},
         "layer": layer,
         "token": token,
     }

@@ -168,7 +168,7 @@ def encode(model, batch: dict[str, torch.Tensor], *, return_states: bool = False
     for layer in adapter.layers(model):
         hidden = adapter.run_layer(layer, hidden, mask)
         states.append(hidden)
-    pooled = pooling(hidden, batch["attention_mask"])
+    pooled = pooling(adapter.final_states(model, hidden), batch["attention_mask"])
     return (pooled, states) if return_states else pooled
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slimformer.arch import get_adapter
-from slimformer.hf_remote.modeling_slimformer import SLIM_KEY, reshape_layer
+from slimformer.hf_remote.modeling_slimformer import SLIM_KEY
 from slimformer.structure import Structure
 
 logger = logging.getLogger(__name__)
@@ -117,18 +117,6 @@ class KeepPlan:
         return cls(tuple(tuple(sorted(h)) for h in keep_h), tuple(tuple(sorted(f)) for f in keep_f), tuple(keep_l))
 
 
-def _rows(linear: nn.Linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep output rows ``idx`` of a Linear (weight is (out, in))."""
-    return linear.weight.data[idx].clone(), linear.bias.data[idx].clone()
-
-
-def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor, like: nn.Linear) -> None:
-    linear.to(device=like.weight.device, dtype=like.weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-
-
 @torch.no_grad()
 def apply_plan(model: nn.Module, plan: KeepPlan) -> nn.Module:
     """Remove every unit the plan does not keep, in place, and return the model.
@@ -148,7 +136,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan) -> nn.Module:
             f"plan covers {len(plan.heads)}/{len(plan.ffn)}/{len(plan.layers)} layers (heads/ffn/layers), "
             f"the model has {n}"
         )
-    paths, dims = adapter.paths, before.dims
+    dims = before.dims
     layers = adapter.layers(model)
     for i, layer in enumerate(layers):
         shape = before.layers[i]
@@ -162,31 +150,13 @@ def apply_plan(model: nn.Module, plan: KeepPlan) -> nn.Module:
         if len(keep_h) == shape.heads and len(keep_f) == shape.ffn and keep_h == sorted(keep_h):
             if keep_f == sorted(keep_f):
                 continue  # nothing removed, nothing reordered
-        att, ffn = adapter.attention(layer), adapter.ffn(layer)
-        s = dims.head_size
-        cols = torch.tensor([h * s + j for h in keep_h for j in range(s)], dtype=torch.long)  # (width,)
-        neurons = torch.tensor(keep_f, dtype=torch.long)
-        saved = {}
-        if keep_h:
-            for name in ("q", "k", "v"):
-                saved[name] = _rows(getattr(att, name), cols)
-        saved["o"] = (att.o.weight.data[:, cols].clone(), att.o.bias.data.clone())
-        saved["fc_in"] = _rows(ffn.fc_in, neurons)
-        saved["fc_out"] = (ffn.fc_out.weight.data[:, neurons].clone(), ffn.fc_out.bias.data.clone())
-        like = att.o
-        reshape_layer(layer, paths, heads=len(keep_h), ffn=len(keep_f), head_size=s, hidden=dims.hidden)
-        new_att, new_ffn = adapter.attention(layer), adapter.ffn(layer)
-        for name, (w, b) in saved.items():
-            target = {"fc_in": new_ffn.fc_in, "fc_out": new_ffn.fc_out}.get(name) or getattr(new_att, name)
-            _copy(target, w, b, like)
+        adapter.shrink_layer(layer, keep_h, keep_f, dims)
     if not all(plan.layers):
-        kept = nn.ModuleList([layer for layer, keep in zip(layers, plan.layers, strict=True) if keep])
-        model.set_submodule(paths["layers"], kept)
+        adapter.keep_layers(model, plan.layers)
     after = Structure.from_model(model)
     origins = [s.origin for s, keep in zip(before.layers, plan.layers, strict=True) if keep]
     spec = after.to_config_spec()
     spec["origin"] = origins
-    setattr(model.config, paths["n_layers"], after.num_layers)
     setattr(model.config, SLIM_KEY, spec)
     logger.info(
         "surgery: heads %d -> %d, ffn %d -> %d, layers %d -> %d",

@@ -6,6 +6,7 @@ from slimformer.arch.base import ArchAdapter, AttentionView, FFNView, ModelDims
 from slimformer.arch.bert import BertAdapter
 from slimformer.arch.distilbert import DistilBertAdapter
 from slimformer.arch.electra import ElectraAdapter
+from slimformer.arch.modernbert import ModernBertAdapter
 from slimformer.arch.roberta import CamembertAdapter, RobertaAdapter, XLMRobertaAdapter
 
 #: family -> adapter, one per family. Tests build a tiny model of each (``tiny_config``), so
@@ -20,6 +21,7 @@ for _adapter in (
     XLMRobertaAdapter(),
     CamembertAdapter(),
     ElectraAdapter(),
+    ModernBertAdapter(),
 ):
     FAMILIES[_adapter.family] = _adapter
     for _model_type in _adapter.model_types:

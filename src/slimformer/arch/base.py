@@ -8,12 +8,13 @@ Adding a family means one subclass (a file in this package) plus the shared test
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from slimformer.hf_remote.modeling_slimformer import FAMILY_PATHS, HeadlessAttention
+from slimformer.hf_remote.modeling_slimformer import FAMILY_PATHS, HeadlessAttention, reshape_layer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class ModelDims:
     type_vocab_size: int  # 0 when the family has no token-type embeddings
     num_labels: int
     embedding_size: int = 0  # width of the embeddings when a Linear lifts them to ``hidden``; 0: none
+    # Layout terms the cost model reads (the BERT defaults; ModernBERT differs in all of them):
+    gated_ffn: bool = False  # a GLU: ``fc_in`` has two rows per neuron (value and gate)
+    biases: bool = True  # encoder and head Linear layers carry biases (the classifier always does)
+    norm_size: int = 2  # parameters per hidden unit of one LayerNorm (1 without its bias)
+    pre_norm: bool = False  # norms before the sublayers (none in the first layer), a final norm, a
+    # normed head, and rotary positions instead of a position table
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,89 @@ class AttentionView:
 
 @dataclass(frozen=True)
 class FFNView:
-    """One layer's feed-forward block: ``fc_in`` (hidden -> width) and ``fc_out`` (width -> hidden)."""
+    """One layer's feed-forward block: ``fc_in`` (hidden -> width) and ``fc_out`` (width -> hidden).
+
+    In a gated (GLU) block ``gate`` holds the gate rows, paired one to one with ``fc_in``'s rows;
+    both are then row views of one fused Linear (see :class:`LinearRows`).
+    """
 
     fc_in: nn.Linear
     fc_out: nn.Linear
+    gate: nn.Linear | None = None
 
     @property
     def width(self) -> int:
-        return self.fc_in.out_features
+        return self.fc_out.in_features
+
+
+class LinearRows:
+    """A block of rows of a fused Linear, read like a Linear of its own (``weight``, ``bias``, sizes).
+
+    ``weight`` is a live view of the fused parameter (gradients reach it); the block is not a
+    module, so it cannot take hooks: hook the fused Linear instead.
+    """
+
+    def __init__(self, linear: nn.Linear, start: int, rows: int):
+        self.linear, self.start, self.rows = linear, start, rows
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight[self.start : self.start + self.rows]  # (rows, in)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        b = self.linear.bias
+        return None if b is None else b[self.start : self.start + self.rows]
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.rows
+
+
+def head_columns(heads: Sequence[int], head_size: int) -> torch.Tensor:
+    """Indices of the features of ``heads`` in a ``(H * head_size)`` projection: ``(len(heads) * head_size,)``."""
+    return torch.tensor([h * head_size + j for h in heads for j in range(head_size)], dtype=torch.long)
+
+
+def take_rows(linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Output rows ``idx`` of a Linear (weight is (out, in)) and of its bias, if any."""
+    bias = None if linear.bias is None else linear.bias.data[idx].clone()
+    return linear.weight.data[idx].clone(), bias
+
+
+def take_columns(linear: nn.Linear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Input columns ``idx`` of a Linear; the bias (per output) stays whole."""
+    return linear.weight.data[:, idx].clone(), None if linear.bias is None else linear.bias.data.clone()
+
+
+def copy_into(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> None:
+    """Load ``weight`` (and ``bias``) into a freshly built Linear, on ``like``'s device and dtype."""
+    linear.to(device=like.weight.device, dtype=like.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+
+
+def bert_named_dims(family: str, config, **terms) -> ModelDims:
+    """:class:`ModelDims` of a config that uses BERT's field names (``hidden_size``, ...), plus layout ``terms``."""
+    return ModelDims(
+        family=family,
+        hidden=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        head_size=config.hidden_size // config.num_attention_heads,
+        ffn=config.intermediate_size,
+        num_layers=config.num_hidden_layers,
+        vocab_size=config.vocab_size,
+        max_positions=config.max_position_embeddings,
+        type_vocab_size=getattr(config, "type_vocab_size", 0),
+        num_labels=config.num_labels,
+        **terms,
+    )
 
 
 def bert_style_tiny(*, layers: int, num_labels: int) -> dict:
@@ -85,6 +167,8 @@ class ArchAdapter:
 
     family: str = ""
     model_types: tuple[str, ...] = ()
+    #: Methods the family cannot run, each with the reason (see :meth:`require`).
+    refused: dict[str, str] = {}
     #: Modules of the classification head, relative to the classifier: a base checkpoint
     #: (no fine-tuning) lacks them, so they would start random.
     head_paths: tuple[str, ...] = ("classifier",)
@@ -108,6 +192,11 @@ class ArchAdapter:
         if self.dims(config).type_vocab_size:
             return ("input_ids", "attention_mask", "token_type_ids")
         return ("input_ids", "attention_mask")
+
+    def require(self, method: str) -> None:
+        """Raise ``ValueError`` saying why, when ``method`` (e.g. ``"skim"``) cannot run on this family."""
+        if method in self.refused:
+            raise ValueError(f"{method} is not available for {self.family} models: {self.refused[method]}")
 
     def is_head_key(self, key: str) -> bool:
         """Whether a state-dict key belongs to the classification head (see ``head_paths``)."""
@@ -138,6 +227,34 @@ class ArchAdapter:
     def ffn(self, layer: nn.Module) -> FFNView:
         return FFNView(layer.get_submodule(self.paths["fc_in"]), layer.get_submodule(self.paths["fc_out"]))
 
+    def ffn_input(self, layer: nn.Module) -> nn.Module:
+        """The module whose input is the residual stream the FFN adds to (post-norm: ``fc_in`` itself)."""
+        return layer.get_submodule(self.paths["fc_in"])
+
+    # --- surgery ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def shrink_layer(self, layer: nn.Module, heads: Sequence[int], neurons: Sequence[int], dims: ModelDims) -> None:
+        """Keep only attention ``heads`` and FFN ``neurons`` of one layer (in the order given), in place."""
+        att, ffn = self.attention(layer), self.ffn(layer)
+        cols = head_columns(heads, dims.head_size)  # (width,)
+        idx = torch.tensor(list(neurons), dtype=torch.long)
+        saved = {name: take_rows(getattr(att, name), cols) for name in ("q", "k", "v") if heads}
+        saved["o"], saved["fc_out"] = take_columns(att.o, cols), take_columns(ffn.fc_out, idx)
+        saved["fc_in"] = take_rows(ffn.fc_in, idx)
+        like = att.o
+        reshape_layer(layer, self.paths, heads=len(heads), ffn=len(idx), head_size=dims.head_size, hidden=dims.hidden)
+        new_att, new_ffn = self.attention(layer), self.ffn(layer)
+        for name, (w, b) in saved.items():
+            target = {"fc_in": new_ffn.fc_in, "fc_out": new_ffn.fc_out}.get(name) or getattr(new_att, name)
+            copy_into(target, w, b, like)
+
+    def keep_layers(self, model: nn.Module, keep: Sequence[bool]) -> None:
+        """Drop the layers whose ``keep`` is False, and record the new count in the config."""
+        layers = self.layers(model)
+        kept = nn.ModuleList([layer for layer, k in zip(layers, keep, strict=True) if k])
+        model.set_submodule(self.paths["layers"], kept)
+        setattr(model.config, self.paths["n_layers"], len(kept))
+
     # --- forward pieces ----------------------------------------------------------------------
     def base_model(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -155,6 +272,10 @@ class ArchAdapter:
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
         """One encoder layer: ``(B, T, hidden) -> (B, T, hidden)``."""
         return layer(hidden, mask)
+
+    def final_states(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The last layer's output as the base model returns it (a family with a final norm applies it)."""
+        return hidden  # (B, T, hidden)
 
     def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slimformer.arch.base import ArchAdapter, ModelDims, bert_style_tiny
+from slimformer.arch.base import ArchAdapter, ModelDims, bert_named_dims, bert_style_tiny
 
 
 class BertAdapter(ArchAdapter):
@@ -14,18 +14,7 @@ class BertAdapter(ArchAdapter):
     exit_head_paths = ("bert.pooler.dense", "classifier")
 
     def dims(self, config) -> ModelDims:
-        return ModelDims(
-            family=self.family,
-            hidden=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            head_size=config.hidden_size // config.num_attention_heads,
-            ffn=config.intermediate_size,
-            num_layers=config.num_hidden_layers,
-            vocab_size=config.vocab_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            num_labels=config.num_labels,
-        )
+        return bert_named_dims(self.family, config)
 
     def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
         from transformers import BertConfig

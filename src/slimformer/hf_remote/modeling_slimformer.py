@@ -34,6 +34,8 @@ from transformers import (
     DistilBertModel,
     ElectraForSequenceClassification,
     ElectraModel,
+    ModernBertForSequenceClassification,
+    ModernBertModel,
     RobertaForSequenceClassification,
     RobertaModel,
     XLMRobertaForSequenceClassification,
@@ -84,6 +86,20 @@ for _family, _base in (
     ("electra", "electra"),
 ):
     FAMILY_PATHS[_family] = {**FAMILY_PATHS["bert"], "layers": f"{_base}.encoder.layer"}
+# A fused layout: one ``qkv`` Linear holds the q, k and v rows (in that order, each heads * head
+# size wide), and ``fc_in`` is a GLU input projection with two rows per neuron (values, then gates).
+FAMILY_PATHS["modernbert"] = {
+    "layers": "model.layers",
+    "qkv": "attn.Wqkv",
+    "o": "attn.Wo",
+    "core": "attn",
+    "fc_in": "mlp.Wi",
+    "fc_out": "mlp.Wo",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden": "hidden_size",
+    "ffn": "intermediate_size",
+}
 
 
 class HeadlessAttention(nn.Module):
@@ -95,11 +111,11 @@ class HeadlessAttention(nn.Module):
     same attribute name, so checkpoints keep their keys.
     """
 
-    def __init__(self, out_name: str | None = None, hidden: int = 0):
+    def __init__(self, out_name: str | None = None, hidden: int = 0, *, bias: bool = True):
         super().__init__()
         self.out_name = out_name
         if out_name is not None:
-            setattr(self, out_name, _linear(0, hidden))
+            setattr(self, out_name, _linear(0, hidden, bias=bias))
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)  # (B, T, 0)
@@ -108,10 +124,10 @@ class HeadlessAttention(nn.Module):
         return empty, None
 
 
-def _linear(n_in: int, n_out: int) -> nn.Linear:
+def _linear(n_in: int, n_out: int, *, bias: bool = True) -> nn.Linear:
     with warnings.catch_warnings():  # a removed sublayer has a zero-size weight; its init is a no-op
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return nn.Linear(n_in, n_out)
+        return nn.Linear(n_in, n_out, bias=bias)
 
 
 def check_topk(k) -> int | float:
@@ -165,7 +181,8 @@ def topk_attention(
         keep = torch.ceil(n_keys * topk).clamp(min=1)
     else:
         keep = n_keys.clamp(max=topk)
-    keep = keep.long().expand(b, h, t, 1)  # (B, H, T, 1) keys each query keeps
+    # a query that may attend to nothing (a padding query outside every local window) keeps one
+    keep = keep.clamp(min=1).long().expand(b, h, t, 1)  # (B, H, T, 1) keys each query keeps
     k_max = int(keep.max())
     if k_max < t:
         if bool((keep == k_max).all()):  # one k for every query (no padding): unsorted top-k is cheaper
@@ -233,6 +250,30 @@ class TopKSelfAttention(nn.Module):
         return f"topk={self.topk}"
 
 
+class TopKRotaryAttention(TopKSelfAttention):
+    """Hard (top-k) attention for the fused layout (ModernBERT): one ``qkv`` projection, rotary q and k.
+
+    The rotary tables come from the layer (``position_embeddings``), and a local layer's
+    sliding-window mask arrives as its attention mask, so top-k picks among the keys the dense
+    layer may attend to.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, **kwargs):
+        from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+        b, t, _ = hidden_states.shape
+        qkv = getattr(self, self.names["qkv"])(hidden_states).view(b, t, 3, -1, self.attention_head_size)
+        q, k, v = (x.transpose(1, 2) for x in qkv.unbind(dim=2))  # 3 x (B, H, T, s)
+        cos, sin = position_embeddings  # (B, T, s) each
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        dropout = getattr(self._dense_core, "attention_dropout", 0.0)
+        out = topk_attention(
+            q, k, v, attention_mask, topk=self.topk, scaling=self.scaling, dropout=dropout, training=self.training
+        )  # (B, H, T, s)
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * s)
+        return getattr(self, self.names["o"])(out), None
+
+
 def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | None, *, head_size: int) -> bool:
     """Switch one layer to hard attention with ``topk`` (``None``: back to dense attention).
 
@@ -252,6 +293,10 @@ def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | 
     if topk is None:
         return False
     prefix = core_path + "."
+    if "qkv" in paths:
+        names = {n: paths[n][len(prefix) :] for n in ("qkv", "o")}
+        layer.set_submodule(core_path, TopKRotaryAttention(core, names, topk=topk, head_size=head_size))
+        return True
     names = {n: paths[n][len(prefix) :] if paths[n].startswith(prefix) else None for n in ("q", "k", "v", "o")}
     if not all(names[n] for n in ("q", "k", "v")):
         raise ValueError(f"the q/k/v projections are not inside {core_path!r}; cannot switch to top-k attention")
@@ -259,8 +304,26 @@ def set_layer_topk(layer: nn.Module, paths: dict[str, str], topk: int | float | 
     return True
 
 
+def _reshape_fused_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: int, head_size: int, hidden: int):
+    """:func:`reshape_layer` for the fused layout (``qkv`` and a GLU ``fc_in``); biases where the layer has them."""
+    att_bias = layer.get_submodule(paths["o"]).bias is not None
+    ffn_bias = layer.get_submodule(paths["fc_out"]).bias is not None
+    if heads == 0:
+        core, out = paths["core"], paths["o"]
+        layer.set_submodule(core, HeadlessAttention(out[len(core) + 1 :], hidden, bias=att_bias))
+    else:
+        width = heads * head_size
+        layer.set_submodule(paths["qkv"], _linear(hidden, 3 * width, bias=att_bias))
+        layer.set_submodule(paths["o"], _linear(width, hidden, bias=att_bias))
+    layer.set_submodule(paths["fc_in"], _linear(hidden, 2 * ffn, bias=ffn_bias))
+    layer.set_submodule(paths["fc_out"], _linear(ffn, hidden, bias=ffn_bias))
+
+
 def reshape_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: int, head_size: int, hidden: int):
     """Give one layer fresh projections for ``heads`` heads and ``ffn`` neurons (weights to be loaded)."""
+    if "qkv" in paths:
+        _reshape_fused_layer(layer, paths, heads=heads, ffn=ffn, head_size=head_size, hidden=hidden)
+        return
     if heads == 0:
         core, out = paths["core"], paths["o"]
         if out.startswith(core + "."):
@@ -300,10 +363,22 @@ def apply_structure(model: nn.Module, family: str, *, base: bool = False) -> Non
         )
     topk = getattr(model.config, TOPK_KEY, None) or {}
     origins = spec.get("origin") or list(range(len(layers)))
+    if family == "modernbert":
+        _restore_attention_norms(model.config, layers, origins)
     for layer, origin in zip(layers, origins, strict=True):
         k = topk.get(str(origin))
         if k is not None:
             set_layer_topk(layer, paths, k, head_size=head_size)
+
+
+def _restore_attention_norms(config, layers: nn.ModuleList, origins: list[int]) -> None:
+    """ModernBERT builds its first layer without an attention norm; only the original first layer lacks it.
+
+    After the original first layer was removed, the layer now first had a norm when it was saved.
+    """
+    for layer, origin in zip(layers, origins, strict=True):
+        if origin != 0 and isinstance(layer.attn_norm, nn.Identity):
+            layer.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
 
 class _SlimShapes:
@@ -340,6 +415,10 @@ class SlimElectraForSequenceClassification(_SlimShapes, ElectraForSequenceClassi
     _slim_family = "electra"
 
 
+class SlimModernBertForSequenceClassification(_SlimShapes, ModernBertForSequenceClassification):
+    _slim_family = "modernbert"
+
+
 SLIM_CLASSES = {
     "bert": SlimBertForSequenceClassification,
     "roberta": SlimRobertaForSequenceClassification,
@@ -347,6 +426,7 @@ SLIM_CLASSES = {
     "xlm-roberta": SlimXLMRobertaForSequenceClassification,
     "camembert": SlimCamembertForSequenceClassification,
     "electra": SlimElectraForSequenceClassification,
+    "modernbert": SlimModernBertForSequenceClassification,
 }
 
 
@@ -384,6 +464,10 @@ class SlimElectraModel(_SlimBaseShapes, ElectraModel):
     _slim_family = "electra"
 
 
+class SlimModernBertModel(_SlimBaseShapes, ModernBertModel):
+    _slim_family = "modernbert"
+
+
 #: family -> base-model class, named in an embedding folder's ``auto_map`` as ``AutoModel``.
 SLIM_BASE_CLASSES = {
     "bert": SlimBertModel,
@@ -392,4 +476,5 @@ SLIM_BASE_CLASSES = {
     "xlm-roberta": SlimXLMRobertaModel,
     "camembert": SlimCamembertModel,
     "electra": SlimElectraModel,
+    "modernbert": SlimModernBertModel,
 }

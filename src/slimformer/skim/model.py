@@ -318,11 +318,13 @@ def build_skim_model(model, *, predictor_hidden: int = 64, init_keep_logit: floa
     """A skimming copy of a sequence classifier: its weights (not shared) plus fresh predictors.
 
     Raises:
-        ValueError: unsupported architecture, an already skimming model, fewer than 2 layers.
+        ValueError: unsupported architecture, a family that cannot skim (ModernBERT), an already
+            skimming model, fewer than 2 layers.
     """
     if is_skim_model(model):
         raise ValueError("the model already skims; pass the dense classifier it was built from")
     adapter = get_adapter(model)
+    adapter.require("skim")
     config = copy.deepcopy(model.config)
     cls = SKIM_CLASSES[adapter.family]
     setattr(config, SKIM_KEY, {"format": FORMAT, "predictor_hidden": int(predictor_hidden), "shift": float(shift)})

@@ -63,16 +63,19 @@ class _Batch:
 
 
 class _NormalEquations:
-    """Running float64 sums for ``min || Y - [X, 1] W ||^2`` (X: (N, k), Y: (N, hidden))."""
+    """Running float64 sums for ``min || Y - [X, 1] W ||^2`` (X: (N, k), Y: (N, hidden)); no ``1``
+    column (intercept) when the projection has no bias (ModernBERT)."""
 
-    def __init__(self, k: int, hidden: int, device: torch.device):
-        self.gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)  # (k+1, k+1)
-        self.cross = torch.zeros(k + 1, hidden, dtype=torch.float64, device=device)  # (k+1, hidden)
+    def __init__(self, k: int, hidden: int, device: torch.device, *, intercept: bool = True):
+        self.extra = int(intercept)
+        self.gram = torch.zeros(k + self.extra, k + self.extra, dtype=torch.float64, device=device)  # (k+1, k+1)
+        self.cross = torch.zeros(k + self.extra, hidden, dtype=torch.float64, device=device)  # (k+1, hidden)
         self.yy = 0.0  # ||Y||^2
         self.target = 0.0  # ||target||^2, the denominator of the relative error
 
     def add(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> None:
-        xa = torch.cat([x.to(torch.float64), x.new_ones(x.shape[0], 1, dtype=torch.float64)], dim=1)  # (N, k+1)
+        ones = x.new_ones(x.shape[0], self.extra, dtype=torch.float64)
+        xa = torch.cat([x.to(torch.float64), ones], dim=1)  # (N, k+1)
         y = y.to(torch.float64)  # (N, hidden)
         # float64 products, not only float64 sums: with float32 products a no-op repair (nothing
         # pruned, tiny ridge) already moves weights by ~3% along badly conditioned directions.
@@ -88,7 +91,9 @@ class _NormalEquations:
 
     def solve(self, w0: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float]:
         """The regularised solution (k+1, hidden) and the absolute ridge ``lam`` used."""
-        k = self.gram.shape[0] - 1
+        k = self.gram.shape[0] - self.extra
+        if not self.gram.numel():  # no units and no bias: nothing to fit
+            return w0, 0.0
         gram, rhs = self.gram.clone(), self.cross.clone()
         lam = ridge * float(gram.diagonal()[:k].mean()) if k else 0.0
         if lam > 0:
@@ -109,13 +114,15 @@ def _sq_norm(x: torch.Tensor) -> float:
 
 def _augmented(linear: nn.Linear) -> torch.Tensor:
     """``[W^T; b]``: (in + 1, out) float64, the layout of the normal equations' solution."""
-    return torch.cat([linear.weight.T, linear.bias[None]], dim=0).to(torch.float64)
+    parts = [linear.weight.T] if linear.bias is None else [linear.weight.T, linear.bias[None]]
+    return torch.cat(parts, dim=0).to(torch.float64)
 
 
 def _assign(linear: nn.Linear, w: torch.Tensor) -> None:
     k = linear.in_features
     linear.weight.copy_(w[:k].T.to(linear.weight.dtype))  # (out, k)
-    linear.bias.copy_(w[k].to(linear.bias.dtype))  # (out,)
+    if linear.bias is not None:
+        linear.bias.copy_(w[k].to(linear.bias.dtype))  # (out,)
 
 
 @contextmanager
@@ -205,9 +212,14 @@ def _repair_layer(adapter: ArchAdapter, layer_p: nn.Module, layer_d: nn.Module, 
     hidden, device = att_p.o.out_features, att_p.o.weight.device
 
     # Pass 1: dense layer in full (targets of both sublayers, next input); pruned layer up to `o`.
-    eq_att = _NormalEquations(att_p.o.in_features, hidden, device)
+    eq_att = _NormalEquations(att_p.o.in_features, hidden, device, intercept=att_p.o.bias is not None)
     ffn_targets = []
-    specs = [(att_d.o, "o_d", "out"), (ffn_d.fc_in, "h_d", "in"), (ffn_d.fc_out, "f_d", "out"), (att_p.o, "a_p", "in!")]
+    specs = [
+        (att_d.o, "o_d", "out"),
+        (adapter.ffn_input(layer_d), "h_d", "in"),
+        (ffn_d.fc_out, "f_d", "out"),
+        (att_p.o, "a_p", "in!"),
+    ]
     with _hooks(specs) as cap:
         for b in data:
             y_d = adapter.run_layer(layer_d, b.x_d, b.mask_d)  # (B, T, hidden)
@@ -222,8 +234,8 @@ def _repair_layer(adapter: ArchAdapter, layer_p: nn.Module, layer_d: nn.Module, 
     att = {"units": att_p.num_heads, "before": eq_att.rel_error(w0), "after": eq_att.rel_error(w), "lam": lam_att}
 
     # Pass 2: pruned layer with the repaired `o`, up to `fc_out`.
-    eq_ffn = _NormalEquations(ffn_p.fc_out.in_features, hidden, device)
-    with _hooks([(ffn_p.fc_in, "h_p", "in"), (ffn_p.fc_out, "m_p", "in!")]) as cap:
+    eq_ffn = _NormalEquations(ffn_p.fc_out.in_features, hidden, device, intercept=ffn_p.fc_out.bias is not None)
+    with _hooks([(adapter.ffn_input(layer_p), "h_p", "in"), (ffn_p.fc_out, "m_p", "in!")]) as cap:
         for b, t_ffn in zip(data, ffn_targets, strict=True):
             _run(adapter, layer_p, b.x_p, b.mask_p)
             eq_ffn.add(cap["m_p"][b.keep], t_ffn - cap["h_p"][b.keep], t_ffn)  # (N, F_kept), (N, hidden)
