@@ -76,6 +76,14 @@ class ExportConfig(ConfigBase):
 
     opset: int = option(17, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}", integer(MIN_OPSET, MAX_OPSET))
     int8: bool = option(False, "also write model.int8.onnx (onnxruntime dynamic int8)", boolean())
+    optimize: bool = option(
+        True,
+        (
+            "also write model.opt.onnx (and model.opt.int8.onnx with int8): fused attention with each layer's "
+            "head count plus onnxruntime's transformer optimizer; runs on onnxruntime only"
+        ),
+        boolean(),
+    )
     per_channel: bool = option(
         True, "int8: one weight scale per output channel (False: per matrix; less accurate, as fast)", boolean()
     )
@@ -331,6 +339,79 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _write_files(
+    model: nn.Module, out: Path, sample: Mapping[str, torch.Tensor], config: ExportConfig, seconds: dict[str, float]
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """Write the configured files into ``out``; returns kind -> file name, and the fusion report.
+
+    The fused files are best effort: when they cannot be built the portable files still are, and
+    the fusion report says why (``{"error": ...}``).
+    """
+    from slimformer.ort_fuse import OPT_FILE, OPT_INT8_FILE, operator_counts, optimize_fused
+    from slimformer.structure import Structure
+
+    t0 = time.perf_counter()
+    fp32_path = torch_to_onnx(model, out / ONNX_FILE, sample, opset=config.opset)
+    seconds["export"] = time.perf_counter() - t0
+    files = {"fp32": ONNX_FILE}
+    int8 = {"per_channel": config.per_channel, "reduce_range": config.reduce_range}
+    if config.int8:
+        t0 = time.perf_counter()
+        quantize_int8(fp32_path, out / INT8_FILE, **int8)
+        seconds["quantize"] = time.perf_counter() - t0
+        files["int8"] = INT8_FILE
+    if not config.optimize:
+        return files, None
+    t0 = time.perf_counter()
+    raw = out / "model.fused.onnx"
+    try:
+        torch_to_onnx(model, raw, sample, opset=config.opset, fused=True)
+        fusion: dict[str, Any] = {"fused_operators": optimize_fused(raw, out / OPT_FILE)}
+        files["opt_fp32"] = OPT_FILE
+        if config.int8:
+            quantize_int8(out / OPT_FILE, out / OPT_INT8_FILE, fused=True, **int8)
+            files["opt_int8"] = OPT_INT8_FILE
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # the exporter's and optimizer's failures
+        logger.warning("no fused onnxruntime graph (the portable files are written): %s", exc)
+        return files, {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        raw.unlink(missing_ok=True)
+    fusion["attention_nodes"] = operator_counts(out / OPT_FILE)["Attention"]
+    fusion["heads_per_attention_node"] = [s.heads for s in Structure.from_model(model).layers if s.heads]
+    seconds["optimize"] = time.perf_counter() - t0
+    return files, fusion
+
+
+def _verify_files(
+    model: nn.Module, out: Path, files: Mapping[str, str], batches: Sequence[Mapping[str, torch.Tensor]], config
+) -> tuple[dict[str, Any], list[str]]:
+    """Compare every file with PyTorch: fp32 files by max |logit diff|, int8 files by argmax agreement.
+
+    Returns the per-kind results and the failure messages (empty when all bounds hold).
+    """
+    verification: dict[str, Any] = {}
+    failures = []
+    for kind, name in files.items():
+        result = compare_logits(model, OnnxModel(out / name, threads=1), batches)
+        result["min_agreement"] = config.int8_min_agreement
+        if kind.endswith("fp32"):
+            result["tolerance"] = config.atol
+            result["passed"] = result["max_abs_diff"] <= config.atol
+            if not result["passed"]:
+                failures.append(f"{name}: max |logit diff| {result['max_abs_diff']:.3g} > atol {config.atol:g}")
+        else:
+            result["passed"] = result["argmax_agreement"] >= config.int8_min_agreement
+            if not result["passed"]:
+                failures.append(
+                    f"{name}: argmax agreement {result['argmax_agreement']:.1%} < {config.int8_min_agreement:.1%}"
+                )
+        verification[kind] = result
+        logger.info(
+            "verified %s: max |diff| %.3g, agreement %.3f", name, result["max_abs_diff"], result["argmax_agreement"]
+        )
+    return verification, failures
+
+
 # --- the verb ----------------------------------------------------------------------------------
 
 
@@ -347,8 +428,10 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX in ``out_dir``, verify it against PyTorch, optionally quantize and time it.
 
-    Writes ``model.onnx`` (fp32), ``model.int8.onnx`` when ``config.int8``, the tokenizer files
-    and ``slimformer_onnx.json`` (this report). Only static models are supported (see the module
+    Writes ``model.onnx`` (fp32), ``model.int8.onnx`` when ``config.int8``, with ``config.optimize``
+    the fused onnxruntime graphs ``model.opt.onnx`` / ``model.opt.int8.onnx`` (each verified like
+    the others; see :mod:`slimformer.ort_fuse`), the tokenizer files and ``slimformer_onnx.json``
+    (this report, whose ``fusion`` entry counts the fused operators). Only static models are supported (see the module
     docstring and :func:`check_exportable`).
 
     Args:
@@ -391,38 +474,11 @@ def export_onnx(
     out = prepare_output_dir(out_dir, overwrite=overwrite)
     seconds: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    fp32_path = torch_to_onnx(model, out / ONNX_FILE, sample, opset=config.opset)
-    seconds["export"] = time.perf_counter() - t0
     tokenizer.save_pretrained(str(out))
-    files = {"fp32": ONNX_FILE}
-    if config.int8:
-        t0 = time.perf_counter()
-        quantize_int8(fp32_path, out / INT8_FILE, per_channel=config.per_channel, reduce_range=config.reduce_range)
-        seconds["quantize"] = time.perf_counter() - t0
-        files["int8"] = INT8_FILE
-
+    files, fusion = _write_files(model, out, sample, config, seconds)
     t0 = time.perf_counter()
-    verification: dict[str, Any] = {"texts": "default" if texts is None else "given"}
-    failures = []
-    for kind, name in files.items():
-        result = compare_logits(model, OnnxModel(out / name, threads=1), batches)
-        if kind == "fp32":
-            result["tolerance"] = config.atol
-            result["passed"] = result["max_abs_diff"] <= config.atol
-            if not result["passed"]:
-                failures.append(f"{name}: max |logit diff| {result['max_abs_diff']:.3g} > atol {config.atol:g}")
-        else:
-            result["min_agreement"] = config.int8_min_agreement
-            result["passed"] = result["argmax_agreement"] >= config.int8_min_agreement
-            if not result["passed"]:
-                failures.append(
-                    f"{name}: argmax agreement {result['argmax_agreement']:.1%} < {config.int8_min_agreement:.1%}"
-                )
-        verification[kind] = result
-        logger.info(
-            "verified %s: max |diff| %.3g, agreement %.3f", name, result["max_abs_diff"], result["argmax_agreement"]
-        )
+    verification, failures = _verify_files(model, out, files, batches, config)
+    verification["texts"] = "default" if texts is None else "given"
     seconds["verify"] = time.perf_counter() - t0
 
     structure = Structure.from_model(model)
@@ -441,6 +497,7 @@ def export_onnx(
         "dynamic_axes": {"batch": 0, "sequence": 1},
         "files": files,
         "bytes": {k: (out / v).stat().st_size for k, v in files.items()},
+        "fusion": fusion,
         "verification": verification,
         "passed": not failures,
         "supported": SUPPORTED,

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimformer.onnx_runtime import OPT_FILE, OPT_INT8_FILE  # noqa: F401  (the file names live there)
+
 logger = logging.getLogger(__name__)
 
-OPT_FILE = "model.opt.onnx"
-OPT_INT8_FILE = "model.opt.int8.onnx"
 CONTRIB_DOMAIN = "com.microsoft"
 #: Added to the scores of padded keys by onnxruntime's Attention (its default ``mask_filter_value``).
 MASK_FILTER = -10000.0
