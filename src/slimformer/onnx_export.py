@@ -371,7 +371,7 @@ def _write_files(
         if config.int8:
             quantize_int8(out / OPT_FILE, out / OPT_INT8_FILE, fused=True, **int8)
             files["opt_int8"] = OPT_INT8_FILE
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # the exporter's and optimizer's failures
+    except Exception as exc:  # best effort: any failure of the tracer or the optimizer keeps the portable files
         logger.warning("no fused onnxruntime graph (the portable files are written): %s", exc)
         return files, {"error": f"{type(exc).__name__}: {exc}"}
     finally:

@@ -43,17 +43,14 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, key_mask, num_heads: int, scale: float):  # noqa: ARG004
-        b, t, _ = x.shape
-        q, k, v = (x @ weight + bias).chunk(3, dim=-1)  # 3 x (B, T, H * s)
-        s = q.shape[-1] // num_heads
-
-        def heads(z: torch.Tensor) -> torch.Tensor:
-            return z.view(b, t, num_heads, s).transpose(1, 2)  # (B, H, T, s)
-
-        scores = heads(q) @ heads(k).transpose(-1, -2) * scale  # (B, H, T, T)
+        # unflatten/permute rather than view/transpose: with one head the tracer's peephole pass
+        # fails on the view chain ("Argument passed to at() was not in the map")
+        qkv = (x @ weight + bias).unflatten(-1, (3, num_heads, -1))  # (B, T, 3, H, s)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, s)
+        scores = q @ k.transpose(-1, -2) * scale  # (B, H, T, T)
         scores = scores + (1.0 - key_mask[:, None, None, :].to(scores.dtype)) * MASK_FILTER
-        context = scores.softmax(-1) @ heads(v)  # (B, H, T, s)
-        return context.transpose(1, 2).reshape(b, t, num_heads * s)  # (B, T, H * s)
+        context = scores.softmax(-1) @ v  # (B, H, T, s)
+        return context.permute(0, 2, 1, 3).flatten(2)  # (B, T, H * s)
 
     @staticmethod
     def symbolic(g, x, weight, bias, key_mask, num_heads: int, scale: float):
