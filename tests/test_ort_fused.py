@@ -127,3 +127,18 @@ def test_export_keeps_the_portable_files_when_fusion_fails(tiny_tokenizer, tmp_p
     assert set(report["files"]) == {"fp32"} and report["passed"]
     assert report["fusion"] == {"error": "RuntimeError: optimizer exploded"}
     assert load_onnx(tmp_path / "out")[0].path.name == "model.onnx"
+
+
+@pytest.mark.real
+def test_real_minilm_uneven_fused_matches_within_1e_4(tmp_path):
+    from slimformer.models import load_model
+
+    torch.manual_seed(0)
+    model, _ = load_model("minilm-l6", label_names=["rotten", "fresh"])
+    plan = KeepPlan.removing(model, heads={0: range(6), 2: range(11), 3: range(12)}, neurons={1: range(0, 1536, 2)})
+    apply_plan(model, plan)
+    raw, opt = tmp_path / "fused.onnx", tmp_path / OPT_FILE
+    torch_to_onnx(model, raw, inputs_for(model, 2, 16), fused=True)
+    counts = optimize_fused(raw, opt)
+    assert counts["Attention"] == 5 and counts["SkipLayerNormalization"] == 12
+    assert max_diff(model, OnnxModel(opt, threads=1), shapes=((1, 48), (4, 48), (2, 128))) <= 1e-4

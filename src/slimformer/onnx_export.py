@@ -1,7 +1,8 @@
 """Export a static (dense or pruned) classifier to ONNX, verify it, and quantize it with onnxruntime.
 
 :func:`export_onnx` writes a deployable folder (``model.onnx``, optionally ``model.int8.onnx``, the
-tokenizer, ``slimformer_onnx.json``), verifies every file against PyTorch on real tokenized text
+fused onnxruntime graphs ``model.opt.onnx`` / ``model.opt.int8.onnx`` of :mod:`slimformer.ort_fuse`,
+the tokenizer, ``slimformer_onnx.json``), verifies every file against PyTorch on real tokenized text
 (single texts and padded batches of mixed lengths), and times onnxruntime beside PyTorch.
 :class:`OnnxModel` runs a file with onnxruntime and returns logits, so it can be evaluated on a task.
 
