@@ -93,7 +93,7 @@ def test_fused_attention_rejects_bad_heads_and_missing_mask_input():
         FusedClassifier(make_tiny_model("bert"), ["input_ids"])
 
 
-def test_export_writes_verified_fused_files_and_load_prefers_them(tiny_tokenizer, tmp_path):
+def test_export_writes_verified_fused_files_and_load_finds_them(tiny_tokenizer, tmp_path):
     model = tiny("roberta", pruned=True)
     config = ExportConfig(int8=True, int8_min_agreement=0.0)
     report = export_onnx(model, tiny_tokenizer, tmp_path / "out", config, bench=None, progress=False)
@@ -101,10 +101,9 @@ def test_export_writes_verified_fused_files_and_load_prefers_them(tiny_tokenizer
     assert report["verification"]["opt_fp32"]["max_abs_diff"] <= 1e-4 and report["passed"]
     assert report["fusion"]["attention_nodes"] == 3 and report["fusion"]["heads_per_attention_node"] == [3, 1, 4]
     assert not (tmp_path / "out" / "model.fused.onnx").exists()  # the intermediate graph is gone
-    onnx_model, _ = load_onnx(tmp_path / "out")
-    assert onnx_model.path.name == OPT_FILE
-    assert load_onnx(tmp_path / "out", int8=True)[0].path.name == OPT_INT8_FILE
-    assert load_onnx(tmp_path / "out", optimized=False)[0].path.name == "model.onnx"
+    assert load_onnx(tmp_path / "out", optimized=True)[0].path.name == OPT_FILE
+    assert load_onnx(tmp_path / "out", int8=True, optimized=True)[0].path.name == OPT_INT8_FILE
+    assert load_onnx(tmp_path / "out")[0].path.name == "model.onnx"  # the portable file unless asked
 
     plain = export_onnx(
         model, tiny_tokenizer, tmp_path / "plain", ExportConfig(optimize=False), bench=None, progress=False

@@ -118,7 +118,7 @@ class OnnxModel:
         return metrics_from_logits(logits, [e.label for e in examples], num_labels or logits.shape[1])
 
 
-def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = None, optimized: bool | None = None):
+def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = None, optimized: bool = False):
     """Load an exported folder: ``(OnnxModel, tokenizer)``.
 
     Args:
@@ -126,7 +126,8 @@ def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = N
         int8: the int8 file rather than the fp32 one.
         threads: onnxruntime intra-op threads (None: one per core).
         optimized: the fused onnxruntime graph (``model.opt[.int8].onnx``) rather than the portable
-            one; None: the fused one when the folder has it (it was verified at export).
+            one. Off by default: on 1 thread it was not faster than the portable file (see
+            docs/ort_fused.md), so time both on the target machine before choosing it.
 
     Raises:
         FileNotFoundError: the folder or the requested file is missing.
@@ -137,8 +138,6 @@ def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = N
     if not folder.is_dir():
         raise FileNotFoundError(f"ONNX folder {str(folder)!r} does not exist")
     fused = OPT_INT8_FILE if int8 else OPT_FILE
-    if optimized is None:
-        optimized = (folder / fused).is_file()
     name = fused if optimized else INT8_FILE if int8 else ONNX_FILE
     if not (folder / name).is_file():
         hint = " (export with int8 to write it)" if int8 else ""
