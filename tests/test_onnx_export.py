@@ -142,9 +142,9 @@ def test_latency_is_measured_beside_pytorch(tiny_tokenizer, tmp_path):
     assert lat["reference"] == "pytorch_fp32" and lat["onnx_threads"] == 1
     assert [r["batch_size"] for r in lat["results"]] == [1, 2]
     for row in lat["results"]:
-        for name in ("pytorch_fp32", "onnx_fp32", "onnx_int8"):
+        for name in ("pytorch_fp32", "onnx_fp32", "onnx_int8", "onnx_opt_fp32", "onnx_opt_int8"):
             assert row[name]["median_ms"] > 0 and row[name]["repeats"] == 2
-        assert set(row["speedup"]) == {"onnx_fp32", "onnx_int8"}
+        assert set(row["speedup"]) == {"onnx_fp32", "onnx_int8", "onnx_opt_fp32", "onnx_opt_int8"}
     assert lat["environment"]["onnxruntime"] and report["seconds"]["latency"] > 0
     with pytest.raises(ValueError, match="reference 'nope'"):
         compare_latency({"a": model}, TINY_BENCH, inputs_model=model, reference="nope", progress=False)
@@ -262,7 +262,12 @@ def test_cli_export(tiny_tokenizer, tmp_path):
     result = runner.invoke(cli(), [*args, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["passed"] and report["files"] == {"fp32": ONNX_FILE, "int8": INT8_FILE}
+    assert report["passed"] and report["files"] == {
+        "fp32": ONNX_FILE,
+        "int8": INT8_FILE,
+        "opt_fp32": "model.opt.onnx",
+        "opt_int8": "model.opt.int8.onnx",
+    }
     assert report["latency"]["results"][0]["batch_size"] == 1
 
     again = runner.invoke(cli(), [*args, "--json"])

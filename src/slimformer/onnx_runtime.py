@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+OPT_FILE = "model.opt.onnx"  # fused onnxruntime graph, see slimformer.ort_fuse
+OPT_INT8_FILE = "model.opt.int8.onnx"
 
 
 def _is_int(v: Any) -> bool:
@@ -116,8 +118,16 @@ class OnnxModel:
         return metrics_from_logits(logits, [e.label for e in examples], num_labels or logits.shape[1])
 
 
-def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = None):
+def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = None, optimized: bool = False):
     """Load an exported folder: ``(OnnxModel, tokenizer)``.
+
+    Args:
+        folder: a folder written by :func:`slimformer.onnx_export.export_onnx`.
+        int8: the int8 file rather than the fp32 one.
+        threads: onnxruntime intra-op threads (None: one per core).
+        optimized: the fused onnxruntime graph (``model.opt[.int8].onnx``) rather than the portable
+            one. Off by default: on 1 thread it was not faster than the portable file (see
+            docs/ort_fused.md), so time both on the target machine before choosing it.
 
     Raises:
         FileNotFoundError: the folder or the requested file is missing.
@@ -127,9 +137,11 @@ def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = N
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"ONNX folder {str(folder)!r} does not exist")
-    name = INT8_FILE if int8 else ONNX_FILE
+    fused = OPT_INT8_FILE if int8 else OPT_FILE
+    name = fused if optimized else INT8_FILE if int8 else ONNX_FILE
     if not (folder / name).is_file():
         hint = " (export with int8 to write it)" if int8 else ""
+        hint += " (export with optimize to write it)" if optimized else ""
         raise FileNotFoundError(f"{str(folder / name)!r} does not exist{hint}")
     return OnnxModel(folder / name, threads=threads), AutoTokenizer.from_pretrained(str(folder))
 
