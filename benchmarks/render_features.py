@@ -120,4 +120,46 @@ def families(stem: str, r: dict) -> list[str]:
     return lines + targets(found)
 
 
-FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding, families)}
+RUNTIMES = ("pytorch_fp32", "onnx_fp32", "opt_fp32", "ortpeer_fp32", "onnx_int8", "opt_int8", "ortpeer_int8")
+
+
+def ort_fused(stem: str, r: dict) -> list[str]:
+    """Fused-attention ONNX graphs beside PyTorch, plain onnxruntime and onnxruntime's own optimizer."""
+    models = list(r["models"])
+    lines = []
+    for name, m in r["models"].items():
+        fusion = m.get("fusion") or {}
+        lines.append(f"- `{name}`: attention nodes with heads {fusion.get('heads_per_attention_node')}; fused "
+                     f"operators {fusion.get('fused_operators')}")  # fmt: skip
+    lines.append("")
+    found = {}
+    for seq, block in r["latency"].items():
+        by_batch = {res["batch_size"]: res for res in block["results"]}
+        batches = sorted(by_batch)
+        rows = []
+        for model in models:
+            for rt in RUNTIMES:
+                key = f"{model}_{rt}"
+                if key not in by_batch[batches[0]]:
+                    continue
+                cells = [model, rt]
+                for b in batches:
+                    speed = 1.0 if key == block["reference"] else by_batch[b].get("speedup", {}).get(key)
+                    cells.append(num(speed, ".2f", suffix="x"))
+                rows.append(cells)
+        lines += [f"### {seq} tokens: speedup over dense PyTorch fp32", ""]
+        lines += [*table(["model", "runtime", *[f"b{b}" for b in batches]], rows), ""]
+        # the target: a pruned model's batch-1 speedup over dense *in the same runtime*, over its MACs ratio
+        b1 = by_batch.get(1)
+        for model in models[1:]:
+            ratio = r["macs_efficiency"][seq][model]["macs_ratio"]
+            for rt in ("pytorch_fp32", "onnx_fp32", "opt_fp32"):
+                dense_ms, ms = b1[f"{models[0]}_{rt}"]["median_ms"], b1[f"{model}_{rt}"]["median_ms"]
+                eff = dense_ms / ms / ratio
+                found[f"{seq} tokens, {model}, {rt}: batch-1 speedup over dense {rt} >= "
+                      f"{r['target_macs_efficiency']} x the MACs ratio"] = {"met": eff >= r["target_macs_efficiency"],
+                                                                          "ratio": eff}  # fmt: skip
+    return lines + targets(found)
+
+
+FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding, families, ort_fused)}

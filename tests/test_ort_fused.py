@@ -18,6 +18,17 @@ pytest.importorskip("onnxruntime")
 UNEVEN = {"heads": {0: [1], 1: [0, 1, 2, 3], 2: [0, 2, 3]}, "neurons": {0: range(0, 37, 2)}}
 
 
+def refused(model) -> bool:
+    """A family whose adapter refuses fused attention says why, and is not fused."""
+    from slimformer.arch import get_adapter
+
+    if "fused_onnx_attention" not in get_adapter(model).refused:
+        return False
+    with pytest.raises(ValueError, match="fused_onnx_attention is not available"):
+        FusedClassifier(model, input_names(model))
+    return True
+
+
 def tiny(family: str, *, pruned: bool):
     model = make_tiny_model(family, layers=4)
     if pruned:
@@ -47,6 +58,8 @@ def max_diff(model, onnx_model: OnnxModel, shapes=((1, 5), (3, 9), (4, 23), (2, 
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "uneven"])
 def test_fused_graph_matches_pytorch_with_per_layer_heads(family, pruned, tmp_path):
     model = tiny(family, pruned=pruned)
+    if refused(model):
+        return
     heads = [3, 0, 1, 4] if pruned else [4, 4, 4, 4]
     raw, opt = tmp_path / "fused.onnx", tmp_path / OPT_FILE
     torch_to_onnx(model, raw, inputs_for(model, 3, 11), fused=True)
@@ -72,6 +85,8 @@ def test_fused_int8_quantizes_attention_and_stays_close(tmp_path):
 
 def test_fused_pytorch_copy_equals_the_model_and_leaves_it_alone(family):
     model = tiny(family, pruned=True)
+    if refused(model):
+        return
     before = {k: v.clone() for k, v in model.state_dict().items()}
     names = input_names(model)
     wrapper = FusedClassifier(model, names)

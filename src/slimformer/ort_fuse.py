@@ -109,7 +109,8 @@ class FusedClassifier(nn.Module):
     """Positional inputs -> logits of a copy of ``model`` whose attention cores are fused.
 
     The input model is left untouched. Layers without heads keep their placeholder (no attention
-    node at all). Every family of :mod:`slimformer.arch` is supported through its adapter.
+    node at all). Every family of :mod:`slimformer.arch` whose adapter does not refuse
+    ``fused_onnx_attention`` (ModernBERT does: rotary positions) is supported through its adapter.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]):
@@ -119,6 +120,7 @@ class FusedClassifier(nn.Module):
         if "attention_mask" not in names:
             raise ValueError(f"the graph inputs {list(names)} lack attention_mask, which the fused op needs")
         adapter = get_adapter(model)
+        adapter.require("fused_onnx_attention")
         self.model = copy.deepcopy(model).eval()
         self.names = list(names)
         self.fused: list[FusedSelfAttention] = []

@@ -61,6 +61,8 @@ class ModernBertAdapter(ArchAdapter):
     # exit heads start random: the head is dense + GELU + norm, not the exits' dense + tanh
     refused = {
         "skim": f"token skimming drops tokens between layers, and {POSITIONS}",
+        "fused_onnx_attention": "onnxruntime's Attention op has no rotary positions or local window; "
+        "the portable ONNX export (ExportConfig(optimize=False)) works",
     }
 
     def dims(self, config) -> ModelDims:
