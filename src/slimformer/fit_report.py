@@ -31,26 +31,31 @@ def save_fit(result, tokenizer, folder: str | Path, *, overwrite: bool = False) 
         FileExistsError: ``folder`` is not empty and ``overwrite`` is False.
     """
     from slimformer.compose import save_result
-    from slimformer.export import prepare_output_dir
+    from slimformer.fsutil import staged_output_dir
 
-    out = prepare_output_dir(folder, overwrite=overwrite)
+    final = Path(folder)
     report = result.report
-    target = out / MODEL_DIR
-    if result.onnx_dir is not None:
-        shutil.copytree(result.onnx_dir, target)
-        load = f"slimformer.onnx_runtime.load_onnx(folder, int8={_choice_row(report)['precision'] == 'int8'})"
-    else:
-        save_result(result.model, tokenizer, target, extra={"fit": _choice_row(report)})
-        load = "slimformer.models.load_model(folder)"
-    report["saved"] = {"model": str(target), "load_with": load}
-    save_report(report, out)
-    return out
+    # written into a hidden sibling, moved into place complete
+    with staged_output_dir(final, overwrite=overwrite) as out:
+        if result.onnx_dir is not None:
+            shutil.copytree(result.onnx_dir, out / MODEL_DIR)
+            load = f"slimformer.onnx_runtime.load_onnx(folder, int8={_choice_row(report)['precision'] == 'int8'})"
+        else:
+            save_result(result.model, tokenizer, out / MODEL_DIR, extra={"fit": _choice_row(report)})
+            load = "slimformer.models.load_model(folder)"
+        report["saved"] = {"model": str(final / MODEL_DIR), "load_with": load}
+        save_report(report, out, final=final)
+    return final
 
 
-def save_report(report: dict[str, Any], folder: str | Path) -> Path:
-    """Write ``fit.json`` and ``frontier.png`` into an existing ``folder``; return the report's path."""
+def save_report(report: dict[str, Any], folder: str | Path, *, final: str | Path | None = None) -> Path:
+    """Write ``fit.json`` and ``frontier.png`` into an existing ``folder``; return the report's path.
+
+    ``final``: where ``folder`` will be once moved into place (the report names the plot there).
+    """
     folder = Path(folder)
-    report["plot"] = str(plot_fit(report, folder / PLOT_FILE))
+    plot_fit(report, folder / PLOT_FILE)
+    report["plot"] = str(Path(final or folder) / PLOT_FILE)
     path = folder / REPORT_FILE
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return path

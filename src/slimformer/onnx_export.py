@@ -306,66 +306,13 @@ def _write_files(
     return files, fusion
 
 
-# --- the verb ----------------------------------------------------------------------------------
-
-
-def export_onnx(
-    model: nn.Module,
-    tokenizer,
-    out_dir: str | Path,
-    config: ExportConfig | None = None,
-    *,
-    texts: Sequence[str] | None = None,
-    bench: BenchConfig | None = DEFAULT_BENCH,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Export ``model`` to ONNX in ``out_dir``, verify it against PyTorch, optionally quantize and time it.
-
-    Writes ``model.onnx`` (fp32), ``model.int8.onnx`` when ``config.int8``, with ``config.optimize``
-    the fused onnxruntime graphs ``model.opt.onnx`` / ``model.opt.int8.onnx`` (each verified like
-    the others; see :mod:`slimformer.ort_fuse`), the tokenizer files and ``slimformer_onnx.json``
-    (this report, whose ``fusion`` entry counts the fused operators). Only static models are supported (see the module
-    docstring and :func:`check_exportable`).
-
-    Args:
-        model: a dense or statically pruned sequence classifier (left unchanged, in its mode).
-        tokenizer: its tokenizer (saved next to the files, and used to tokenize ``texts``).
-        out_dir: output folder, new or empty (see ``overwrite``).
-        config: export, quantization and verification settings.
-        texts: real texts to verify on (None: :data:`DEFAULT_TEXTS`).
-        bench: latency of PyTorch vs each ONNX file, interleaved (None: do not time).
-        overwrite: empty a non-empty ``out_dir`` first instead of refusing.
-        progress: show progress bars.
-
-    Returns:
-        The report: files and sizes, verification (max |logit diff|, argmax agreement, bounds,
-        ``passed``), latency per batch size with speedups over PyTorch (not measured when a check
-        failed), seconds, environment.
-
-    Raises:
-        ValueError: the model cannot be exported (see :func:`check_exportable`), bad settings, or
-            ``out_dir`` names an ``.onnx`` file rather than a folder.
-        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
-        OnnxVerificationError: a bound was missed and ``config.check`` (the files and the report
-            stay in ``out_dir`` for inspection).
-    """
-    from slimformer.export import prepare_output_dir
+def _export_into(
+    out: Path, model: nn.Module, tokenizer, batches, config: ExportConfig, *, texts, bench, progress: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """Write, verify and (when every check passed) time the files in ``out``; the report and the failures."""
     from slimformer.structure import Structure
 
-    config = config or ExportConfig()
-    _require_onnx()
-    check_exportable(model)
-    if tokenizer is None:
-        raise ValueError("a tokenizer is needed: it tokenizes the verification texts and is saved next to the model")
-    out_dir = Path(out_dir)
-    if out_dir.suffix == ".onnx":
-        raise ValueError(f"output {str(out_dir)!r} looks like a file; give a folder (it will hold {ONNX_FILE}, ...)")
-    batches = verification_batches(
-        model, tokenizer, texts, batch_size=config.verify_batch_size, max_length=config.max_length
-    )
     sample = max(batches, key=lambda b: (b["input_ids"].shape[0], -int(b["attention_mask"].all())))
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
     seconds: dict[str, float] = {}
 
     tokenizer.save_pretrained(str(out))
@@ -413,6 +360,71 @@ def export_onnx(
         "onnxruntime": _version("onnxruntime"),
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report, failures
+
+
+# --- the verb ----------------------------------------------------------------------------------
+
+
+def export_onnx(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    *,
+    texts: Sequence[str] | None = None,
+    bench: BenchConfig | None = DEFAULT_BENCH,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export ``model`` to ONNX in ``out_dir``, verify it against PyTorch, optionally quantize and time it.
+
+    Writes ``model.onnx`` (fp32), ``model.int8.onnx`` when ``config.int8``, with ``config.optimize``
+    the fused onnxruntime graphs ``model.opt.onnx`` / ``model.opt.int8.onnx`` (each verified like
+    the others; see :mod:`slimformer.ort_fuse`), the tokenizer files and ``slimformer_onnx.json``
+    (this report, whose ``fusion`` entry counts the fused operators). Only static models are supported (see the module
+    docstring and :func:`check_exportable`).
+
+    Args:
+        model: a dense or statically pruned sequence classifier (left unchanged, in its mode).
+        tokenizer: its tokenizer (saved next to the files, and used to tokenize ``texts``).
+        out_dir: output folder, new or empty (see ``overwrite``).
+        config: export, quantization and verification settings.
+        texts: real texts to verify on (None: :data:`DEFAULT_TEXTS`).
+        bench: latency of PyTorch vs each ONNX file, interleaved (None: do not time).
+        overwrite: empty a non-empty ``out_dir`` first instead of refusing.
+        progress: show progress bars.
+
+    Returns:
+        The report: files and sizes, verification (max |logit diff|, argmax agreement, bounds,
+        ``passed``), latency per batch size with speedups over PyTorch (not measured when a check
+        failed), seconds, environment.
+
+    Raises:
+        ValueError: the model cannot be exported (see :func:`check_exportable`), bad settings, or
+            ``out_dir`` names an ``.onnx`` file rather than a folder.
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        OnnxVerificationError: a bound was missed and ``config.check`` (the files and the report
+            stay in ``out_dir`` for inspection).
+    """
+    from slimformer.fsutil import model_sources, staged_output_dir
+
+    config = config or ExportConfig()
+    _require_onnx()
+    check_exportable(model)
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed: it tokenizes the verification texts and is saved next to the model")
+    out_dir = Path(out_dir)
+    if out_dir.suffix == ".onnx":
+        raise ValueError(f"output {str(out_dir)!r} looks like a file; give a folder (it will hold {ONNX_FILE}, ...)")
+    batches = verification_batches(
+        model, tokenizer, texts, batch_size=config.verify_batch_size, max_length=config.max_length
+    )
+    # written into a hidden sibling, moved into place complete (failed checks too: kept for inspection)
+    with staged_output_dir(out_dir, overwrite=overwrite, inputs=model_sources(model)) as stage:
+        report, failures = _export_into(stage, model, tokenizer, batches, config, texts=texts, bench=bench,
+                                        progress=progress)  # fmt: skip
+    out = out_dir
     if failures and config.check:
         raise OnnxVerificationError(
             "ONNX export does not match PyTorch: " + "; ".join(failures) + f" (files left in {str(out)!r} to inspect)"

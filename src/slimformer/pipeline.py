@@ -219,12 +219,30 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
     timed in the same interleaved rounds. Writes ``report.json``, ``report.md``, the frontier
     plots and the ONNX folder into ``out_dir``.
     """
+    from slimformer.fsutil import staged_output_dir
+
+    # written into a hidden sibling and moved into place complete: an interrupted run leaves nothing
+    with staged_output_dir(out_dir, overwrite=overwrite) as stage:
+        return _demo_into(stage, Path(out_dir), config, progress)
+
+
+def _relocated(value, stage: Path, final: Path):
+    """``value`` with every path string under ``stage`` pointing under ``final`` (where it will be)."""
+    if isinstance(value, dict):
+        return {k: _relocated(v, stage, final) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, stage, final) for v in value]
+    if isinstance(value, str) and value.startswith(str(stage)):
+        return str(final) + value[len(str(stage)) :]
+    return value
+
+
+def _demo_into(out: Path, final: Path, config: DemoConfig, progress: bool) -> dict:
+    """:func:`run_demo`'s work, written into ``out`` (the staged folder that becomes ``final``)."""
     from slimformer.data import load_task
-    from slimformer.export import prepare_output_dir
     from slimformer.pareto import ParetoConfig, compress_points, mark_fronts, plot_frontier, time_points
     from slimformer.report import write_json
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
     t0 = time.perf_counter()
     task = load_task(config.task)
     recipe = config.finetune or recipe_for(task.name)
@@ -273,6 +291,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False
         "plots": plots,
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
+    report = _relocated(report, out, final)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(_demo_markdown(report, config, task, seq_len, folder, reused))
     return report

@@ -87,10 +87,11 @@ def fit_command(
         result.report["model"] = model
         save_fit(result, tok, out, overwrite=overwrite)
     except NoFit as exc:
-        from slimformer.export import prepare_output_dir
+        from slimformer.fsutil import staged_output_dir
 
         exc.report["model"] = model
-        save_report(exc.report, prepare_output_dir(out, overwrite=overwrite))
+        with staged_output_dir(out, overwrite=overwrite) as stage:
+            save_report(exc.report, stage, final=out)
         if as_json:
             emit_json(exc.report)
         else:

@@ -20,6 +20,7 @@ from slimformer.commands.common import (
     TextCol,
     ValFileOpt,
     emit_json,
+    ensure_output_dir,
     fail,
     model_and_task,
 )
@@ -51,7 +52,7 @@ def pareto(
 ):
     """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
     from slimformer.bench import parse_int_list
-    from slimformer.export import prepare_output_dir
+    from slimformer.fsutil import staged_output_dir
     from slimformer.pareto import ParetoConfig, sweep
     from slimformer.report import write_json
 
@@ -60,7 +61,7 @@ def pareto(
             methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_sizes=parse_int_list(batch_sizes),
             repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
-        folder = prepare_output_dir(out, overwrite=overwrite)  # refuses a non-empty folder before any work
+        ensure_output_dir(out, overwrite, inputs=(model,))  # refuses a non-empty folder before any work
         m, tok, data = model_and_task(
             model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
         )
@@ -69,9 +70,11 @@ def pareto(
         fail(exc)
     result.pop("models")
     title = f"{model} on {data.name} (test split)"
-    table = _write_outputs(result, folder, config, title)
-    result.update(model=model, task=data.name)
-    write_json(folder / "pareto.json", result)
+    with staged_output_dir(out, overwrite=overwrite) as stage:  # moved into place complete
+        table = _write_outputs(result, stage, config, title, final=out)
+        result.update(model=model, task=data.name)
+        write_json(stage / "pareto.json", result)
+    folder = out
     if as_json:
         emit_json(result)
         return
@@ -80,18 +83,19 @@ def pareto(
     typer.echo(f"plots: {result['plots']['latency']}, {result['plots']['memory']}; table: {folder / 'pareto.md'}")
 
 
-def _write_outputs(result: dict, folder: Path, config, title: str) -> str:
-    """Write both frontier plots (recorded in ``result["plots"]``) and pareto.md; return the table."""
+def _write_outputs(result: dict, folder: Path, config, title: str, *, final: Path) -> str:
+    """Write both frontier plots (recorded in ``result["plots"]`` as paths under ``final``, where
+    ``folder`` will be) and pareto.md; return the table."""
     from slimformer.pareto import markdown, plot_frontier
 
     points = result["points"]
     batch_size = config.batch_sizes[0]
     result["plots"] = {
-        "latency": str(plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
-                                     xlabel=f"latency at batch {batch_size} x {config.seq_len} tokens (ms)",
-                                     title=title)),
-        "memory": str(plot_frontier(points, "bytes", folder / "frontier_memory.png",
-                                    xlabel="weights (MB, as stored)", title=title)),
+        "latency": str(final / plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
+                                             xlabel=f"latency at batch {batch_size} x {config.seq_len} tokens (ms)",
+                                             title=title).name),
+        "memory": str(final / plot_frontier(points, "bytes", folder / "frontier_memory.png",
+                                            xlabel="weights (MB, as stored)", title=title).name),
     }  # fmt: skip
     table = markdown(points, batch_sizes=config.batch_sizes)
     (folder / "pareto.md").write_text(f"# Frontier: {title}\n\n{table}\n")
