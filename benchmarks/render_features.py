@@ -162,4 +162,42 @@ def ort_fused(stem: str, r: dict) -> list[str]:
     return lines + targets(found)
 
 
-FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {f.__name__: f for f in (embedding, families, ort_fused)}
+def fit(stem: str, r: dict) -> list[str]:
+    """``slimformer fit`` at latency targets: the choice, its accuracy beside dense, and the clock on test inputs."""
+    rows, found = [], {}
+    for row in r["rows"]:
+        target = row["target"]
+        if not row["fit"]:
+            rows.append([str(target), f"no fit: {row['message']}", "", num(row["search_s"], ".0f"), "", "", ""])
+            found[f"latency target {target} of dense met"] = False
+            continue
+        va, ta = row["val_accuracy"], row["test_accuracy"]
+        val = f"{num(va['chosen'], '.2f', scale=100)} ({num(va['dense'], '.2f', scale=100)})"
+        test = f"{num(ta['chosen'], '.2f', scale=100)} ({num(ta['dense'], '.2f', scale=100)})"
+        rows.append([f"{target} ({1 / target:.1f}x)", f"`{row['chosen']}`", str(row["candidates"]),
+                     num(row["search_s"], ".0f"), val, test, num(row["test_speedup"], ".2f", suffix="x")])  # fmt: skip
+        found[f"latency target {target} of dense met on test inputs within 10%"] = {
+            "met": row["met_on_test_within_10pct"],
+            "speedup on test": row["test_speedup"],
+        }
+        found[f"search at target {target} within 10 minutes"] = {"met": row["search_s"] <= 600, "s": row["search_s"]}
+        drop = 100 * (ta["dense"] - ta["chosen"])
+        found[f"target {target}: >= 5x at batch 1 within 1 point of dense"] = {
+            "met": row["test_speedup"] >= 5 and drop <= 1,
+            "speedup": row["test_speedup"],
+            "drop (points)": drop,
+        }
+    headers = ["target", "chosen", "candidates", "search s", "val acc % (dense)", "test acc % (dense)", "speedup"]
+    lines = [
+        f"Latency budgets at batch 1 x {r.get('seq_len')} tokens, as fractions of dense PyTorch fp32; the choice "
+        "is scored on validation only, then it and dense are timed again, interleaved, on real test texts.",
+        "",
+        *table(headers, rows),
+        "",
+    ]
+    return lines + targets(found)
+
+
+FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {
+    f.__name__: f for f in (embedding, families, ort_fused, fit)
+}
