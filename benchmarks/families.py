@@ -22,7 +22,6 @@ Writes benchmarks/results/families.{json,md}.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import harness
@@ -36,7 +35,7 @@ from transformers import (
 )
 
 from slimformer.arch import FAMILIES
-from slimformer.bench import make_bench_inputs
+from slimformer.bench import BenchConfig, bench_models, make_bench_inputs
 from slimformer.cost import cost_of
 from slimformer.static import PruneConfig, prune
 from slimformer.structure import Structure
@@ -90,20 +89,6 @@ def calibration(model, n: int, seq: int, seed: int) -> list[dict]:
     return batches
 
 
-def interleaved_ms(models: list, inputs: dict, calls: int) -> list[float]:
-    """Median ms of each model over ``calls`` rounds; each round calls every model once, order rotating."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for m in models:  # one untimed call each: allocations, lazy initialisation
-            m(**inputs)
-        for r in range(calls):
-            for i in [(r + j) % len(models) for j in range(len(models))]:
-                start = time.perf_counter()
-                models[i](**inputs)
-                times[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(t) for t in times]
-
-
 def pruned_to(model, fraction: float, seq: int, data: list[dict]):
     """``model`` cut to ``fraction`` of its MACs by real surgery (magnitude scores, no repair)."""
     config = PruneConfig.from_dict({"method": "magnitude", "budget": f"macs={fraction},seq={seq}", "repair": False})
@@ -121,9 +106,10 @@ def time_family(name: str, config, args) -> dict:
     out["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     out["layers"] = {k: [[s.heads, s.ffn] for s in Structure.from_model(m).layers] for k, m in models.items()}
     for batch in args.batches:
-        inputs = make_bench_inputs(dense, batch, args.seq, seed=args.seed)
         calls = args.rounds * (1 if batch > 1 else 8)
-        walls = dict(zip(models, interleaved_ms(list(models.values()), inputs, calls), strict=True))
+        bench = BenchConfig(batch_sizes=(batch,), seq_len=args.seq, warmup=1, repeats=calls, seed=args.seed)
+        timed = bench_models(models, bench, progress=False)  # interleaved, order alternating per round
+        walls = {k: r["results"][0]["median_ms"] for k, r in timed.items()}
         rows = {}
         for k in models:
             speedup = walls["dense"] / walls[k]
