@@ -53,8 +53,8 @@ def test_position_offset_gives_the_longest_sequence_that_runs(family):
     ids = torch.full((1, limit), 20)
     with torch.no_grad():
         model(input_ids=ids)  # the limit itself runs
-        if get_adapter(model).dims(model.config).pre_norm:
-            return  # rotary positions (ModernBERT) have no table to run past; the limit is the config's
+        if not get_adapter(model).dims(model.config).position_table:
+            return  # rotary (ModernBERT) or relative-only (DeBERTa-v3) positions: no table to run past
         with pytest.raises((IndexError, RuntimeError)):
             model(input_ids=torch.full((1, limit + 1), 20))  # one more token is past the position table
 

@@ -13,6 +13,13 @@ per neuron; a bias-free family (ModernBERT) has no Linear biases; a pre-norm fam
 attention norm in its first layer, a final norm, a normed head and no position table. Local
 (sliding-window) attention is computed densely under a mask, so it costs what global attention
 costs; rotary embeddings are elementwise (not counted).
+
+DeBERTa's disentangled attention adds, per layer and head, a score against every row of the shared
+relative-position table for each of c2p and p2c (``T x rows x s`` each; the gather that picks each
+pair's row is free) and the table's projections by q / k (``rows x d x s`` each). Those projections
+run once per forward, whatever the batch: counted here per sequence, they are exact at batch 1 and
+overstate a batched forward; the budgets' ratios are unchanged (every term scales with the width).
+The shared table and its norm are counted with the embeddings.
 """
 
 from __future__ import annotations
@@ -30,12 +37,24 @@ MACS_NOTE = (
 
 def layer_macs(dims: ModelDims, shape: LayerShape, seq_len: int) -> dict[str, int]:
     """MACs of one layer for one sequence: ``{"attention", "ffn", "total"}``."""
-    t, d, width = seq_len, dims.hidden, shape.heads * dims.head_size
-    # q, k, v and output projections: 4 (T x d) @ (d x width) products; scores and weighted sum:
-    # 2 per head (T x s) @ (s x T), i.e. 2 * T^2 * width.
-    attention = 4 * t * d * width + 2 * t * t * width
+    t, d = seq_len, dims.hidden
+    attention = shape.heads * dims.head_size * _attention_macs_per_width(dims, t)
     ffn = _ffn_matrices(dims) * t * d * shape.ffn
     return {"attention": attention, "ffn": ffn, "total": attention + ffn}
+
+
+def _attention_macs_per_width(dims: ModelDims, t: int) -> int:
+    """MACs of one layer's attention per unit of its width (heads x head size), for ``t`` tokens."""
+    d, rows = dims.hidden, dims.rel_rows
+    # q, k, v and output projections: 4 (T x d) @ (d x width) products; scores and weighted sum:
+    # 2 per head (T x s) @ (s x T), i.e. 2 * T^2 * width. DeBERTa: c2p / p2c scores against every
+    # table row (T x rows each) and the table's projections (rows x d each).
+    return 4 * t * d + 2 * t * t + dims.rel_terms * t * rows + dims.rel_projections * rows * d
+
+
+def _own_rel_projections(dims: ModelDims) -> int:
+    """DeBERTa without share_att_key: position Linears per layer (hidden -> width, with biases)."""
+    return dims.rel_projections if dims.rel_own_projections else 0
 
 
 def _ffn_matrices(dims: ModelDims) -> int:
@@ -48,19 +67,26 @@ def layer_params(dims: ModelDims, shape: LayerShape) -> dict[str, int]:
     d, width, b, f = dims.hidden, shape.heads * dims.head_size, int(dims.biases), shape.ffn
     norm = dims.norm_size * d
     attention_norm = 0 if dims.pre_norm and shape.origin == 0 else norm  # pre-norm: the first layer has none
-    # q, k, v (weights + biases), output projection (its bias survives even with 0 heads), LayerNorm
-    attention = 3 * (d * width + b * width) + (width * d + b * d) + attention_norm
+    # q, k, v (weights + biases) and DeBERTa's own position projections, output projection (its bias
+    # survives even with 0 heads), LayerNorm
+    qkv = 3 + _own_rel_projections(dims)
+    attention = qkv * (d * width + b * width) + (width * d + b * d) + attention_norm
     in_rows = f * (2 if dims.gated_ffn else 1)  # a GLU has a value row and a gate row per neuron
     ffn = (d * in_rows + b * in_rows) + (f * d + b * d) + norm
     return {"attention": attention, "ffn": ffn, "total": attention + ffn}
 
 
 def embedding_params(dims: ModelDims) -> int:
-    """Token, position and type tables with their LayerNorm, plus the projection up to ``hidden`` if any."""
+    """Token, position and type tables with their LayerNorm, plus the projection up to ``hidden`` if any.
+
+    DeBERTa's relative-position table (shared by the layers) and its LayerNorm count here too.
+    """
     width = dims.embedding_size or dims.hidden
     project = width * dims.hidden + dims.hidden if dims.embedding_size else 0
-    positions = 0 if dims.pre_norm else dims.max_positions  # rotary positions have no table
-    return (dims.vocab_size + positions + dims.type_vocab_size) * width + dims.norm_size * width + project
+    positions = dims.max_positions if dims.position_table else 0
+    relative = dims.rel_rows * dims.hidden + (dims.norm_size * dims.hidden if dims.rel_norm else 0)
+    tables = (dims.vocab_size + positions + dims.type_vocab_size) * width + dims.norm_size * width
+    return tables + project + relative
 
 
 def embedding_macs(dims: ModelDims, seq_len: int) -> int:
@@ -88,7 +114,7 @@ def _linear_weights(dims: ModelDims, structure: Structure) -> int:
     total = d * d + d * dims.num_labels + dims.embedding_size * d
     for s in structure.layers:
         width = s.heads * dims.head_size
-        total += 4 * d * width + _ffn_matrices(dims) * d * s.ffn
+        total += (4 + _own_rel_projections(dims)) * d * width + _ffn_matrices(dims) * d * s.ffn
     return total
 
 
@@ -153,12 +179,13 @@ def marginal_costs(structure: Structure, seq_len: int = 128) -> dict:
     """
     dims = structure.dims
     d, s, t, m = dims.hidden, dims.head_size, seq_len, _ffn_matrices(dims)
+    head_params = (4 + _own_rel_projections(dims)) * d * s + (3 + _own_rel_projections(dims)) * s * int(dims.biases)
     layer, token = [], []
     for shape in structure.layers:
         layer.append({"macs": layer_macs(dims, shape, t)["total"], "params": layer_params(dims, shape)["total"]})
         token.append(layer_macs(dims, shape, t + 1)["total"] - layer_macs(dims, shape, t)["total"])
     return {
-        "head": {"macs": 4 * t * d * s + 2 * t * t * s, "params": 4 * d * s + 3 * s * int(dims.biases)},
+        "head": {"macs": s * _attention_macs_per_width(dims, t), "params": head_params},
         "neuron": {"macs": m * t * d, "params": m * d + (m - 1) * int(dims.biases)},
         "layer": layer,
         "token": token,

@@ -200,6 +200,8 @@ def masked(model: nn.Module, head_masks=None, ffn_masks=None, layer_mask=None):
         return hook
 
     def skip_hook(module, args, output):
+        if isinstance(output, tuple):  # a layer that returns (hidden, attention) (DeBERTa) keeps its shape
+            return (args[0], *output[1:])
         return args[0]  # the layer's input hidden states
 
     try:

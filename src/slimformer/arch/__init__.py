@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slimformer.arch.base import ArchAdapter, AttentionView, FFNView, ModelDims
 from slimformer.arch.bert import BertAdapter
+from slimformer.arch.deberta import DebertaV2Adapter
 from slimformer.arch.distilbert import DistilBertAdapter
 from slimformer.arch.electra import ElectraAdapter
 from slimformer.arch.modernbert import ModernBertAdapter
@@ -22,15 +23,23 @@ for _adapter in (
     CamembertAdapter(),
     ElectraAdapter(),
     ModernBertAdapter(),
+    DebertaV2Adapter(),
 ):
     FAMILIES[_adapter.family] = _adapter
     for _model_type in _adapter.model_types:
         ADAPTERS[_model_type] = _adapter
+#: model_type -> why it is not supported, where that is worth more than the generic message.
+REFUSED_TYPES = {
+    "deberta": "DeBERTa (v1) fuses q, k and v into one in_proj with separate q / v biases, which the "
+    "adapters do not slice; DeBERTa-v2 and v3 (model_type 'deberta-v2') are supported",
+}
 
 
 def get_adapter_for_config(config) -> ArchAdapter:
     """The adapter for a config, or ``ValueError`` naming its ``model_type`` and the supported ones."""
     model_type = getattr(config, "model_type", None)
+    if model_type in REFUSED_TYPES:
+        raise ValueError(f"unsupported architecture: model_type {model_type!r}: {REFUSED_TYPES[model_type]}")
     if model_type not in ADAPTERS:
         raise ValueError(
             f"unsupported architecture: model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"

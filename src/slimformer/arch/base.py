@@ -38,6 +38,16 @@ class ModelDims:
     norm_size: int = 2  # parameters per hidden unit of one LayerNorm (1 without its bias)
     pre_norm: bool = False  # norms before the sublayers (none in the first layer), a final norm, a
     # normed head, and rotary positions instead of a position table
+    position_table: bool = True  # absolute positions come from a table (not: rotary, DeBERTa-v3)
+    # DeBERTa's disentangled attention (0: none): every layer scores each query against all
+    # ``rel_rows`` rows of one shared relative-position table, ``rel_terms`` times (c2p, p2c), after
+    # projecting the table ``rel_projections`` times; by q and k themselves (share_att_key), or by
+    # its own Linear per term (``rel_own_projections``). The table may have a LayerNorm (``rel_norm``).
+    rel_rows: int = 0
+    rel_terms: int = 0
+    rel_projections: int = 0
+    rel_own_projections: bool = False
+    rel_norm: bool = False
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class ModernBertAdapter(ArchAdapter):
                 f"classifier_bias={config.classifier_bias}: the cost model needs all three equal"
             )
         terms = {"gated_ffn": True, "biases": biases.pop(), "norm_size": 2 if config.norm_bias else 1}
-        return bert_named_dims(self.family, config, **terms, pre_norm=True)
+        return bert_named_dims(self.family, config, **terms, pre_norm=True, position_table=False)
 
     def tiny_config(self, *, layers: int = 3, num_labels: int = 3):
         from transformers import ModernBertConfig

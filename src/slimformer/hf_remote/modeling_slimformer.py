@@ -30,6 +30,8 @@ from transformers import (
     BertModel,
     CamembertForSequenceClassification,
     CamembertModel,
+    DebertaV2ForSequenceClassification,
+    DebertaV2Model,
     DistilBertForSequenceClassification,
     DistilBertModel,
     ElectraForSequenceClassification,
@@ -100,6 +102,22 @@ FAMILY_PATHS["modernbert"] = {
     "hidden": "hidden_size",
     "ffn": "intermediate_size",
 }
+
+# --- DeBERTa-v2 / v3 ---------------------------------------------------------------------------
+# BERT's layout with disentangled attention: the position path projects the shared relative-position
+# table with q/k themselves (share_att_key, v3) or with its own ``pos_q``/``pos_k`` Linears, sliced
+# by head like q/k. The core records its head count, which its reshapes and repeats read.
+FAMILY_PATHS["deberta-v2"] = {
+    **FAMILY_PATHS["bert"],
+    "layers": "deberta.encoder.layer",
+    "q": "attention.self.query_proj",
+    "k": "attention.self.key_proj",
+    "v": "attention.self.value_proj",
+    "pos_q": "attention.self.pos_query_proj",
+    "pos_k": "attention.self.pos_key_proj",
+    "core_heads": "num_attention_heads",
+}
+# --- end DeBERTa-v2 / v3 -----------------------------------------------------------------------
 
 
 class HeadlessAttention(nn.Module):
@@ -336,8 +354,22 @@ def reshape_layer(layer: nn.Module, paths: dict[str, str], *, heads: int, ffn: i
         for name in ("q", "k", "v"):
             layer.set_submodule(paths[name], _linear(hidden, width))
         layer.set_submodule(paths["o"], _linear(width, hidden))
+        _reshape_position_path(layer, paths, heads=heads, width=width, hidden=hidden)
     layer.set_submodule(paths["fc_in"], _linear(hidden, ffn))
     layer.set_submodule(paths["fc_out"], _linear(ffn, hidden))
+
+
+def _reshape_position_path(layer: nn.Module, paths: dict[str, str], *, heads: int, width: int, hidden: int):
+    """DeBERTa: the core's head count, and its own position projections (without share_att_key)."""
+    if "core_heads" not in paths:
+        return
+    core = layer.get_submodule(paths["core"])
+    setattr(core, paths["core_heads"], heads)
+    core.all_head_size = width
+    for name in (paths["pos_q"], paths["pos_k"]):
+        attr = name.rsplit(".", 1)[1]
+        if hasattr(core, attr):
+            setattr(core, attr, _linear(hidden, width))
 
 
 def apply_structure(model: nn.Module, family: str, *, base: bool = False) -> None:
@@ -419,6 +451,10 @@ class SlimModernBertForSequenceClassification(_SlimShapes, ModernBertForSequence
     _slim_family = "modernbert"
 
 
+class SlimDebertaV2ForSequenceClassification(_SlimShapes, DebertaV2ForSequenceClassification):
+    _slim_family = "deberta-v2"
+
+
 SLIM_CLASSES = {
     "bert": SlimBertForSequenceClassification,
     "roberta": SlimRobertaForSequenceClassification,
@@ -427,6 +463,7 @@ SLIM_CLASSES = {
     "camembert": SlimCamembertForSequenceClassification,
     "electra": SlimElectraForSequenceClassification,
     "modernbert": SlimModernBertForSequenceClassification,
+    "deberta-v2": SlimDebertaV2ForSequenceClassification,
 }
 
 
@@ -468,6 +505,10 @@ class SlimModernBertModel(_SlimBaseShapes, ModernBertModel):
     _slim_family = "modernbert"
 
 
+class SlimDebertaV2Model(_SlimBaseShapes, DebertaV2Model):
+    _slim_family = "deberta-v2"
+
+
 #: family -> base-model class, named in an embedding folder's ``auto_map`` as ``AutoModel``.
 SLIM_BASE_CLASSES = {
     "bert": SlimBertModel,
@@ -477,4 +518,5 @@ SLIM_BASE_CLASSES = {
     "camembert": SlimCamembertModel,
     "electra": SlimElectraModel,
     "modernbert": SlimModernBertModel,
+    "deberta-v2": SlimDebertaV2Model,
 }
