@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from slimformer.axformer.config import AxConfig
 from slimformer.axformer.evaluator import Candidate, Evaluator, Outcome, State
+from slimformer.arch import get_adapter
 from slimformer.axformer.hard_attention import hard_attention_of
 from slimformer.budget import InfeasibleBudget
 from slimformer.cost import cost_of
@@ -70,6 +71,8 @@ class GreedySearch:
             raise ValueError("fit_data: pass tokenized batches with input_ids and attention_mask, or None")
         self.config, self.progress = config, progress
         self.structure = Structure.from_model(model)
+        # a family without hard attention (DeBERTa) searches the rest; the report says why
+        self.no_hard_attention = get_adapter(model).refused.get("hard_attention") if config.hard_attention else None
         self.groups = _neuron_groups(model, self.structure, importance, config.neuron_groups)
         self.ev = Evaluator(
             copy.deepcopy(model),
@@ -202,7 +205,7 @@ class GreedySearch:
         st = self.state
         if cfg.remove_layers and not st.heads[i].any() and not st.ffn[i].any() and not self.fits():
             self._try_alone(Candidate(i, "layer"), p)
-        if cfg.hard_attention and self.state.layers[i] and self.state.heads[i].any():
+        if cfg.hard_attention and not self.no_hard_attention and self.state.layers[i] and self.state.heads[i].any():
             current = self.state.topk.get(i)
             options = [k for k in cfg.topk if k != current] + ([None] if current is not None else [])
             self._try_best([Candidate(i, "topk", topk=k) for k in options], p)
@@ -389,6 +392,7 @@ class GreedySearch:
             "actions": self.actions,
             "forced_removals": sum(a["forced"] for a in self.actions),
             "hard_attention_cost": HARD_ATTENTION_COST,
+            "hard_attention_skipped": self.no_hard_attention,
         }
         if cfg.budget is not None:
             out["budget_limit"] = self.limit

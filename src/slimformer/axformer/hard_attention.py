@@ -62,7 +62,7 @@ def set_hard_attention(model: nn.Module, topk: Mapping[int, TopK | None]) -> nn.
         writes a folder that reproduces them on load.
 
     Raises:
-        ValueError: a layer index out of range or an invalid ``k``.
+        ValueError: a layer index out of range, an invalid ``k``, or a family without hard attention.
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model)
@@ -72,6 +72,8 @@ def set_hard_attention(model: nn.Module, topk: Mapping[int, TopK | None]) -> nn.
             raise ValueError(f"topk: layer index {i!r} out of range; the model has layers 0..{len(layers) - 1}")
         if k is not None:
             check_topk(k)
+    if any(k is not None for k in topk.values()):
+        adapter.require("hard_attention")
     for i, k in topk.items():
         if not set_layer_topk(layers[i], adapter.paths, k, head_size=head_size) and k is not None:
             logger.info("layer %d has no attention heads; hard attention not applied", i)
