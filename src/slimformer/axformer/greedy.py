@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slimformer.arch import get_adapter
 from slimformer.axformer.config import AxConfig
 from slimformer.axformer.evaluator import Candidate, Evaluator, Outcome, State
-from slimformer.arch import get_adapter
 from slimformer.axformer.hard_attention import hard_attention_of
 from slimformer.budget import InfeasibleBudget
 from slimformer.cost import cost_of
