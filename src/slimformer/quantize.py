@@ -131,7 +131,7 @@ def save_quantized(model, tokenizer, folder: str | Path, *, overwrite: bool = Fa
     with staged_output_dir(folder, overwrite=overwrite, inputs=model_sources(model)) as path:  # swapped in whole
         if getattr(model.config, remote.SLIM_KEY, None):
             cls = remote.SLIM_CLASSES[get_adapter(model).family]
-            model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
+            model.config.auto_map = {get_adapter(model).auto_class: f"modeling_slimformer.{cls.__name__}"}
             shutil.copyfile(remote.__file__, path / REMOTE_FILE)
         model.config.save_pretrained(path)
         with _quiet():

@@ -8,6 +8,7 @@ from slimformer.arch.distilbert import DistilBertAdapter
 from slimformer.arch.electra import ElectraAdapter
 from slimformer.arch.modernbert import ModernBertAdapter
 from slimformer.arch.roberta import CamembertAdapter, RobertaAdapter, XLMRobertaAdapter
+from slimformer.arch.vit import DeiTAdapter, ViTAdapter
 
 #: family -> adapter, one per family. Tests build a tiny model of each (``tiny_config``), so
 #: registering a family is what puts it under the shared test suite.
@@ -22,6 +23,8 @@ for _adapter in (
     CamembertAdapter(),
     ElectraAdapter(),
     ModernBertAdapter(),
+    ViTAdapter(),
+    DeiTAdapter(),
 ):
     FAMILIES[_adapter.family] = _adapter
     for _model_type in _adapter.model_types:
@@ -39,12 +42,10 @@ def get_adapter_for_config(config) -> ArchAdapter:
 
 
 def get_adapter(model) -> ArchAdapter:
-    """The adapter for a model instance (a sequence classifier of a supported family)."""
+    """The adapter for a model instance (a sequence or image classifier of a supported family)."""
     adapter = get_adapter_for_config(model.config)
     if not hasattr(model, "classifier"):
-        raise ValueError(
-            f"{type(model).__name__} is not a sequence classifier; load it with AutoModelForSequenceClassification"
-        )
+        raise ValueError(f"{type(model).__name__} is not a classifier; load it with {adapter.auto_class}")
     return adapter
 
 
