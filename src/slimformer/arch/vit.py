@@ -161,6 +161,8 @@ class DeiTAdapter(ViTAdapter):
             num_attention_heads=4,
             intermediate_size=37,
             num_labels=num_labels,
+            # the Auto class maps "deit" to two classifiers; name the one with a single head
+            architectures=["DeiTForImageClassification"],
         )
 
 
