@@ -223,6 +223,11 @@ class ArchAdapter:
         mask = self.padding_mask(batch)
         return torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device) if mask is None else mask
 
+    def tokens(self, model: nn.Module, batch: dict) -> int:
+        """Real (non-padding) tokens in a batch."""
+        mask = self.padding_mask(batch)
+        return int(mask.sum()) if mask is not None else int(batch[self.main_input].numel())
+
     def embed_batch(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """The embedded batch ``(B, T, hidden)`` (:meth:`embed` on the batch's own inputs)."""
         return self.embed(model, batch["input_ids"], batch.get("token_type_ids"))

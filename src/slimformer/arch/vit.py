@@ -105,6 +105,9 @@ class ViTAdapter(ArchAdapter):
     def padding_mask(self, batch: dict) -> torch.Tensor | None:
         return None  # every patch is real
 
+    def tokens(self, model: nn.Module, batch: dict) -> int:
+        return self.batch_rows(batch) * self.seq_len(model.config)
+
     def embed_batch(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.embed(model, batch["pixel_values"])
 
