@@ -49,6 +49,16 @@ def get_adapter(model) -> ArchAdapter:
     return adapter
 
 
+def require(model, method: str) -> None:
+    """``ValueError`` saying why, when ``model``'s family refuses ``method`` (see ``ArchAdapter.refused``).
+
+    A model of no registered family (a wrapper) passes: the method checks what it needs itself.
+    """
+    adapter = ADAPTERS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if adapter is not None:
+        adapter.require(method)
+
+
 __all__ = [
     "ADAPTERS",
     "FAMILIES",
@@ -58,4 +68,5 @@ __all__ = [
     "ModelDims",
     "get_adapter",
     "get_adapter_for_config",
+    "require",
 ]

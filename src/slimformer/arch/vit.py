@@ -16,8 +16,6 @@ from torch import nn
 from slimformer.arch.base import ArchAdapter, AttentionView, ModelDims
 from slimformer.hf_remote.modeling_slimformer import HeadlessAttention
 
-_NO_TEXT = "it is a text method and an image classifier has no token ids"
-
 
 class ViTAdapter(ArchAdapter):
     family = "vit"
@@ -37,8 +35,6 @@ class ViTAdapter(ArchAdapter):
         "axformer": "the AxFormer search evaluates token batches; not built for image classifiers yet",
         "fused_onnx_attention": "onnxruntime's fused Attention export is written for BERT-style "
         "post-norm layers with a padding mask; the portable ONNX export (ExportConfig(optimize=False)) works",
-        "embedding": f"sentence-embedding pooling: {_NO_TEXT}",
-        "vocab": f"vocabulary pruning: {_NO_TEXT}",
     }
     special_tokens = 1  # [CLS]
 
