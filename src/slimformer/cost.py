@@ -35,6 +35,11 @@ MACS_NOTE = (
 )
 
 
+def image_seq_len(dims: ModelDims) -> int:
+    """Tokens per image of an image family (patches + special tokens); 0 for a text family."""
+    return dims.max_positions if dims.is_image else 0
+
+
 def layer_macs(dims: ModelDims, shape: LayerShape, seq_len: int) -> dict[str, int]:
     """MACs of one layer for one sequence: ``{"attention", "ffn", "total"}``."""
     t, d = seq_len, dims.hidden
@@ -80,7 +85,12 @@ def embedding_params(dims: ModelDims) -> int:
     """Token, position and type tables with their LayerNorm, plus the projection up to ``hidden`` if any.
 
     DeBERTa's relative-position table (shared by the layers) and its LayerNorm count here too.
+    An image family: the patch projection (weights and bias), the special tokens and the position
+    table (no norm).
     """
+    if dims.is_image:
+        d = dims.hidden
+        return dims.patch_inputs * d + d + dims.special_tokens * d + dims.max_positions * d
     width = dims.embedding_size or dims.hidden
     project = width * dims.hidden + dims.hidden if dims.embedding_size else 0
     positions = dims.max_positions if dims.position_table else 0
@@ -90,7 +100,12 @@ def embedding_params(dims: ModelDims) -> int:
 
 
 def embedding_macs(dims: ModelDims, seq_len: int) -> int:
-    """Lookups cost nothing; a projection of narrower embeddings (ELECTRA-small) costs one per token."""
+    """Lookups cost nothing; a projection of narrower embeddings (ELECTRA-small) costs one per token.
+
+    An image family's patch projection costs ``patch_inputs * hidden`` per patch.
+    """
+    if dims.is_image:
+        return dims.num_patches * dims.patch_inputs * dims.hidden
     return seq_len * dims.embedding_size * dims.hidden
 
 
@@ -100,18 +115,22 @@ def head_params(dims: ModelDims) -> int:
     A pre-norm family adds its final norm and the head's norm; the classifier always has a bias.
     """
     d = dims.hidden
+    if dims.is_image:  # the final norm and the classifier on [CLS]; no pooler
+        return dims.norm_size * d + d * dims.num_labels + dims.num_labels
     norms = 2 * dims.norm_size * d if dims.pre_norm else 0
     return d * d + int(dims.biases) * d + norms + d * dims.num_labels + dims.num_labels
 
 
 def head_macs(dims: ModelDims) -> int:
-    return dims.hidden * dims.hidden + dims.hidden * dims.num_labels
+    pooler = 0 if dims.is_image else dims.hidden * dims.hidden
+    return pooler + dims.hidden * dims.num_labels
 
 
 def _linear_weights(dims: ModelDims, structure: Structure) -> int:
     """Weights of Linear layers (what int8 dynamic quantization stores in one byte each)."""
     d = dims.hidden
-    total = d * d + d * dims.num_labels + dims.embedding_size * d
+    pooler = 0 if dims.is_image else d * d  # an image family's patch projection is a Conv2d: not int8
+    total = pooler + d * dims.num_labels + dims.embedding_size * d
     for s in structure.layers:
         width = s.heads * dims.head_size
         total += (4 + _own_rel_projections(dims)) * d * width + _ffn_matrices(dims) * d * s.ffn
@@ -143,12 +162,16 @@ class Cost:
 def cost_of(structure: Structure, seq_len: int = 128) -> Cost:
     """Parameters, bytes and MACs of ``structure`` for sequences of ``seq_len`` tokens.
 
+    An image family's token count is fixed by its image size (patches + special tokens): it
+    replaces ``seq_len``, and ``Cost.seq_len`` records it.
+
     Raises:
         ValueError: ``seq_len`` < 1.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     dims = structure.dims
+    seq_len = image_seq_len(dims) or seq_len
     layers = []
     for s in structure.layers:
         m, p = layer_macs(dims, s, seq_len), layer_params(dims, s)
@@ -178,6 +201,7 @@ def marginal_costs(structure: Structure, seq_len: int = 128) -> dict:
     "layer": [{"macs", "params"} per layer], "token": [macs per layer for one more token]}``.
     """
     dims = structure.dims
+    seq_len = image_seq_len(dims) or seq_len
     d, s, t, m = dims.hidden, dims.head_size, seq_len, _ffn_matrices(dims)
     head_params = (4 + _own_rel_projections(dims)) * d * s + (3 + _own_rel_projections(dims)) * s * int(dims.biases)
     layer, token = [], []

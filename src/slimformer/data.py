@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -43,6 +44,10 @@ class Example:
     text: str
     label: int
     text_pair: str | None = None
+
+    def hash_fields(self) -> tuple:
+        """What the task's content hash reads."""
+        return (self.text, self.text_pair, self.label)
 
 
 @dataclass
@@ -122,6 +127,11 @@ def load_task(
         ValueError: bad fractions, columns, rows, labels, an empty split, or an unknown hub name.
         ImportError: a hub name was given but ``datasets`` is not installed.
     """
+    from slimformer.images import is_image_task, load_image_task
+
+    if is_image_task(name) and validation_file is None and test_file is None:
+        task = load_image_task(name, seed=seed, fractions=fractions)
+        return task if label_names is None else align_labels(task, label_names)
     fractions = _check_fractions(fractions)
     files = _split_files(name, validation_file, test_file)
     if name in BUILTIN_TASKS and files is None:
@@ -233,7 +243,7 @@ def align_labels(task: TaskData, label_names: list[str]) -> TaskData:
             f"the model's labels are: {', '.join(names)}"
         )
     remap = [index[n] for n in task.label_names]
-    splits = {s: [Example(e.text, remap[e.label], e.text_pair) for e in ex] for s, ex in task.splits.items()}
+    splits = {s: [dataclasses.replace(e, label=remap[e.label]) for e in ex] for s, ex in task.splits.items()}
     info = {k: v for k, v in task.info.items() if k != "counts"}
     return _make_task(task.name, names, splits, {**info, "label_order": "model"})
 
@@ -274,7 +284,7 @@ def _content_hash(label_names: list[str], splits: dict[str, list[Example]]) -> s
     h = hashlib.sha256(json.dumps(label_names).encode())
     for s in SPLITS:
         for ex in splits[s]:
-            h.update(json.dumps([s, ex.text, ex.text_pair, ex.label], ensure_ascii=False).encode() + b"\n")
+            h.update(json.dumps([s, *ex.hash_fields()], ensure_ascii=False).encode() + b"\n")
     return h.hexdigest()[:16]
 
 
@@ -466,6 +476,10 @@ def make_loader(
     import torch
     from torch.utils.data import DataLoader
 
+    if getattr(tokenizer, "modality", "text") == "image":  # an ImageProcessor: fixed-size pixel batches
+        return tokenizer.loader(examples, batch_size=batch_size, shuffle=shuffle or group_by_length, seed=seed)
+    if examples and not hasattr(examples[0], "text"):
+        raise ValueError("a text model needs text examples; got images (give a text task or an image model)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_length < 2:

@@ -81,7 +81,7 @@ def save_model(
     with staged_output_dir(folder, overwrite=overwrite, inputs=inputs) as path:
         if getattr(model.config, remote.SLIM_KEY, None):
             cls = remote.SLIM_CLASSES[family]
-            model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
+            model.config.auto_map = {get_adapter(model).auto_class: f"modeling_slimformer.{cls.__name__}"}
             shutil.copyfile(remote.__file__, path / REMOTE_FILE)
         model.save_pretrained(path, safe_serialization=True)
         pause_point("save:weights")

@@ -170,7 +170,10 @@ def apply(method: str | Method, model, config: Any, data: MethodData) -> Result:
     Raises:
         ValueError: an unknown method, or a config of another type than the method's.
     """
+    from slimformer.arch import require
+
     method = get_method(method) if isinstance(method, str) else method
+    require(model, method.name)
     if not isinstance(config, method.config):
         raise ValueError(
             f"method {method.name!r} takes a {method.config.__name__}, got {type(config).__name__}: {config!r}"

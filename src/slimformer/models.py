@@ -96,12 +96,38 @@ def check_model_folder(folder: str | Path, *, tokenizer: bool = True) -> dict:
         raise ValueError(f"{config_file} is not valid JSON ({e.msg}, line {e.lineno}); save the model again") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"{config_file} has no 'model_type': not a transformers model config")
-    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and _modality(config) == "image":
+        from slimformer.images import PREPROCESSOR_FILE, missing_preprocessor
+
+        if not (path / PREPROCESSOR_FILE).is_file():
+            raise missing_preprocessor(path)
+    elif tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(
             f"model folder {str(path)!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer into it (tokenizer.save_pretrained(folder))"
         )
     return config
+
+
+def _modality(config: dict) -> str:
+    """``"text"`` or ``"image"``: what a config's family reads (text for an unknown family)."""
+    from slimformer.arch import ADAPTERS
+
+    adapter = ADAPTERS.get(config.get("model_type"))
+    return adapter.modality if adapter is not None else "text"
+
+
+def load_processor(path: str, config):
+    """A model's input processor: its tokenizer, or for an image family its :class:`~slimformer.images.ImageProcessor`."""
+    from transformers import AutoTokenizer
+
+    from slimformer.arch import get_adapter_for_config
+
+    if get_adapter_for_config(config).modality == "image":
+        from slimformer.images import ImageProcessor
+
+        return ImageProcessor.from_folder(path, config)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def model_label_names(config) -> list[str] | None:
@@ -195,7 +221,8 @@ def load_model(
 
 
 def _load_resolved(name: str, path: str, num_labels, label_names, require_head: bool):
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig
 
     from slimformer.arch import get_adapter_for_config
     from slimformer.export import is_slim_folder, load_slim
@@ -218,7 +245,8 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
             kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
+        auto = getattr(transformers, adapter.auto_class)  # sequence or image classification
+        model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
         prefix = model.base_model_prefix + "."
         new = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix) or adapter.is_head_key(k))
         if new and require_head:
@@ -236,7 +264,7 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
             )
     if Path(path).is_dir():
         check_model_folder(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_processor(path, model.config)
     _drop_stale_auto_map(model.config, path)
     model.eval()
     return model, tokenizer

@@ -183,7 +183,10 @@ def torch_to_onnx(
     was_training = model.training
     # The wrapper must be in eval mode: the exporter restores *its* mode recursively afterwards.
     wrapper = (FusedClassifier(model, names) if fused else _LogitsOnly(model, names)).eval()
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    from slimformer.arch import get_adapter
+
+    image = get_adapter(model).modality == "image"  # pixel values: (B, C, H, W), a fixed image size
+    axes = {n: {0: "batch"} if image else {0: "batch", 1: "sequence"} for n in names}
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             # Tracer warnings flag Python branches on shapes; the verification checks the result.
@@ -312,7 +315,15 @@ def _export_into(
     """Write, verify and (when every check passed) time the files in ``out``; the report and the failures."""
     from slimformer.structure import Structure
 
-    sample = max(batches, key=lambda b: (b["input_ids"].shape[0], -int(b["attention_mask"].all())))
+    from slimformer.arch import get_adapter
+
+    adapter = get_adapter(model)
+
+    def unpadded(b) -> bool:
+        mask = adapter.padding_mask(b)
+        return mask is None or bool(mask.all())
+
+    sample = max(batches, key=lambda b: (adapter.batch_rows(b), -int(unpadded(b))))  # the largest, padded
     seconds: dict[str, float] = {}
 
     tokenizer.save_pretrained(str(out))

@@ -75,9 +75,9 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def feeds(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """int64 numpy arrays for the graph's inputs; a missing ``token_type_ids`` becomes zeros."""
+        """Numpy arrays for the graph's inputs (ids int64, pixels float32); a missing ``token_type_ids`` becomes zeros."""
         arrays = {
-            k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64, copy=False)
+            k: _array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
             for k, v in inputs.items()
             if k in self.input_names
         }
@@ -234,3 +234,8 @@ def compare_latency(
     env["onnxruntime"] = _version("onnxruntime")
     env["onnx"] = _version("onnx")
     return {"config": config.to_dict(), "reference": reference, "results": rows, "environment": env}
+
+
+def _array(x: np.ndarray) -> np.ndarray:
+    """Token ids and masks as int64, pixel values as float32 (what the exported graph declares)."""
+    return x.astype(np.float32 if np.issubdtype(x.dtype, np.floating) else np.int64, copy=False)

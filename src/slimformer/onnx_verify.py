@@ -44,6 +44,13 @@ def verification_batches(
 
     Batches are padded to their longest text, so attention masks of varying lengths are covered.
     """
+    from slimformer.arch import get_adapter
+
+    adapter = get_adapter(model)
+    if adapter.modality == "image":  # seeded random pixels: one image alone, then batches
+        if texts is not None:
+            raise ValueError(f"{adapter.family} models are verified on images, not texts: pass texts=None")
+        return [adapter.random_inputs(model.config, batch=n, seed=i) for i, n in enumerate((1, 3, batch_size))]
     texts = list(DEFAULT_TEXTS if texts is None else texts)
     if not texts:
         raise ValueError("no verification texts: pass some, or None for the built-in sentences")
@@ -92,7 +99,7 @@ def compare_logits(model: nn.Module, onnx_model: OnnxModel, batches: Sequence[Ma
         "argmax_agreement": float(same.float().mean()),
         "texts": int(same.numel()),
         "batches": len(batches),
-        "shapes": [list(b["input_ids"].shape) for b in batches],
+        "shapes": [list(next(iter(b.values())).shape) for b in batches],
     }
 
 

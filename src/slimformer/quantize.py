@@ -131,7 +131,7 @@ def save_quantized(model, tokenizer, folder: str | Path, *, overwrite: bool = Fa
     with staged_output_dir(folder, overwrite=overwrite, inputs=model_sources(model)) as path:  # swapped in whole
         if getattr(model.config, remote.SLIM_KEY, None):
             cls = remote.SLIM_CLASSES[get_adapter(model).family]
-            model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_slimformer.{cls.__name__}"}
+            model.config.auto_map = {get_adapter(model).auto_class: f"modeling_slimformer.{cls.__name__}"}
             shutil.copyfile(remote.__file__, path / REMOTE_FILE)
         model.config.save_pretrained(path)
         with _quiet():
@@ -158,7 +158,8 @@ def load_quantized(folder: str | Path):
         ValueError: the config does not record a quantization, or the architecture is unsupported.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
 
     from slimformer.arch import get_adapter_for_config
     from slimformer.hf_remote import modeling_slimformer as remote
@@ -170,12 +171,13 @@ def load_quantized(folder: str | Path):
     settings = dict(getattr(config, QUANT_KEY, None) or {})
     if settings.pop("method", None) != "dynamic_int8":
         raise ValueError(f"{str(path)!r}: config.json records no dynamic int8 quantization ({QUANT_KEY})")
-    family = get_adapter_for_config(config).family
+    adapter = get_adapter_for_config(config)
+    family = adapter.family
     setattr(config, QUANT_KEY, None)
     if getattr(config, remote.SLIM_KEY, None):
         model = remote.SLIM_CLASSES[family](config)
     else:
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = getattr(transformers, adapter.auto_class).from_config(config)
     quantize_dynamic_int8(model, Int8Config.from_dict(settings), inplace=True)
     with _quiet():
         state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)

@@ -9,6 +9,7 @@ from slimformer.arch.distilbert import DistilBertAdapter
 from slimformer.arch.electra import ElectraAdapter
 from slimformer.arch.modernbert import ModernBertAdapter
 from slimformer.arch.roberta import CamembertAdapter, RobertaAdapter, XLMRobertaAdapter
+from slimformer.arch.vit import DeiTAdapter, ViTAdapter
 
 #: family -> adapter, one per family. Tests build a tiny model of each (``tiny_config``), so
 #: registering a family is what puts it under the shared test suite.
@@ -24,6 +25,8 @@ for _adapter in (
     ElectraAdapter(),
     ModernBertAdapter(),
     DebertaV2Adapter(),
+    ViTAdapter(),
+    DeiTAdapter(),
 ):
     FAMILIES[_adapter.family] = _adapter
     for _model_type in _adapter.model_types:
@@ -48,13 +51,21 @@ def get_adapter_for_config(config) -> ArchAdapter:
 
 
 def get_adapter(model) -> ArchAdapter:
-    """The adapter for a model instance (a sequence classifier of a supported family)."""
+    """The adapter for a model instance (a sequence or image classifier of a supported family)."""
     adapter = get_adapter_for_config(model.config)
     if not hasattr(model, "classifier"):
-        raise ValueError(
-            f"{type(model).__name__} is not a sequence classifier; load it with AutoModelForSequenceClassification"
-        )
+        raise ValueError(f"{type(model).__name__} is not a classifier; load it with {adapter.auto_class}")
     return adapter
+
+
+def require(model, method: str) -> None:
+    """``ValueError`` saying why, when ``model``'s family refuses ``method`` (see ``ArchAdapter.refused``).
+
+    A model of no registered family (a wrapper) passes: the method checks what it needs itself.
+    """
+    adapter = ADAPTERS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if adapter is not None:
+        adapter.require(method)
 
 
 __all__ = [
@@ -66,4 +77,5 @@ __all__ = [
     "ModelDims",
     "get_adapter",
     "get_adapter_for_config",
+    "require",
 ]

@@ -48,6 +48,15 @@ class ModelDims:
     rel_projections: int = 0
     rel_own_projections: bool = False
     rel_norm: bool = False
+    # Image families (ViT / DeiT): a patch embedding (a Conv2d with stride = kernel) in place of
+    # the token table; ``max_positions`` then counts every token (patches + special tokens).
+    patch_inputs: int = 0  # inputs of one patch (channels * patch * patch); 0: a text family
+    num_patches: int = 0
+    special_tokens: int = 0  # [CLS] (+ DeiT's distillation token) in front of the patches
+
+    @property
+    def is_image(self) -> bool:
+        return self.patch_inputs > 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,13 @@ class ArchAdapter:
 
     family: str = ""
     model_types: tuple[str, ...] = ()
+    #: What the classifier reads: ``"text"`` (token ids, padded) or ``"image"`` (pixel values).
+    #: The data layer builds batches for it; a task of the other kind is refused.
+    modality: str = "text"
+    #: The transformers Auto class that loads the family's classifiers (named in saved ``auto_map``).
+    auto_class: str = "AutoModelForSequenceClassification"
+    #: The input every batch holds, one row per example.
+    main_input: str = "input_ids"
     #: Methods the family cannot run, each with the reason (see :meth:`require`).
     refused: dict[str, str] = {}
     #: Modules of the classification head, relative to the classifier: a base checkpoint
@@ -202,6 +218,47 @@ class ArchAdapter:
         if self.dims(config).type_vocab_size:
             return ("input_ids", "attention_mask", "token_type_ids")
         return ("input_ids", "attention_mask")
+
+    # --- batches (what methods read instead of naming input tensors) -------------------------
+    def batch_rows(self, batch: dict) -> int:
+        """Examples in a batch."""
+        return len(batch[self.main_input])
+
+    def padding_mask(self, batch: dict) -> torch.Tensor | None:
+        """``(B, T)`` 1 = real token, 0 = padding, or ``None`` when nothing is padded."""
+        return batch.get("attention_mask")
+
+    def token_mask(self, batch: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` 0/1 mask of the tokens of the embedded ``hidden`` ``(B, T, d)`` that are real."""
+        mask = self.padding_mask(batch)
+        return torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device) if mask is None else mask
+
+    def tokens(self, model: nn.Module, batch: dict) -> int:
+        """Real (non-padding) tokens in a batch."""
+        mask = self.padding_mask(batch)
+        return int(mask.sum()) if mask is not None else int(batch[self.main_input].numel())
+
+    def embed_batch(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The embedded batch ``(B, T, hidden)`` (:meth:`embed` on the batch's own inputs)."""
+        return self.embed(model, batch["input_ids"], batch.get("token_type_ids"))
+
+    def forward_batch(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """Logits ``(B, num_labels)`` of a batch through the adapter's own layer loop."""
+        hidden = self.embed_batch(model, batch)
+        mask = self.layer_mask(model, hidden, self.padding_mask(batch))
+        for layer in self.layers(model):
+            hidden = self.run_layer(layer, hidden, mask)
+        return self.classify(model, hidden)
+
+    def random_inputs(self, config, *, batch: int, seq_len: int, seed: int = 0) -> dict:
+        """Random unpadded inputs of the classifier (timing, tracing): ``input_ids`` ``(B, T)`` etc."""
+        g = torch.Generator().manual_seed(seed)
+        low = min(5, max(self.dims(config).vocab_size - 1, 0))
+        ids = torch.randint(low, max(self.dims(config).vocab_size, low + 1), (batch, seq_len), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if "token_type_ids" in self.input_names(config):
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        return inputs
 
     def require(self, method: str) -> None:
         """Raise ``ValueError`` saying why, when ``method`` (e.g. ``"skim"``) cannot run on this family."""

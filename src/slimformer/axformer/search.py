@@ -111,6 +111,9 @@ def axformer(
         ValueError: batches without labels, or importance scores that do not match the model.
         slimformer.budget.InfeasibleBudget: the budget is below the smallest model the search can make.
     """
+    from slimformer.arch import require
+
+    require(model, "axformer")
     t0 = time.perf_counter()
     held = None
     if config.holdout > 0:  # the search selects on the rest; the held-out batches only pick where it stops

@@ -251,6 +251,7 @@ def check_labels(model, data, model_name: str, task: str):
     from slimformer.data import align_labels
     from slimformer.models import model_label_names
 
+    check_modality(model, data, model_name, task)
     names = model_label_names(model.config)
     if names is not None:
         data = align_labels(data, names)
@@ -259,6 +260,20 @@ def check_labels(model, data, model_name: str, task: str):
             f"model {model_name!r} has {model.config.num_labels} labels but task {task!r} has {data.num_labels}"
         )
     return data
+
+
+def check_modality(model, data, model_name: str, task: str) -> None:
+    """``ValueError`` when a text task meets an image model or an image task a text model."""
+    from slimformer.arch import get_adapter_for_config
+
+    adapter = get_adapter_for_config(model.config)
+    kind = data.info.get("modality", "text")
+    if adapter.modality != kind:
+        hint = "an image task (digits or an ImageFolder path)" if adapter.modality == "image" else "a text task"
+        raise ValueError(
+            f"task {task!r} is an {kind} task but model {model_name!r} ({adapter.family}) classifies "
+            f"{'images' if adapter.modality == 'image' else 'text'}: give {hint}"
+        )
 
 
 def max_length_for(data, max_length: int | None) -> int:

@@ -20,9 +20,10 @@ def registered_methods() -> list[dict[str, str]]:
 def list_builtins(as_json: JsonOpt = False):
     """List the built-in models and tasks (installed from packages, no download) and the registered methods."""
     from slimformer.data import BUILTIN_TASKS
+    from slimformer.images import IMAGE_TASKS
     from slimformer.models import BUILTIN_MODELS
 
-    data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": dict(BUILTIN_TASKS)}
+    data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": {**BUILTIN_TASKS, **IMAGE_TASKS}}
     data["methods"] = registered_methods()
     if as_json:
         emit_json(data)

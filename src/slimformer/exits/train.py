@@ -107,6 +107,9 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
     Raises:
         ValueError: no batches, batches without labels, or a teacher with another depth.
     """
+    from slimformer.arch import require
+
+    require(model, "exits")
     from accelerate.utils import set_seed
 
     from slimformer.exits.model import MultiExitModel
@@ -167,6 +170,9 @@ def slender_exit(
 ) -> ExitResult:
     """Slenderize ``model`` (:func:`slimformer.exits.slenderize`), then train it with exits,
     distilling from ``model`` itself. The report holds both steps."""
+    from slimformer.arch import require
+
+    require(model, "exits")
     from slimformer.exits.slender import slenderize
 
     thin = slenderize(model, slender, calibration, progress=progress)

@@ -43,6 +43,12 @@ from transformers import (
     XLMRobertaForSequenceClassification,
     XLMRobertaModel,
 )
+from transformers import (  # image classifiers (the ViT block at the end of this file)
+    DeiTForImageClassification,
+    DeiTModel,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 SLIM_KEY = "slimformer"
 TOPK_KEY = "slimformer_topk"
@@ -520,3 +526,49 @@ SLIM_BASE_CLASSES = {
     "modernbert": SlimModernBertModel,
     "deberta-v2": SlimDebertaV2Model,
 }
+
+
+# ================================================================================================
+# Image classifiers (ViT, DeiT). One block, kept apart from the text families above.
+#
+# Same layout as BERT's layers: per-head q/k/v projections and an output projection, all four
+# inside the attention module (as DistilBERT keeps its output projection), so a layer without
+# heads keeps ``attention.o_proj`` (its bias) inside :class:`HeadlessAttention`. Folders load with
+# ``AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)``.
+# ================================================================================================
+
+for _family in ("vit", "deit"):
+    FAMILY_PATHS[_family] = {
+        "layers": f"{_family}.layers",
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "o": "attention.o_proj",
+        "core": "attention",
+        "fc_in": "mlp.fc1",
+        "fc_out": "mlp.fc2",
+        "n_layers": "num_hidden_layers",
+        "n_heads": "num_attention_heads",
+        "hidden": "hidden_size",
+        "ffn": "intermediate_size",
+    }
+
+
+class SlimViTForImageClassification(_SlimShapes, ViTForImageClassification):
+    _slim_family = "vit"
+
+
+class SlimDeiTForImageClassification(_SlimShapes, DeiTForImageClassification):
+    _slim_family = "deit"
+
+
+class SlimViTModel(_SlimBaseShapes, ViTModel):
+    _slim_family = "vit"
+
+
+class SlimDeiTModel(_SlimBaseShapes, DeiTModel):
+    _slim_family = "deit"
+
+
+SLIM_CLASSES.update({"vit": SlimViTForImageClassification, "deit": SlimDeiTForImageClassification})
+SLIM_BASE_CLASSES.update({"vit": SlimViTModel, "deit": SlimDeiTModel})

@@ -79,6 +79,9 @@ def slim(
         ValueError: no examples, labels outside the model's classes, a pruned model, or a
             checkpoint made with another config or data.
     """
+    from slimformer.arch import require
+
+    require(model, "slim")
     from accelerate.utils import set_seed
 
     t_start = time.perf_counter()

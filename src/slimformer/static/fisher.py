@@ -51,16 +51,16 @@ def score_fisher(model, batches: Batches, *, seed: int = 0, progress: bool = Tru
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     n = len(layers)
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    size = max(len(b["input_ids"]) for b in batches)
+    pad_id = getattr(model.config, "pad_token_id", None) or 0  # image configs have none
+    size = max(adapter.batch_rows(b) for b in batches)
     packed = pack_examples(batches, batch_size=size, pad_id=pad_id)  # less padding, same gradients
     sizes = [adapter.attention(layer).num_heads for layer in layers] + [adapter.ffn(layer).width for layer in layers]
     acc = [torch.zeros(k, dtype=torch.float64) for k in sizes]  # heads then FFN, per layer
     live = [i for i, k in enumerate(sizes) if k]
     start = time.perf_counter()
     for batch in tqdm(packed if live else [], desc="fisher", disable=not progress, leave=False):
-        with torch.enable_grad(), example_masks(model, len(batch["input_ids"])) as (head_m, ffn_m):
-            logits = adapter.forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        with torch.enable_grad(), example_masks(model, adapter.batch_rows(batch)) as (head_m, ffn_m):
+            logits = adapter.forward_batch(model, batch)  # (B, C)
             labels = batch["labels"]  # (B,)
             if logits.shape[-1] == 1:  # a regression head: squared error plays the cross-entropy's part
                 loss = 0.5 * (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2).sum()
@@ -70,7 +70,7 @@ def score_fisher(model, batches: Batches, *, seed: int = 0, progress: bool = Tru
         for i, g in zip(live, grads, strict=True):
             acc[i] += g.double().pow(2).sum(0).cpu()  # (B, k) -> (k,)
     seconds = time.perf_counter() - start
-    total = sum(len(b["input_ids"]) for b in batches)
+    total = sum(adapter.batch_rows(b) for b in batches)
     logger.info("fisher: %d examples in %.1fs", total, seconds)
     info = {"method": "fisher", "examples": total, "seconds": round(seconds, 3)}
     return Importance(tuple(a.float() for a in acc[:n]), tuple(a.float() for a in acc[n:]), comparable=True, info=info)

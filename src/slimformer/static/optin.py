@@ -85,9 +85,9 @@ def score_optin(
         raise ValueError("OPTIN needs at least one calibration batch")
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    total = sum(len(b["input_ids"]) for b in batches)
-    size = max(len(b["input_ids"]) for b in batches)
+    pad_id = getattr(model.config, "pad_token_id", None) or 0  # image configs have none
+    total = sum(adapter.batch_rows(b) for b in batches)
+    size = max(adapter.batch_rows(b) for b in batches)
     head_idx = _sample(total, head_examples, seed)
     head_batches = pack_examples(batches, indices=head_idx, batch_size=size, pad_id=pad_id)
     units: list[Unit] = [("head", i, h) for i, layer in enumerate(layers) for h in range(_heads(adapter, layer))]
@@ -158,8 +158,8 @@ def gauss_newton(
 
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    n_ex = sum(len(b["input_ids"]) for b in batches)
-    n_tok = sum(int(b["attention_mask"].sum()) for b in batches)
+    n_ex = sum(adapter.batch_rows(b) for b in batches)
+    n_tok = sum(adapter.tokens(model, b) for b in batches)
     # Weight of each layer's summed squared error in D; a probe is scaled by its square root.
     coef = trajectory_weight / (len(layers) * n_tok * norms.double().clamp_min(1e-12))  # (L,)
     sizes = [_heads(adapter, layer) for layer in layers] + [adapter.ffn(layer).width for layer in layers]
@@ -168,7 +168,7 @@ def gauss_newton(
     gen = torch.Generator().manual_seed(seed)
     embedding = embedding_pooling(model) is not None
     for batch in tqdm(batches if live else [], desc="optin gauss-newton", disable=not progress, leave=False):
-        with torch.enable_grad(), example_masks(model, len(batch["input_ids"])) as (head_m, ffn_m):
+        with torch.enable_grad(), example_masks(model, adapter.batch_rows(batch)) as (head_m, ffn_m):
             dense = _forward(adapter, model, batch)
         leaves = [(head_m + ffn_m)[i] for i in live]
         logits = dense.logits  # (B, C) logits, or (B, d) unit embeddings
@@ -176,7 +176,7 @@ def gauss_newton(
             grads = torch.autograd.grad((logits * direction).sum(), leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
                 acc[i] += weight / n_ex * g.double().pow(2).sum(0).cpu()  # per-example squares, (H,) or (F,)
-        keep = batch["attention_mask"].to(logits)[..., None]  # (B, T, 1)
+        keep = dense.keep.to(logits)[..., None]  # (B, T, 1)
         for _ in range(probes if trajectory_weight > 0 else 0):
             target = logits.new_zeros(())
             for j, h in enumerate(dense.states[1:]):
@@ -220,7 +220,7 @@ def hidden_norms(model, batches: Batches) -> torch.Tensor:
     n_tok = 0
     for batch in batches:
         dense = _forward(adapter, model, batch)
-        keep = batch["attention_mask"].to(torch.float64)  # (B, T)
+        keep = dense.keep.to(torch.float64)  # (B, T)
         sq += torch.stack([(h.double().pow(2).sum(-1) * keep).sum() for h in dense.states[1:]])
         n_tok += int(keep.sum())
     return sq / max(n_tok, 1)
@@ -239,6 +239,8 @@ def pack_examples(
     Returns:
         New batches, shortest examples first; each is padded to its own longest example.
     """
+    if "input_ids" not in batches[0]:
+        return _pack_rows(batches, indices=indices, batch_size=batch_size)
     rows = [(bi, r) for bi, b in enumerate(batches) for r in range(len(b["input_ids"]))]
     if indices is not None:
         rows = [rows[i] for i in indices]
@@ -267,6 +269,16 @@ def pack_examples(
     return out
 
 
+def _pack_rows(batches: Batches, *, indices: Sequence[int] | None, batch_size: int) -> Batches:
+    """:func:`pack_examples` for batches without padding (images): the chosen rows, rebatched in order."""
+    names = list(batches[0])
+    rows = {k: torch.cat([b[k] for b in batches]) for k in names}  # (N, ...)
+    if indices is not None:
+        rows = {k: v[list(indices)] for k, v in rows.items()}
+    n = len(rows[names[0]])
+    return [{k: v[i : i + batch_size] for k, v in rows.items()} for i in range(0, n, batch_size)]
+
+
 # ---------------------------------------------------------------- internals
 
 
@@ -275,16 +287,18 @@ class _Dense:
     states: list[torch.Tensor]  # L + 1 tensors (B, T, d): embeddings, then each layer's output
     mask: object  # what adapter.run_layer expects
     logits: torch.Tensor  # (B, C)
+    keep: torch.Tensor  # (B, T) 1 = a real token
 
 
 def _forward(adapter, model, batch: dict) -> _Dense:
-    hidden = adapter.embed(model, batch["input_ids"], batch.get("token_type_ids"))  # (B, T, d)
-    mask = adapter.layer_mask(model, hidden, batch["attention_mask"])
+    hidden = adapter.embed_batch(model, batch)  # (B, T, d)
+    keep = adapter.token_mask(batch, hidden)  # (B, T)
+    mask = adapter.layer_mask(model, hidden, adapter.padding_mask(batch))
     states = [hidden]
     for layer in adapter.layers(model):
         hidden = adapter.run_layer(layer, hidden, mask)
         states.append(hidden)
-    return _Dense(states, mask, _output(adapter, model, hidden, batch["attention_mask"]))
+    return _Dense(states, mask, _output(adapter, model, hidden, keep), keep)
 
 
 def _output(adapter, model, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -385,7 +399,7 @@ def masking_terms(
     with masked(model, head_masks, ffn_masks):
         for batch in batches:
             dense = _forward(adapter, model, batch)
-            keep = batch["attention_mask"].to(torch.float64)  # (B, T)
+            keep = dense.keep.to(torch.float64)  # (B, T)
             sq.append(torch.stack([(h.double().pow(2).sum(-1) * keep).sum(-1) for h in dense.states[1:]], -1))
             tokens.append(keep.sum(-1))
             b_kl = torch.zeros(len(units), len(keep), dtype=torch.float64)
@@ -399,7 +413,7 @@ def masking_terms(
                         hidden = adapter.run_layer(layers[j], hidden, dense.mask)
                         diff = (hidden - dense.states[j + 1]).double().pow(2).sum(-1)  # (B, T)
                         b_err[u, :, j] = (diff * keep).sum(-1)
-                    out = _output(adapter, model, hidden, batch["attention_mask"])
+                    out = _output(adapter, model, hidden, dense.keep)
                     b_kl[u] = _damage(dense.logits, out, embedding)
                 finally:
                     mask[idx] = 1.0

@@ -176,6 +176,7 @@ def prune(
     Raises:
         slimformer.budget.InfeasibleBudget: the budget is below the smallest achievable model.
     """
+    from slimformer.arch import get_adapter
     from slimformer.cost import cost_of
     from slimformer.static.repair import repair as refit
     from slimformer.static.select import select
@@ -212,14 +213,14 @@ def prune(
     structure = Structure.from_model(pruned)
     seq_len = config.budget.seq_len
     dense_cost, cost = cost_of(dense_structure, seq_len), cost_of(structure, seq_len)
-    n_examples = sum(int(b["input_ids"].shape[0]) for b in calibration)
+    n_examples = sum(get_adapter(model).batch_rows(b) for b in calibration)
     report = {
         "method": config.method,
         "config": config.to_dict(),
         "budget": str(config.budget),
         "budget_limit": config.budget.limit(dense_structure, latency_table=latency_table),
         "achieved": config.budget.measure(structure, latency_table=latency_table),
-        "seq_len": seq_len,
+        "seq_len": cost.seq_len,  # an image family's own token count
         "params": cost.params,
         "macs": cost.macs,
         "bytes_fp32": cost.bytes_fp32,

@@ -178,8 +178,8 @@ def _check(pruned, dense, batches: Batches, ridge: float) -> ArchAdapter:
         )
     if not batches:
         raise ValueError("repair needs calibration data: batches is empty")
-    if any("input_ids" not in b for b in batches):
-        raise ValueError("every calibration batch needs 'input_ids' (and usually 'attention_mask')")
+    if any(adapter.main_input not in b for b in batches):
+        raise ValueError(f"every calibration batch needs {adapter.main_input!r} (and, for text, usually 'attention_mask')")
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     dense_params = {p.data_ptr() for p in dense.parameters()}
@@ -194,13 +194,10 @@ def _prepare(adapter: ArchAdapter, pruned, dense, batches: Batches) -> list[_Bat
     device = next(pruned.parameters()).device
     out = []
     for b in batches:
-        ids = b["input_ids"].to(device)  # (B, T)
-        am = b.get("attention_mask")
-        am = torch.ones_like(ids) if am is None else am.to(device)  # (B, T)
-        tt = b.get("token_type_ids")
-        tt = None if tt is None else tt.to(device)
-        x_d, x_p = adapter.embed(dense, ids, tt), adapter.embed(pruned, ids, tt)  # (B, T, hidden)
-        mask_d, mask_p = adapter.layer_mask(dense, x_d, am), adapter.layer_mask(pruned, x_p, am)
+        b = {k: v.to(device) for k, v in b.items() if k != "labels"}
+        x_d, x_p = adapter.embed_batch(dense, b), adapter.embed_batch(pruned, b)  # (B, T, hidden)
+        am, pad = adapter.token_mask(b, x_d), adapter.padding_mask(b)  # (B, T); pad may be None
+        mask_d, mask_p = adapter.layer_mask(dense, x_d, pad), adapter.layer_mask(pruned, x_p, pad)
         out.append(_Batch(am.bool(), x_d, x_p, mask_d, mask_p))
     return out
 
