@@ -38,6 +38,7 @@ class ModelDims:
     norm_size: int = 2  # parameters per hidden unit of one LayerNorm (1 without its bias)
     pre_norm: bool = False  # norms before the sublayers (none in the first layer), a final norm, a
     # normed head, and rotary positions instead of a position table
+    token_head: bool = False  # a token classifier: the head runs on every token (no pooler)
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,16 @@ class ArchAdapter:
         return hidden  # (B, T, hidden)
 
     def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``."""
+        """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``.
+
+        A token classifier (:func:`slimformer.tasks.is_token_classifier`) gives per-token logits
+        ``(B, T, num_labels)`` instead (see :meth:`classify_tokens`).
+        """
         raise NotImplementedError
+
+    def classify_tokens(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """A token classifier's head: ``(B, T, hidden) -> (B, T, num_labels)``."""
+        return model.classifier(model.dropout(self.final_states(model, hidden)))
 
     def forward(
         self,

@@ -5,7 +5,8 @@ This file is copied next to every model that slimformer saves, and named in the 
 
     AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
-without slimformer installed. It therefore imports only torch and transformers. slimformer itself
+(``AutoModelForTokenClassification`` for a token classifier) without slimformer installed. It
+therefore imports only torch and transformers. slimformer itself
 loads saved models through the same classes, so there is one definition of the shapes.
 
 The config carries ``config.slimformer = {"format": 1, "layers": [{"heads": h, "ffn": f}, ...]}``:
@@ -27,18 +28,25 @@ import torch
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     CamembertForSequenceClassification,
+    CamembertForTokenClassification,
     CamembertModel,
     DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
     DistilBertModel,
     ElectraForSequenceClassification,
+    ElectraForTokenClassification,
     ElectraModel,
     ModernBertForSequenceClassification,
+    ModernBertForTokenClassification,
     ModernBertModel,
     RobertaForSequenceClassification,
+    RobertaForTokenClassification,
     RobertaModel,
     XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
 
@@ -428,6 +436,21 @@ SLIM_CLASSES = {
     "electra": SlimElectraForSequenceClassification,
     "modernbert": SlimModernBertForSequenceClassification,
 }
+
+#: family -> token classifier with the recorded shapes (``SlimBertForTokenClassification``, ...).
+SLIM_TOKEN_CLASSES = {}
+for _family, _base in (
+    ("bert", BertForTokenClassification),
+    ("roberta", RobertaForTokenClassification),
+    ("distilbert", DistilBertForTokenClassification),
+    ("xlm-roberta", XLMRobertaForTokenClassification),
+    ("camembert", CamembertForTokenClassification),
+    ("electra", ElectraForTokenClassification),
+    ("modernbert", ModernBertForTokenClassification),
+):
+    _cls = type(f"Slim{_base.__name__}", (_SlimShapes, _base), {"_slim_family": _family, "__module__": __name__})
+    globals()[_cls.__name__] = _cls  # auto_map names the class; transformers looks it up here
+    SLIM_TOKEN_CLASSES[_family] = _cls
 
 
 class _SlimBaseShapes:
