@@ -172,7 +172,7 @@ def test_pair_kind_comes_from_the_data_and_one_logit_is_a_score():
     assert task_kind(make_tiny_token_model("bert"), [Example("q", 0, "doc")]) == "token"
 
 
-@pytest.mark.parametrize("method", ["skim", "exit", "axformer"])
+@pytest.mark.parametrize("method", ["skim", "exits", "axformer", "slim", "recover"])
 def test_methods_that_need_sequence_outputs_refuse_token_models(method):
     with pytest.raises(ValueError, match=f"{method} is not available for token classifiers: "):
         require_kind(make_tiny_token_model("bert"), method)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import make_tiny_model
 from slimformer.arch import get_adapter
+from slimformer.export import save_model
 from slimformer.pair_eval import ranking_metrics
 from slimformer.static import METHODS, PruneConfig, prune
 from slimformer.static.optin import gauss_newton, masking_terms, pack_examples, score_optin
@@ -172,3 +173,81 @@ def test_ranking_metrics_over_query_groups():
     assert ranking_metrics([0.9, 0.1], [1, 0], ["q", "q"])["ndcg@10"] == 1.0
     with pytest.raises(ValueError, match="no query group has a relevant candidate"):
         ranking_metrics([0.1], [0], ["q"])
+
+
+# ---- the CLI on token and reranker models
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from slimformer.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def conll_task(tmp_path, n=30):
+    g = torch.Generator().manual_seed(1)
+    words, tags = "the a movie film good bad great plot actor scene".split(), ["O", "B-x", "I-x"]
+    lines = []
+    for _ in range(n):
+        k = int(torch.randint(3, 7, (1,), generator=g))
+        lines += [
+            f"{words[int(i)]} {tags[int(j)]}"
+            for i, j in zip(
+                torch.randint(0, 10, (k,), generator=g), torch.randint(0, 3, (k,), generator=g), strict=False
+            )
+        ]
+        lines.append("")
+    (tmp_path / "t.conll").write_text("\n".join(lines) + "\n")
+    return tmp_path / "t.conll"
+
+
+def test_cli_info_prune_evaluate_on_a_token_classifier(tmp_path, tiny_tokenizer):
+    model = make_tiny_token_model("bert", num_labels=3)
+    model.config.id2label, model.config.label2id = {0: "O", 1: "B-x", 2: "I-x"}, {"O": 0, "B-x": 1, "I-x": 2}
+    folder = save_model(model, tiny_tokenizer, tmp_path / "tok")
+    task = conll_task(tmp_path)
+    info = cli("info", folder, "--json")
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["kind"] == "token"
+    out = cli(
+        "prune", folder, "--out", tmp_path / "p", "--task", task, "--budget", "macs=0.6", "--evaluate", "test", "--json"
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["kind"] == "token" and report["relative"]["macs"] <= 0.6 and "entity_f1" in report["metrics"]
+    ev = cli("evaluate", tmp_path / "p", "--task", task, "--json")
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.output)["entity_f1"] == pytest.approx(report["metrics"]["entity_f1"])
+    bad = cli("evaluate", tmp_path / "p", "--task", "rotten_tomatoes")
+    assert bad.exit_code != 0 and "neither a built-in token task (wnut16) nor a CoNLL / JSONL file" in bad.output
+
+
+def test_cli_evaluates_a_reranker_by_mrr_and_refuses_non_grade_labels(tmp_path, tiny_tokenizer):
+    folder = save_model(make_tiny_model("bert", num_labels=1), tiny_tokenizer, tmp_path / "rr")
+    rows = ["query,doc,label"] + [
+        f"q{i % 5} movie,doc {w},{int(j % 3 == 0)}"
+        for i, (j, w) in enumerate(zip(range(40), "good bad great plot".split() * 10, strict=False))
+    ]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    args = (
+        "evaluate",
+        folder,
+        "--task",
+        tmp_path / "pairs.csv",
+        "--text-column",
+        "query",
+        "--text-pair-column",
+        "doc",
+        "--split",
+        "all",
+        "--json",
+    )
+    out = cli(*args)
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    assert set(got) >= {"mrr@10", "ndcg@10", "groups"} and got["groups"] == 5
+    (tmp_path / "pairs.csv").write_text("\n".join(r.replace(",1", ",yes").replace(",0", ",no") for r in rows) + "\n")
+    bad = cli(*args)
+    assert bad.exit_code != 0 and "relevance grades" in bad.output

@@ -21,11 +21,12 @@ KINDS = ("sequence", "token", "pair", "embedding")
 #: Why each method that cannot run on token classifiers refuses (see :func:`require_kind`).
 TOKEN_REFUSED: dict[str, str] = {
     "skim": "token skimming drops tokens mid-network, and a token classifier needs an output for every token",
-    "exit": "early exit decides per input, but a token classifier's per-token outputs all leave at the last layer",
-    "slim": "differentiable slimming trains with a sequence-level loss",
+    "exits": "early exit decides per input, but a token classifier's per-token outputs all leave at the last layer",
+    "slim": "differentiable slimming trains with a sequence-level loss on sequence batches",
     "axformer": "AxFormer's search scores sequence-level validation accuracy",
-    "fit": "fit's search scores sequence-level validation accuracy",
-    "recover": "recover distils sequence-level logits",
+    "recover": "recover distils sequence-level logits on sequence batches",
+    "int8": "the int8 folder format rebuilds sequence classifiers only",
+    "fit": "fit searches with sequence-level validation accuracy",
 }
 _TOKEN_SUFFIX = "ForTokenClassification"
 

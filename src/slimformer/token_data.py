@@ -106,7 +106,8 @@ def read_token_file(path: str | Path, label_names: list[str] | None = None):
     """:func:`read_conll` or :func:`read_token_jsonl` by suffix (``.jsonl`` / ``.json``: JSONL)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no such token-classification file: {str(path)!r}")
+        builtins = ", ".join(BUILTIN_TOKEN_TASKS)
+        raise FileNotFoundError(f"{str(path)!r} is neither a built-in token task ({builtins}) nor a CoNLL / JSONL file")
     if path.suffix.lower() in (".jsonl", ".json"):
         return read_token_jsonl(path, label_names)
     return read_conll(path)

@@ -50,6 +50,7 @@ def info(
     from slimformer.cost import cost_of, marginal_costs
     from slimformer.models import load_model
     from slimformer.structure import Structure
+    from slimformer.tasks import describe, model_kind
 
     try:
         m, _ = load_model(model)
@@ -60,6 +61,8 @@ def info(
     data = {
         "model": model,
         "family": structure.dims.family,
+        "kind": model_kind(m),
+        "kind_description": describe(m),
         **cost.to_dict(),
         "marginal": marginal_costs(structure, seq_len),
         "methods": registered_methods(),
@@ -68,6 +71,7 @@ def info(
         emit_json(data)
         return
     _echo_info(model, structure, cost, data["macs_note"], seq_len)
+    typer.echo(f"  kind         {data['kind_description']}")
     _echo_methods(data["methods"])
 
 
