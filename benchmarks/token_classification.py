@@ -16,7 +16,6 @@ and 32 x ``--seq-len`` tokens, all models interleaved.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import harness
 import torch
@@ -34,7 +33,7 @@ from slimformer.token_train import finetune_tokens
 log = logging.getLogger("benchmarks.token_classification")
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__file__, __doc__, out="token_classification.json")
     parser.add_argument("--budgets", default="0.6,0.4", help="MACs budgets (fractions of dense)")
     parser.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs over the train split")
@@ -92,12 +91,13 @@ def main(argv: list[str] | None = None) -> Path:
         "model": args.model,
         "task": {"name": task.name, "label_names": task.label_names, **task.info},
         "finetune": {"epochs": args.epochs, **train},
-        "calibration": args.calibration,
+        "calibration": sum(len(b["input_ids"]) for b in calib),
         "seq_len": args.seq_len,
         "models": rows,
         "command": args.command,
     }
-    return harness.write_results(args.out, report, markdown(report, args))
+    harness.write_results(args.out, report, markdown(report, args))
+    return 0
 
 
 def _ms(row: dict, batch: int) -> float:
@@ -128,4 +128,4 @@ def markdown(report: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
