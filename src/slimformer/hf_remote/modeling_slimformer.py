@@ -25,28 +25,22 @@ from __future__ import annotations
 import warnings
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
-    BertForTokenClassification,
     BertModel,
     CamembertForSequenceClassification,
-    CamembertForTokenClassification,
     CamembertModel,
     DistilBertForSequenceClassification,
-    DistilBertForTokenClassification,
     DistilBertModel,
     ElectraForSequenceClassification,
-    ElectraForTokenClassification,
     ElectraModel,
     ModernBertForSequenceClassification,
-    ModernBertForTokenClassification,
     ModernBertModel,
     RobertaForSequenceClassification,
-    RobertaForTokenClassification,
     RobertaModel,
     XLMRobertaForSequenceClassification,
-    XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
 
@@ -439,15 +433,16 @@ SLIM_CLASSES = {
 
 #: family -> token classifier with the recorded shapes (``SlimBertForTokenClassification``, ...).
 SLIM_TOKEN_CLASSES = {}
-for _family, _base in (
-    ("bert", BertForTokenClassification),
-    ("roberta", RobertaForTokenClassification),
-    ("distilbert", DistilBertForTokenClassification),
-    ("xlm-roberta", XLMRobertaForTokenClassification),
-    ("camembert", CamembertForTokenClassification),
-    ("electra", ElectraForTokenClassification),
-    ("modernbert", ModernBertForTokenClassification),
+for _family, _name in (
+    ("bert", "Bert"),
+    ("roberta", "Roberta"),
+    ("distilbert", "DistilBert"),
+    ("xlm-roberta", "XLMRoberta"),
+    ("camembert", "Camembert"),
+    ("electra", "Electra"),
+    ("modernbert", "ModernBert"),
 ):
+    _base = getattr(transformers, f"{_name}ForTokenClassification")
     _cls = type(f"Slim{_base.__name__}", (_SlimShapes, _base), {"_slim_family": _family, "__module__": __name__})
     globals()[_cls.__name__] = _cls  # auto_map names the class; transformers looks it up here
     SLIM_TOKEN_CLASSES[_family] = _cls
