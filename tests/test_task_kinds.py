@@ -177,3 +177,16 @@ def test_methods_that_need_sequence_outputs_refuse_token_models(method):
     with pytest.raises(ValueError, match=f"{method} is not available for token classifiers: "):
         require_kind(make_tiny_token_model("bert"), method)
     require_kind(make_tiny_model("bert"), method)  # sequence classifiers run everything
+
+
+def test_pair_reranker_removal_equals_masking(family):
+    """A one-logit model on (text, text_pair) inputs: segment ids where the family reads them."""
+    model, inputs = make_tiny_model(family, num_labels=1), make_inputs()
+    if "token_type_ids" in get_adapter(model).input_names(model.config):
+        inputs["token_type_ids"] = (torch.arange(7) >= 4).long().expand(2, 7).clone()  # second text from position 4
+    head, ffn = masks(model)
+    with torch.no_grad(), masked(model, head, ffn):
+        want = logits(model, inputs)
+    assert want.shape == (2, 1) and not torch.allclose(want, logits(model, inputs), atol=0, rtol=1e-3)
+    remove(model)
+    torch.testing.assert_close(logits(model, inputs), want, atol=1e-5, rtol=1e-4)
