@@ -251,3 +251,10 @@ def test_cli_evaluates_a_reranker_by_mrr_and_refuses_non_grade_labels(tmp_path, 
     (tmp_path / "pairs.csv").write_text("\n".join(r.replace(",1", ",yes").replace(",0", ",no") for r in rows) + "\n")
     bad = cli(*args)
     assert bad.exit_code != 0 and "relevance grades" in bad.output
+
+
+@pytest.mark.parametrize("command", [("skim", "train"), ("exit", "train"), ("axformer",)])
+def test_sequence_only_commands_refuse_token_classifiers_saying_why(command, tmp_path, tiny_tokenizer):
+    folder = save_model(make_tiny_token_model("bert", num_labels=3), tiny_tokenizer, tmp_path / "tok")
+    out = cli(*command, folder, "--out", tmp_path / "o")
+    assert out.exit_code != 0 and "is a token classifier: this command needs sequence-level outputs" in out.output
