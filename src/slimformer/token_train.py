@@ -63,7 +63,7 @@ def finetune_tokens(
             opt.step()
             sched.step()
             opt.zero_grad()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             bar.update()
             if step >= total:
