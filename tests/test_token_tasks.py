@@ -212,6 +212,7 @@ def test_cli_info_prune_evaluate_on_a_token_classifier(tmp_path, tiny_tokenizer)
     info = cli("info", folder, "--json")
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["kind"] == "token"
+    assert "wnut16" in json.loads(cli("list", "--json").output)["token_tasks"]
     out = cli(
         "prune", folder, "--out", tmp_path / "p", "--task", task, "--budget", "macs=0.6", "--evaluate", "test", "--json"
     )

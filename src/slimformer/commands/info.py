@@ -21,13 +21,15 @@ def list_builtins(as_json: JsonOpt = False):
     """List the built-in models and tasks (installed from packages, no download) and the registered methods."""
     from slimformer.data import BUILTIN_TASKS
     from slimformer.models import BUILTIN_MODELS
+    from slimformer.token_data import BUILTIN_TOKEN_TASKS
 
     data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": dict(BUILTIN_TASKS)}
+    data["token_tasks"] = dict(BUILTIN_TOKEN_TASKS)
     data["methods"] = registered_methods()
     if as_json:
         emit_json(data)
         return
-    for kind in ("models", "tasks"):
+    for kind in ("models", "tasks", "token_tasks"):
         typer.echo(f"{kind}:")
         for name, desc in data[kind].items():
             typer.echo(f"  {name:18s} {desc}")
