@@ -198,6 +198,45 @@ def fit(stem: str, r: dict) -> list[str]:
     return lines + targets(found)
 
 
+def token_classification(stem: str, r: dict) -> list[str]:
+    """Entity F1, word accuracy, cost and speed of a token classifier, dense and pruned."""
+    rows, task, tune = r["models"], r["task"], r["finetune"]
+
+    def ms(row: dict, batch: int) -> float | None:
+        return next((x["median_ms"] for x in row["timing"]["results"] if x["batch_size"] == batch), None)
+
+    dense = rows["dense"]
+    headers = ["model", "MACs", "params", "entity F1 %", "word acc. %", "b1 ms", "b32 ms", "speedup b1 / b32"]
+    body = []
+    for name, row in rows.items():
+        m = row["metrics"]
+        up1, up32 = (ms(dense, b) / ms(row, b) for b in (1, 32))
+        body.append(
+            [
+                name,
+                num(row["relative_macs"], ".1f", scale=100, suffix="%"),
+                num(row["relative_params"], ".1f", scale=100, suffix="%"),
+                num(m["entity_f1"], ".2f", scale=100),
+                num(m["accuracy"], ".2f", scale=100),
+                num(ms(row, 1), ".1f"),
+                num(ms(row, 32), ".1f"),
+                f"{num(up1, '.2f', suffix='x')} / {num(up32, '.2f', suffix='x')}",
+            ]
+        )
+    sizes = task.get("sizes", {})
+    return [
+        f"Model `{r.get('model')}` with a token-classification head, fine-tuned {tune.get('steps')} steps "
+        f"({tune.get('epochs')} epochs, {tune.get('seconds')} s) on the {sizes.get('train')} train sentences of "
+        f"`{task.get('name')}` ({len(task.get('label_names', []))} tags, seeded 80/10/10 split of the one file "
+        f"that ships); OPTIN on {r.get('calibration')} train sentences (per-token KL + trajectory), repair on "
+        f"the same; test: {sizes.get('test')} sentences, strict entity-span F1 (micro) and word accuracy. "
+        f"MACs and timing at {r.get('seq_len')} tokens, all models interleaved.",
+        "",
+        *table(headers, body),
+        "",
+    ]
+
+
 FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {
-    f.__name__: f for f in (embedding, families, ort_fused, fit)
+    f.__name__: f for f in (embedding, families, ort_fused, fit, token_classification)
 }

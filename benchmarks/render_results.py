@@ -97,6 +97,12 @@ PAGES: tuple[Page, ...] = (
     Page("families", "Model families at base size", "families.py", ("families",)),
     Page("ort_fused", "Fused-attention onnxruntime graphs", "ort_fused.py", ("ort_fused",)),
     Page("fit", "slimformer fit at latency targets", "fit.py", ("fit",)),
+    Page(
+        "token_classification",
+        "Token classification (WNUT-16 NER)",
+        "token_classification.py",
+        ("token_classification",),
+    ),
 )
 
 

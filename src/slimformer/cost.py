@@ -2,7 +2,8 @@
 
 This is the one source of truth for every budget. MACs are multiply-accumulates for one sequence
 of ``seq_len`` tokens: every Linear layer of the encoder, the two attention matmuls (QK^T and AV)
-and the classification head (pooler + classifier, on the first token only). Embeddings are
+and the classification head (pooler + classifier, on the first token only; a token classifier's
+head runs on every token). Embeddings are
 lookups and count 0 MACs, except a projection of narrower embeddings up to the hidden size
 (ELECTRA-small), one Linear per token; norms, softmax, activations and bias adds are not counted (they are
 O(T * hidden), under 1% of the total for these models). Tested against
@@ -118,18 +119,28 @@ def head_params(dims: ModelDims) -> int:
     if dims.is_image:  # the final norm and the classifier on [CLS]; no pooler
         return dims.norm_size * d + d * dims.num_labels + dims.num_labels
     norms = 2 * dims.norm_size * d if dims.pre_norm else 0
+    if dims.token_head and not dims.pre_norm:
+        return d * dims.num_labels + dims.num_labels  # a token classifier's Linear, no pooler
     return d * d + int(dims.biases) * d + norms + d * dims.num_labels + dims.num_labels
 
 
-def head_macs(dims: ModelDims) -> int:
-    pooler = 0 if dims.is_image else dims.hidden * dims.hidden
-    return pooler + dims.hidden * dims.num_labels
+def head_macs(dims: ModelDims, seq_len: int = 1) -> int:
+    """MACs of the head: once per sequence, or on each of ``seq_len`` tokens for a token classifier.
+
+    An image family has no pooler: its classifier reads the final-normed [CLS] state.
+    """
+    if dims.is_image:
+        return dims.hidden * dims.num_labels
+    dense = dims.hidden * dims.hidden if dims.pre_norm or not dims.token_head else 0
+    per = dense + dims.hidden * dims.num_labels
+    return per * seq_len if dims.token_head else per
 
 
 def _linear_weights(dims: ModelDims, structure: Structure) -> int:
     """Weights of Linear layers (what int8 dynamic quantization stores in one byte each)."""
     d = dims.hidden
-    pooler = 0 if dims.is_image else d * d  # an image family's patch projection is a Conv2d: not int8
+    # an image family has no pooler (its patch projection is a Conv2d: not int8); nor has a token head
+    pooler = 0 if dims.is_image else (d * d if dims.pre_norm or not dims.token_head else 0)
     total = pooler + d * dims.num_labels + dims.embedding_size * d
     for s in structure.layers:
         width = s.heads * dims.head_size
@@ -188,7 +199,7 @@ def cost_of(structure: Structure, seq_len: int = 128) -> Cost:
         bytes_fp32=4 * params,
         bytes_fp16=2 * params,
         bytes_int8=linear + 4 * (params - linear),  # int8 Linear weights, everything else fp32
-        macs=embedding_macs(dims, seq_len) + sum(x["macs"] for x in layers) + head_macs(dims),
+        macs=embedding_macs(dims, seq_len) + sum(x["macs"] for x in layers) + head_macs(dims, seq_len),
         seq_len=seq_len,
         layers=tuple(layers),
     )

@@ -5,7 +5,8 @@ tokenizer files) plus ``modeling_slimformer.py``, named in the config's ``auto_m
 
 * with slimformer: :func:`load_slim` (or :func:`slimformer.models.load_model`), and
 * with plain transformers, slimformer not installed:
-  ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)``.
+  ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)``
+  (``AutoModelForTokenClassification`` for a token classifier, see :mod:`slimformer.tasks`).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def save_model(
     inputs = [*inputs, *model_sources(model)]  # never replace the folder the model came from
     with staged_output_dir(folder, overwrite=overwrite, inputs=inputs) as path:
         if getattr(model.config, remote.SLIM_KEY, None):
-            cls = remote.SLIM_CLASSES[family]
-            model.config.auto_map = {get_adapter(model).auto_class: f"modeling_slimformer.{cls.__name__}"}
+            auto, cls = _remote_class(model, family)
+            model.config.auto_map = {auto: f"modeling_slimformer.{cls.__name__}"}
             shutil.copyfile(remote.__file__, path / REMOTE_FILE)
         model.save_pretrained(path, safe_serialization=True)
         pause_point("save:weights")
@@ -92,6 +93,16 @@ def save_model(
         drop_stale_auto_map(path)
     logger.info("saved model to %s", folder)
     return Path(folder)
+
+
+def _remote_class(model, family: str) -> tuple[str, type]:
+    """The ``auto_map`` key and the remote-code class that rebuild ``model``'s kind of head."""
+    from slimformer.arch import get_adapter
+    from slimformer.tasks import is_token_classifier
+
+    if is_token_classifier(model):
+        return "AutoModelForTokenClassification", remote.SLIM_TOKEN_CLASSES[family]
+    return get_adapter(model).auto_class, remote.SLIM_CLASSES[family]
 
 
 def drop_stale_auto_map(folder: str | Path) -> list[str]:
@@ -140,8 +151,10 @@ def load_slim(folder: str | Path):
     from transformers import AutoConfig
 
     from slimformer.arch import get_adapter_for_config
+    from slimformer.tasks import is_token_classifier
 
     config = AutoConfig.from_pretrained(str(folder))
     family = get_adapter_for_config(config).family
-    model = remote.SLIM_CLASSES[family].from_pretrained(str(folder))
+    classes = remote.SLIM_TOKEN_CLASSES if is_token_classifier(config) else remote.SLIM_CLASSES
+    model = classes[family].from_pretrained(str(folder))
     return model.eval()

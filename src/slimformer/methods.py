@@ -171,9 +171,11 @@ def apply(method: str | Method, model, config: Any, data: MethodData) -> Result:
         ValueError: an unknown method, or a config of another type than the method's.
     """
     from slimformer.arch import require
+    from slimformer.tasks import require_kind
 
     method = get_method(method) if isinstance(method, str) else method
     require(model, method.name)
+    require_kind(model, method.name)  # e.g. early exit on a token classifier, naming why not
     if not isinstance(config, method.config):
         raise ValueError(
             f"method {method.name!r} takes a {method.config.__name__}, got {type(config).__name__}: {config!r}"

@@ -188,8 +188,9 @@ def load_model(
     num_labels: int | None = None,
     label_names: list[str] | None = None,
     require_head: bool = False,
+    kind: str | None = None,
 ):
-    """Load a sequence classifier and its tokenizer.
+    """Load a sequence classifier (or a token classifier) and its tokenizer.
 
     A folder saved by slimformer (pruned, uneven shapes) is rebuilt with its saved structure; an
     int8 folder (:func:`slimformer.quantize.save_quantized`) comes back quantized.
@@ -202,6 +203,9 @@ def load_model(
         label_names: class names, stored in the config as ``id2label``.
         require_head: refuse a model whose classification head would be new (random): the commands
             that compress, evaluate or measure a fine-tuned model would silently work on noise.
+        kind: ``"token"`` loads a token classifier (``AutoModelForTokenClassification``), e.g. to
+            fine-tune a base model for tagging; ``None`` reads the kind from the folder's
+            ``architectures`` (:func:`slimformer.tasks.is_token_classifier`), else a sequence classifier.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode on the CPU.
@@ -213,14 +217,14 @@ def load_model(
     """
     path = resolve_model_path(name)
     try:
-        return _load_resolved(name, path, num_labels, label_names, require_head)
+        return _load_resolved(name, path, num_labels, label_names, require_head, kind)
     except OSError as e:
         if Path(path).exists():
             raise
         raise _hub_error(name, e) from None
 
 
-def _load_resolved(name: str, path: str, num_labels, label_names, require_head: bool):
+def _load_resolved(name: str, path: str, num_labels, label_names, require_head: bool, kind: str | None = None):
     import transformers
     from transformers import AutoConfig
 
@@ -245,7 +249,11 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
             kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
-        auto = getattr(transformers, adapter.auto_class)  # sequence or image classification
+        if kind not in (None, "token", "sequence"):
+            raise ValueError(f"kind={kind!r}: allowed: 'token', 'sequence' or None (the folder's own)")
+        token = kind == "token" or (kind is None and _token_config(config))
+        # a token classifier, or the adapter's own head class (sequence or image classification)
+        auto = transformers.AutoModelForTokenClassification if token else getattr(transformers, adapter.auto_class)
         model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
         prefix = model.base_model_prefix + "."
         new = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix) or adapter.is_head_key(k))
@@ -268,6 +276,12 @@ def _load_resolved(name: str, path: str, num_labels, label_names, require_head: 
     _drop_stale_auto_map(model.config, path)
     model.eval()
     return model, tokenizer
+
+
+def _token_config(config) -> bool:
+    from slimformer.tasks import is_token_classifier
+
+    return is_token_classifier(config)
 
 
 def _drop_stale_auto_map(config, path: str) -> None:

@@ -5,9 +5,10 @@ The cost model, surgery, save/load and reports all read the same :class:`Structu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slimformer.arch import ModelDims, get_adapter
+from slimformer.tasks import is_token_classifier
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Structure:
         """Read the structure off a model's actual modules (not its config)."""
         adapter = get_adapter(model)
         dims = adapter.dims(model.config)
+        if is_token_classifier(model):
+            dims = replace(dims, token_head=True)
         spec = getattr(model.config, "slimformer", None) or {}
         origins = spec.get("origin") or []
         layers = []

@@ -54,6 +54,8 @@ class ModelDims:
     num_patches: int = 0
     special_tokens: int = 0  # [CLS] (+ DeiT's distillation token) in front of the patches
 
+    token_head: bool = False  # a token classifier: the head runs on every token (no pooler)
+
     @property
     def is_image(self) -> bool:
         return self.patch_inputs > 0
@@ -345,8 +347,16 @@ class ArchAdapter:
         return hidden  # (B, T, hidden)
 
     def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``."""
+        """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``.
+
+        A token classifier (:func:`slimformer.tasks.is_token_classifier`) gives per-token logits
+        ``(B, T, num_labels)`` instead (see :meth:`classify_tokens`).
+        """
         raise NotImplementedError
+
+    def classify_tokens(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """A token classifier's head: ``(B, T, hidden) -> (B, T, num_labels)``."""
+        return model.classifier(model.dropout(self.final_states(model, hidden)))
 
     def forward(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from slimformer.arch.base import ArchAdapter, ModelDims, bert_named_dims, bert_style_tiny
+from slimformer.tasks import is_token_classifier
 
 
 class BertAdapter(ArchAdapter):
@@ -28,5 +29,7 @@ class BertAdapter(ArchAdapter):
         return self.base_model(model).embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         pooled = self.base_model(model).pooler(hidden)  # (B, hidden), tanh(W h_cls)
         return model.classifier(model.dropout(pooled))

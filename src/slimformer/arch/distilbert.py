@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from slimformer.arch.base import ArchAdapter, ModelDims
+from slimformer.tasks import is_token_classifier
 
 
 class DistilBertAdapter(ArchAdapter):
@@ -48,5 +49,7 @@ class DistilBertAdapter(ArchAdapter):
         return self.base_model(model).embeddings(input_ids)
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         pooled = nn.functional.relu(model.pre_classifier(hidden[:, 0]))  # (B, hidden)
         return model.classifier(model.dropout(pooled))

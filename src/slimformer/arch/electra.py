@@ -12,6 +12,7 @@ import torch
 
 from slimformer.arch.base import ModelDims, bert_style_tiny
 from slimformer.arch.bert import BertAdapter
+from slimformer.tasks import is_token_classifier
 
 
 class ElectraAdapter(BertAdapter):
@@ -42,4 +43,6 @@ class ElectraAdapter(BertAdapter):
         return hidden
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         return model.classifier(hidden)  # ElectraClassificationHead reads the [CLS] token itself

@@ -27,6 +27,7 @@ from slimformer.arch.base import (
     take_rows,
 )
 from slimformer.hf_remote.modeling_slimformer import HeadlessAttention, reshape_layer
+from slimformer.tasks import is_token_classifier
 
 POSITIONS = (
     "its rotary position embeddings and sliding-window attention depend on each token's position, "
@@ -165,7 +166,13 @@ class ModernBertAdapter(ArchAdapter):
     def final_states(self, model, hidden: torch.Tensor) -> torch.Tensor:
         return self.base_model(model).final_norm(hidden)  # (B, T, hidden): ModernBERT ends in a norm
 
+    def classify_tokens(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.final_states(model, hidden)  # (B, T, hidden)
+        return model.classifier(model.drop(model.head(hidden)))  # (B, T, num_labels)
+
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         pooling = model.config.classifier_pooling
         if pooling != "cls":
             raise ValueError(

@@ -9,6 +9,7 @@ import torch
 
 from slimformer.arch.base import bert_style_tiny
 from slimformer.arch.bert import BertAdapter
+from slimformer.tasks import is_token_classifier
 
 
 class RobertaAdapter(BertAdapter):
@@ -39,6 +40,8 @@ class RobertaAdapter(BertAdapter):
         return self.base_model(model).embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         return model.classifier(hidden)  # RobertaClassificationHead reads the <s> token itself
 
 

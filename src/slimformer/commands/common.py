@@ -242,16 +242,29 @@ def model_and_task(
     return m, tok, check_labels(m, data, model, task)
 
 
+def refuse_token_model(m, name: str) -> None:
+    """``ValueError`` for a token classifier in a command that needs a sequence classifier, saying where it runs."""
+    from slimformer.tasks import is_token_classifier
+
+    if is_token_classifier(m):
+        raise ValueError(
+            f"model {name!r} is a token classifier: this command needs sequence-level outputs; token "
+            "classifiers run with slimformer prune (optin, fisher, magnitude, random), evaluate and info"
+        )
+
+
 def check_labels(model, data, model_name: str, task: str):
     """The task with its labels in the model's order (``id2label``, when the model names its classes).
 
     Raises:
-        ValueError: a task label the model does not know (named), or a label count that differs.
+        ValueError: a task label the model does not know (named), a label count that differs, or a
+            token classifier (see :func:`refuse_token_model`).
     """
     from slimformer.data import align_labels
     from slimformer.models import model_label_names
 
     check_modality(model, data, model_name, task)
+    refuse_token_model(model, model_name)  # every sequence-task command comes through here
     names = model_label_names(model.config)
     if names is not None:
         data = align_labels(data, names)

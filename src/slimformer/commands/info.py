@@ -22,13 +22,15 @@ def list_builtins(as_json: JsonOpt = False):
     from slimformer.data import BUILTIN_TASKS
     from slimformer.images import IMAGE_TASKS
     from slimformer.models import BUILTIN_MODELS
+    from slimformer.token_data import BUILTIN_TOKEN_TASKS
 
     data = {"models": {k: v[1] for k, v in BUILTIN_MODELS.items()}, "tasks": {**BUILTIN_TASKS, **IMAGE_TASKS}}
+    data["token_tasks"] = dict(BUILTIN_TOKEN_TASKS)
     data["methods"] = registered_methods()
     if as_json:
         emit_json(data)
         return
-    for kind in ("models", "tasks"):
+    for kind in ("models", "tasks", "token_tasks"):
         typer.echo(f"{kind}:")
         for name, desc in data[kind].items():
             typer.echo(f"  {name:18s} {desc}")
@@ -51,6 +53,7 @@ def info(
     from slimformer.cost import cost_of, marginal_costs
     from slimformer.models import load_model
     from slimformer.structure import Structure
+    from slimformer.tasks import describe, model_kind
 
     try:
         m, _ = load_model(model)
@@ -61,6 +64,8 @@ def info(
     data = {
         "model": model,
         "family": structure.dims.family,
+        "kind": model_kind(m),
+        "kind_description": describe(m),
         **cost.to_dict(),
         "marginal": marginal_costs(structure, seq_len),
         "methods": registered_methods(),
@@ -69,6 +74,7 @@ def info(
         emit_json(data)
         return
     _echo_info(model, structure, cost, data["macs_note"], seq_len)
+    typer.echo(f"  kind         {data['kind_description']}")
     _echo_methods(data["methods"])
 
 

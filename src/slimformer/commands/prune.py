@@ -65,23 +65,36 @@ def prune(
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
-    """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model."""
+    """Prune heads and FFN neurons in one shot (no retraining) to fit a budget; save the smaller model.
+
+    A token classifier takes a token task (--task wnut16 or a CoNLL / JSONL file) and is scored per token."""
+    from slimformer.commands.kinds import folder_kind, token_metrics, token_model_and_task
     from slimformer.export import save_model
     from slimformer.static import PruneConfig, calibration_batches
     from slimformer.static import prune as run_prune
+    from slimformer.tasks import task_kind
+    from slimformer.token_data import calibration_token_batches
 
     try:
         config = PruneConfig.from_dict(
             {"method": method, "budget": budget, "repair": repair, "seed": seed, **parse_options(set_)}
         )
         ensure_output_dir(out, overwrite, inputs=(model,))
-        m, tok, data = model_and_task(
-            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
-        )
-        batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
+        token = folder_kind(model) == "token"  # a token task: tagged words, per-token scoring, entity F1
+        if token:
+            m, tok, data = token_model_and_task(model, task)
+            train = data.split("train")
+            batches = calibration_token_batches(train, tok, size=calibration, seed=seed, max_length=max_length)
+        else:
+            m, tok, data = model_and_task(
+                model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
+            )
+            batches = calibration_batches(data.split("train"), tok, size=calibration, seed=seed, max_length=max_length)
         result = run_prune(m, config, batches, progress=not as_json)
-        report = {"model": model, "task": data.name, **result.report}
-        if evaluate_split:
+        report = {"model": model, "task": data.name, "kind": task_kind(m, data.split("train")[:1]), **result.report}
+        if evaluate_split and token:
+            report["metrics"] = token_metrics(result.model, tok, data, evaluate_split)
+        elif evaluate_split:
             report["metrics"] = split_metrics(
                 result.model, tok, data, evaluate_split, max_length=128, progress=not as_json
             )
@@ -97,4 +110,5 @@ def prune(
         f"({report['seconds']['total']:.1f}s); saved to {out}"
     )
     if "metrics" in report:
-        typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+        shown = {k: v for k, v in report["metrics"].items() if k in ("accuracy", "entity_f1")}
+        typer.echo(f"{report['metrics']['split']} " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))

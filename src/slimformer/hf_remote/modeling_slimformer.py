@@ -5,7 +5,8 @@ This file is copied next to every model that slimformer saves, and named in the 
 
     AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
-without slimformer installed. It therefore imports only torch and transformers. slimformer itself
+(``AutoModelForTokenClassification`` for a token classifier) without slimformer installed. It
+therefore imports only torch and transformers. slimformer itself
 loads saved models through the same classes, so there is one definition of the shapes.
 
 The config carries ``config.slimformer = {"format": 1, "layers": [{"heads": h, "ffn": f}, ...]}``:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
@@ -471,6 +473,22 @@ SLIM_CLASSES = {
     "modernbert": SlimModernBertForSequenceClassification,
     "deberta-v2": SlimDebertaV2ForSequenceClassification,
 }
+
+#: family -> token classifier with the recorded shapes (``SlimBertForTokenClassification``, ...).
+SLIM_TOKEN_CLASSES = {}
+for _family, _name in (
+    ("bert", "Bert"),
+    ("roberta", "Roberta"),
+    ("distilbert", "DistilBert"),
+    ("xlm-roberta", "XLMRoberta"),
+    ("camembert", "Camembert"),
+    ("electra", "Electra"),
+    ("modernbert", "ModernBert"),
+):
+    _base = getattr(transformers, f"{_name}ForTokenClassification")
+    _cls = type(f"Slim{_base.__name__}", (_SlimShapes, _base), {"_slim_family": _family, "__module__": __name__})
+    globals()[_cls.__name__] = _cls  # auto_map names the class; transformers looks it up here
+    SLIM_TOKEN_CLASSES[_family] = _cls
 
 
 class _SlimBaseShapes:

@@ -60,12 +60,12 @@ def score_fisher(model, batches: Batches, *, seed: int = 0, progress: bool = Tru
     start = time.perf_counter()
     for batch in tqdm(packed if live else [], desc="fisher", disable=not progress, leave=False):
         with torch.enable_grad(), example_masks(model, adapter.batch_rows(batch)) as (head_m, ffn_m):
-            logits = adapter.forward_batch(model, batch)  # (B, C)
-            labels = batch["labels"]  # (B,)
+            logits = adapter.forward_batch(model, batch)  # (B, C), or (B, T, C) for a token classifier
+            labels = batch["labels"]  # (B,), or (B, T) with -100 where a token has no tag
             if logits.shape[-1] == 1:  # a regression head: squared error plays the cross-entropy's part
                 loss = 0.5 * (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2).sum()
-            else:
-                loss = F.cross_entropy(logits, labels, reduction="sum")  # sum: each row keeps its own loss
+            else:  # sum: each row keeps its own loss (a token classifier's: its tagged tokens')
+                loss = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100, reduction="sum")
             grads = torch.autograd.grad(loss, [(head_m + ffn_m)[i] for i in live])
         for i, g in zip(live, grads, strict=True):
             acc[i] += g.double().pow(2).sum(0).cpu()  # (B, k) -> (k,)

@@ -19,10 +19,12 @@ later one (OPTIN's distillation of the features downstream of the unit). The nor
   backward pass gives per-example gradients (squares are taken per example).
   ``benchmarks/neuron_score_agreement.py`` measures how this ranks against exact masking.
 
-Embedding models (:func:`slimformer.embedding.embedding_pooling` is set; no labels, no head) use
-``1 - cos(e, e_m)`` of the unit-length pooled embeddings in place of the KL term; it equals
+The output term follows the model's task kind (:mod:`slimformer.static.output_loss`): the KL
+above for a sequence classifier; ``1/2 (z - z_m)^2`` for a one-logit head (regression, reranker);
+the per-token KL averaged over non-padding tokens for a token classifier; and ``1 - cos(e, e_m)``
+of the unit-length pooled embeddings for an embedding model (no labels, no head), which equals
 ``1/2 ||e - e_m||^2``, so its Gauss-Newton diagonal is ``1/2 sum_d (d e_d / d m_i)^2``, estimated
-with :data:`OUTPUT_PROBES` Rademacher probes over the embedding dimensions.
+with Rademacher probes over the embedding dimensions.
 """
 
 from __future__ import annotations
@@ -34,19 +36,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from slimformer.arch import get_adapter
-from slimformer.embedding import embedding_pooling
 from slimformer.static.importance import Batches, Importance
+from slimformer.static.output_loss import OutputLoss
 from slimformer.surgery import masked
 
 logger = logging.getLogger(__name__)
 
 #: A unit to mask: ``("head" | "ffn", layer index, unit index within the layer)``.
 Unit = tuple[str, int, int]
-#: Hutchinson probes per batch for the output term of an embedding model's neuron estimate.
-OUTPUT_PROBES = 8
 
 
 def score_optin(
@@ -166,13 +165,13 @@ def gauss_newton(
     acc = [torch.zeros(n, dtype=torch.float64) for n in sizes]  # heads then FFN, per layer
     live = [i for i, n in enumerate(sizes) if n]
     gen = torch.Generator().manual_seed(seed)
-    embedding = embedding_pooling(model) is not None
+    loss = OutputLoss.of(model)
     for batch in tqdm(batches if live else [], desc="optin gauss-newton", disable=not progress, leave=False):
         with torch.enable_grad(), example_masks(model, adapter.batch_rows(batch)) as (head_m, ffn_m):
             dense = _forward(adapter, model, batch)
         leaves = [(head_m + ffn_m)[i] for i in live]
-        logits = dense.logits  # (B, C) logits, or (B, d) unit embeddings
-        for direction, weight in _output_directions(logits, embedding, gen):
+        logits = dense.logits  # (B, C) or (B, T, C) logits, or (B, d) unit embeddings
+        for direction, weight in loss.directions(logits, dense.keep, gen):
             grads = torch.autograd.grad((logits * direction).sum(), leaves, retain_graph=True)
             for i, g in zip(live, grads, strict=True):
                 acc[i] += weight / n_ex * g.double().pow(2).sum(0).cpu()  # per-example squares, (H,) or (F,)
@@ -263,7 +262,12 @@ def pack_examples(
             new["attention_mask"][k, :n] = 1
             if "token_type_ids" in new:
                 new["token_type_ids"][k, :n] = batches[bi]["token_type_ids"][r][keep]
-        if "labels" in first:
+        if "labels" in first and first["labels"].dim() == 2:  # per-token labels (B, T), -100 at padding
+            new["labels"] = torch.full((len(chunk), t), -100, dtype=torch.long)
+            for k, i in enumerate(chunk):
+                bi, r = rows[i]
+                new["labels"][k, : lengths[i]] = batches[bi]["labels"][r][batches[bi]["attention_mask"][r].bool()]
+        elif "labels" in first:
             new["labels"] = torch.stack([batches[rows[i][0]]["labels"][rows[i][1]] for i in chunk])  # (B,)
         out.append(new)
     return out
@@ -286,7 +290,7 @@ def _pack_rows(batches: Batches, *, indices: Sequence[int] | None, batch_size: i
 class _Dense:
     states: list[torch.Tensor]  # L + 1 tensors (B, T, d): embeddings, then each layer's output
     mask: object  # what adapter.run_layer expects
-    logits: torch.Tensor  # (B, C)
+    logits: torch.Tensor  # (B, C), (B, T, C) for a token classifier, (B, d) for an embedding model
     keep: torch.Tensor  # (B, T) 1 = a real token
 
 
@@ -298,42 +302,7 @@ def _forward(adapter, model, batch: dict) -> _Dense:
     for layer in adapter.layers(model):
         hidden = adapter.run_layer(layer, hidden, mask)
         states.append(hidden)
-    return _Dense(states, mask, _output(adapter, model, hidden, keep), keep)
-
-
-def _output(adapter, model, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits ``(B, C)``, or for an embedding model its unit-length pooled embedding ``(B, d)``."""
-    pooling = embedding_pooling(model)
-    if pooling is None:
-        return adapter.classify(model, hidden)
-    return F.normalize(pooling(hidden, attention_mask), dim=-1)
-
-
-def _damage(dense: torch.Tensor, out: torch.Tensor, embedding: bool) -> torch.Tensor:
-    """Per-example output damage ``(B,)``: KL(dense || masked) of logits, or ``1 - cos`` of embeddings."""
-    if embedding:
-        return 1 - (dense.double() * out.double()).sum(-1)  # both unit length
-    logp, logq = F.log_softmax(dense.double(), -1), F.log_softmax(out.double(), -1)  # (B, C)
-    return (logp.exp() * (logp - logq)).sum(-1)
-
-
-def _output_directions(out: torch.Tensor, embedding: bool, gen: torch.Generator):
-    """``(direction (B, C), weight)`` pairs whose squared per-example gradients sum to the output term.
-
-    KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with nonzero
-    eigenvalue (all but the constant one) give C - 1 exact backward passes. Embedding: Rademacher
-    probes of ``1/2 ||e - e_m||^2`` (Hutchinson), :data:`OUTPUT_PROBES` of them.
-    """
-    if embedding:
-        for _ in range(OUTPUT_PROBES):
-            yield (torch.randint(0, 2, out.shape, generator=gen) * 2 - 1).to(out), 0.5 / OUTPUT_PROBES
-        return
-    p = out.detach().double().softmax(-1)  # (B, C)
-    fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
-    evals, evecs = torch.linalg.eigh(fisher)  # ascending; column 0 is the null direction
-    cols = (evecs[:, :, 1:] * evals[:, None, 1:].clamp_min(0).sqrt()).to(out.dtype)  # (B, C, C-1)
-    for k in range(cols.shape[-1]):
-        yield cols[:, :, k], 0.5
+    return _Dense(states, mask, OutputLoss.of(model).output(adapter, model, hidden, keep), keep)
 
 
 def _heads(adapter, layer) -> int:
@@ -392,7 +361,7 @@ def masking_terms(
     device = adapter.ffn(layers[0]).fc_out.weight.device if len(layers) else None
     head_masks = [torch.ones(_heads(adapter, layer), device=device) for layer in layers]
     ffn_masks = [torch.ones(adapter.ffn(layer).width, device=device) for layer in layers]
-    embedding = embedding_pooling(model) is not None
+    loss = OutputLoss.of(model)
     kl, err, sq, tokens = [], [], [], []  # per batch: (U, B), (U, B, L), (B, L), (B,)
     bar = tqdm(total=len(batches) * len(units), desc=desc, disable=not progress, leave=False)
     # Dense and masked passes both run under the hooks, so an unmasked unit computes bit-identically.
@@ -413,8 +382,8 @@ def masking_terms(
                         hidden = adapter.run_layer(layers[j], hidden, dense.mask)
                         diff = (hidden - dense.states[j + 1]).double().pow(2).sum(-1)  # (B, T)
                         b_err[u, :, j] = (diff * keep).sum(-1)
-                    out = _output(adapter, model, hidden, dense.keep)
-                    b_kl[u] = _damage(dense.logits, out, embedding)
+                    out = loss.output(adapter, model, hidden, dense.keep)
+                    b_kl[u] = loss.damage(dense.logits, out, dense.keep)
                 finally:
                     mask[idx] = 1.0
                 bar.update(1)
