@@ -25,11 +25,13 @@ import warnings
 
 import torch
 from torch import nn
-from transformers import (
+from transformers import (  # image classifiers (the ViT block at the end of this file)
     BertForSequenceClassification,
     BertModel,
     CamembertForSequenceClassification,
     CamembertModel,
+    DeiTForImageClassification,
+    DeiTModel,
     DistilBertForSequenceClassification,
     DistilBertModel,
     ElectraForSequenceClassification,
@@ -38,14 +40,10 @@ from transformers import (
     ModernBertModel,
     RobertaForSequenceClassification,
     RobertaModel,
-    XLMRobertaForSequenceClassification,
-    XLMRobertaModel,
-)
-from transformers import (  # image classifiers (the ViT block at the end of this file)
-    DeiTForImageClassification,
-    DeiTModel,
     ViTForImageClassification,
     ViTModel,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaModel,
 )
 
 SLIM_KEY = "slimformer"
