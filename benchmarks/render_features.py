@@ -73,7 +73,9 @@ def families(stem: str, r: dict) -> list[str]:
     rows, found = [], {}
     for name, fam in r["families"].items():
         budgets = [k for k in fam["macs"] if k != "dense"]
-        cells = [name, f"{fam['params']['dense'] / 1e6:.1f}M"]
+        tokens = fam.get("tokens", r.get("seq_len"))
+        label = name if tokens == r.get("seq_len") else f"{name} ({tokens} tokens)"
+        cells = [label, f"{fam['params']['dense'] / 1e6:.1f}M"]
         for batch in ("32", "1"):
             models = fam["batches"].get(batch, {}).get("models", {})
             for b in budgets:
@@ -106,7 +108,7 @@ def families(stem: str, r: dict) -> list[str]:
             total = proj.get("total") or 0
             orows.append([name, f"{o['params'] / 1e6:.1f}M", str(cal.get("sequences")),
                           num(measured.get("wall"), ".0f"), num(total, ".0f"), num(total / 60, ".0f")])  # fmt: skip
-            found[f"{name}: OPTIN on 1,024 x 128 within 10 minutes (projected)"] = {
+            found[f"{name}: OPTIN on 1,024 x {cal.get('seq_len', 128)} within 10 minutes (projected)"] = {
                 "met": (proj.get("total") or 0) <= 600,
                 "projected_minutes": (proj.get("total") or 0) / 60,
             }
