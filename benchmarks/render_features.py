@@ -200,6 +200,30 @@ def fit(stem: str, r: dict) -> list[str]:
     return lines + targets(found)
 
 
+def vit_digits(stem: str, r: dict) -> list[str]:
+    """Test accuracy of the tiny digits ViT, dense and pruned one-shot to MACs fractions."""
+    m, ft, rows = r["model"], r["finetune"], r["rows"]
+    cfg = m["config"]
+    dense = rows["dense"]["test"]["accuracy"]
+    body = []
+    for name, row in rows.items():
+        acc = row["test"]["accuracy"]
+        body.append([name, num(row["macs"], ".2f"), f"{row['params']:,}", num(acc, ".2f", scale=100),
+                     num(100 * (acc - dense), "+.2f"), num(row.get("seconds"), ".1f")])  # fmt: skip
+    sizes = r["task"]["sizes"]
+    return [
+        f"Built-in task `digits` (scikit-learn's real 8 x 8 handwritten digits; train / validation / test "
+        f"{sizes['train']} / {sizes['validation']} / {sizes['test']}). A ViT of {cfg['num_hidden_layers']} layers, "
+        f"hidden {cfg['hidden_size']}, {cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']} on "
+        f"{cfg['image_size']} x {cfg['image_size']} inputs in {cfg['patch_size']} x {cfg['patch_size']} patches "
+        f"({m['tokens']} tokens), fine-tuned {ft['epochs']} epochs ({ft['seconds']:.0f} s), then pruned one-shot "
+        f"on {r['calibration']} train images, no retraining; every model saved, loaded back and scored on test.",
+        "",
+        *table(["model", "MACs", "params", "test acc %", "vs dense (points)", "prune s"], body),
+        "",
+    ]
+
+
 FEATURES_BODY: dict[str, Callable[[str, dict], list[str]]] = {
-    f.__name__: f for f in (embedding, families, ort_fused, fit)
+    f.__name__: f for f in (embedding, families, ort_fused, fit, vit_digits)
 }

@@ -97,6 +97,7 @@ PAGES: tuple[Page, ...] = (
     Page("families", "Model families at base size", "families.py", ("families",)),
     Page("ort_fused", "Fused-attention onnxruntime graphs", "ort_fused.py", ("ort_fused",)),
     Page("fit", "slimformer fit at latency targets", "fit.py", ("fit",)),
+    Page("vit_digits", "ViT on real images (digits)", "vit_digits.py", ("vit_digits",)),
 )
 
 
