@@ -1,6 +1,7 @@
 """Pruned speed per model family at base size: does the MACs cut reach the clock, and what does OPTIN cost?
 
-For each family at its base-size shapes (bert-base, xlm-roberta-base, electra-base, modernbert-base)
+For each family at its base-size shapes (bert-base, xlm-roberta-base, electra-base, modernbert-base,
+and the image classifier vit-base-patch16-224: 224 x 224 images, 197 tokens whatever ``seq_len``)
 with random weights (speed does not depend on the values; vocabularies are cut to ``--vocab`` rows,
 which changes no MACs), the script prunes the dense model to 0.6 and 0.4 of its MACs at 128 tokens
 with real surgery (magnitude scores, the uneven per-layer structure a scorer gives, no repair), then
@@ -8,8 +9,8 @@ times dense and pruned models interleaved (alternating calls, so drift hits all 
 and batch 1 x 128 tokens. It reports each pruned model's speedup over dense divided by the speedup
 its MACs promise (1 / MACs ratio): 1.0 means every MAC removed came off the clock.
 
-It then times OPTIN (score + select + surgery + repair) on base-size BERT and ModernBERT with a
-small calibration set of ``--calib`` sequences x 128 tokens and extrapolates to 1,024 sequences:
+It then times OPTIN (score + select + surgery + repair) on base-size BERT, ModernBERT and ViT with a
+small calibration set of ``--calib`` sequences x 128 tokens (images for ViT) and extrapolates to 1,024 sequences:
 each phase grows linearly with the examples it sees (heads see at most ``head_examples`` = 64, the
 default; neurons and repair see all of them), selection and surgery do not grow. The extrapolation
 is stated with its inputs in the results, so it can be checked against a measured run.
@@ -26,13 +27,8 @@ import time
 
 import harness
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    BertConfig,
-    ElectraConfig,
-    ModernBertConfig,
-    XLMRobertaConfig,
-)
+import transformers
+from transformers import BertConfig, ElectraConfig, ModernBertConfig, ViTConfig, XLMRobertaConfig
 
 from slimformer.arch import FAMILIES
 from slimformer.bench import BenchConfig, bench_models, make_bench_inputs
@@ -69,6 +65,8 @@ def base_configs(vocab: int) -> dict[str, object]:
             sep_token_id=3,
             num_labels=2,
         ),
+        # google/vit-base-patch16-224's shapes (ViTConfig's defaults), 1,000 ImageNet classes
+        "vit-base-patch16-224": ViTConfig(**BASE, image_size=224, patch_size=16, num_labels=1000),
     }
 
 
@@ -76,6 +74,7 @@ def smoke_configs() -> dict[str, object]:
     """The registry's tiny configs of the same four families (the numbers mean nothing)."""
     names = {"bert-base": "bert", "xlm-roberta-base": "xlm-roberta", "electra-base": "electra"}
     names["modernbert-base"] = "modernbert"
+    names["vit-base-patch16-224"] = "vit"
     return {name: FAMILIES[family].tiny_config(layers=3, num_labels=2) for name, family in names.items()}
 
 
@@ -89,6 +88,11 @@ def calibration(model, n: int, seq: int, seed: int) -> list[dict]:
     return batches
 
 
+def build(config):
+    """A random model of ``config`` with the family's Auto class (sequence or image classification)."""
+    return getattr(transformers, FAMILIES[config.model_type].auto_class).from_config(config).eval()
+
+
 def pruned_to(model, fraction: float, seq: int, data: list[dict]):
     """``model`` cut to ``fraction`` of its MACs by real surgery (magnitude scores, no repair)."""
     config = PruneConfig.from_dict({"method": "magnitude", "budget": f"macs={fraction},seq={seq}", "repair": False})
@@ -98,11 +102,12 @@ def pruned_to(model, fraction: float, seq: int, data: list[dict]):
 def time_family(name: str, config, args) -> dict:
     """Dense and pruned models of one family, timed interleaved at each batch size."""
     torch.manual_seed(args.seed)
-    dense = AutoModelForSequenceClassification.from_config(config).eval()
+    dense = build(config)
     data = calibration(dense, 8, args.seq, args.seed)
     models = {"dense": dense, **{f"macs={f}": pruned_to(dense, f, args.seq, data) for f in FRACTIONS}}
     macs = {k: cost_of(Structure.from_model(m), args.seq).macs for k, m in models.items()}
     out = {"family": FAMILIES[config.model_type].family, "params": {}, "macs": macs, "batches": {}}
+    out["tokens"] = cost_of(Structure.from_model(dense), args.seq).seq_len  # an image family: its own
     out["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     out["layers"] = {k: [[s.heads, s.ffn] for s in Structure.from_model(m).layers] for k, m in models.items()}
     for batch in args.batches:
@@ -123,7 +128,7 @@ def time_family(name: str, config, args) -> dict:
 def optin_cost(name: str, config, args) -> dict:
     """OPTIN score + select + surgery + repair on ``--calib`` sequences, extrapolated to 1,024."""
     torch.manual_seed(args.seed)
-    dense = AutoModelForSequenceClassification.from_config(config).eval()
+    dense = build(config)
     data = calibration(dense, args.calib, args.seq, args.seed)
     cfg = PruneConfig.from_dict({"method": "optin", "budget": f"macs=0.5,seq={args.seq}"})
     t0 = time.perf_counter()
@@ -147,7 +152,7 @@ def optin_cost(name: str, config, args) -> dict:
     harness.logger.info("%s optin: %.1fs measured, projected %s", name, wall, projected)
     return {
         "params": sum(p.numel() for p in dense.parameters()),
-        "calibration": {"sequences": args.calib, "seq_len": args.seq, "head_examples": head_n},
+        "calibration": {"sequences": args.calib, "seq_len": report["seq_len"], "head_examples": head_n},
         "measured_seconds": {**phases, "wall": round(wall, 1)},
         "growth_to_1024": {k: round(v, 2) for k, v in growth.items()},
         "projected_seconds_1024": {**projected, "total": round(sum(projected.values()), 1)},
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"seq_len": args.seq, "targets": TARGETS, "families": {}, "optin": {}}
     for name, config in configs.items():
         report["families"][name] = time_family(name, copy.deepcopy(config), args)
-    for name in ("bert-base", "modernbert-base"):
+    for name in ("bert-base", "modernbert-base", "vit-base-patch16-224"):
         report["optin"][name] = optin_cost(name, copy.deepcopy(configs[name]), args)
     report["environment"] = harness.environment()
     harness.write_results(args.out, report, markdown(report, args))

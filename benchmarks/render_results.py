@@ -103,6 +103,7 @@ PAGES: tuple[Page, ...] = (
         "token_classification.py",
         ("token_classification",),
     ),
+    Page("vit_digits", "ViT on real images (digits)", "vit_digits.py", ("vit_digits",)),
 )
 
 

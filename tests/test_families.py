@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
-from conftest import FAMILIES, make_inputs, make_tiny_model
+from conftest import FAMILIES, IMAGE_FAMILIES, make_inputs, make_tiny_model
 from slimformer.arch import FAMILIES as ADAPTER_FAMILIES
 from slimformer.arch import get_adapter
 from slimformer.bench import max_seq_len
@@ -30,6 +30,7 @@ from slimformer.static import METHODS, PruneConfig, prune
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan
 from test_export import plain_transformers_logits
+from test_vit import make_tiny_vit
 
 
 def logits(model, inputs):
@@ -38,9 +39,9 @@ def logits(model, inputs):
 
 
 def test_every_family_is_registered_for_loading_and_saving():
-    assert FAMILIES == tuple(ADAPTER_FAMILIES)
+    assert FAMILIES + IMAGE_FAMILIES == tuple(ADAPTER_FAMILIES)
     for family, adapter in ADAPTER_FAMILIES.items():
-        model = make_tiny_model(family)
+        model = make_tiny_model(family) if family in FAMILIES else make_tiny_vit(family)
         assert model.config.model_type in adapter.model_types and get_adapter(model) is adapter
         assert family in FAMILY_PATHS and issubclass(SLIM_CLASSES[family], type(model))
         assert SLIM_CLASSES[family].__name__.startswith("Slim")

@@ -148,6 +148,11 @@ def make_bench_inputs(model: torch.nn.Module, batch_size: int, seq_len: int, see
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must both be >= 1")
+    adapter = _adapter(getattr(model, "config", None))
+    if adapter is not None and adapter.modality == "image":  # random pixels; the image size fixes the tokens
+        inputs = adapter.random_inputs(model.config, batch=batch_size, seed=seed)
+        param = next(model.parameters(), None)
+        return {k: v.to(param.device) for k, v in inputs.items()} if param is not None else inputs
     limit = max_seq_len(model)
     if limit is not None and seq_len > limit:
         pos = getattr(model.config, "max_position_embeddings", limit)

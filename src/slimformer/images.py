@@ -220,7 +220,7 @@ class ImageProcessor:
     def save_pretrained(self, folder: str | Path) -> None:
         (Path(folder) / PREPROCESSOR_FILE).write_text(json.dumps(self.settings, indent=2) + "\n")
 
-    def pixel_values(self, images) -> "torch.Tensor":  # noqa: F821 (torch imported lazily)
+    def pixel_values(self, images) -> torch.Tensor:  # noqa: F821 (torch imported lazily)
         """PIL images -> ``(B, C, H, W)`` float32."""
         import torch
         from PIL import Image
@@ -257,4 +257,6 @@ class ImageProcessor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator)
+        return DataLoader(
+            examples, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator
+        )

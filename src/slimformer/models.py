@@ -118,7 +118,7 @@ def _modality(config: dict) -> str:
 
 
 def load_processor(path: str, config):
-    """A model's input processor: its tokenizer, or for an image family its :class:`~slimformer.images.ImageProcessor`."""
+    """A model's input processor: its tokenizer, or for an image family its ``images.ImageProcessor``."""
     from transformers import AutoTokenizer
 
     from slimformer.arch import get_adapter_for_config

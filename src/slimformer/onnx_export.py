@@ -313,9 +313,8 @@ def _export_into(
     out: Path, model: nn.Module, tokenizer, batches, config: ExportConfig, *, texts, bench, progress: bool
 ) -> tuple[dict[str, Any], list[str]]:
     """Write, verify and (when every check passed) time the files in ``out``; the report and the failures."""
-    from slimformer.structure import Structure
-
     from slimformer.arch import get_adapter
+    from slimformer.structure import Structure
 
     adapter = get_adapter(model)
 

@@ -75,7 +75,7 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def feeds(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Numpy arrays for the graph's inputs (ids int64, pixels float32); a missing ``token_type_ids`` becomes zeros."""
+        """Numpy arrays for the graph inputs (ids int64, pixels float32); missing ``token_type_ids`` become zeros."""
         arrays = {
             k: _array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
             for k, v in inputs.items()

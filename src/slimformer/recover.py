@@ -73,6 +73,7 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
     import torch
     from accelerate.utils import set_seed
 
+    from slimformer.arch import get_adapter
     from slimformer.train import check_labelled, train_copy
     from slimformer.trainer import decay_groups
 
@@ -100,7 +101,7 @@ def recover(model, teacher, train_data: list, config: RecoverConfig | None = Non
             t_logits,
             [t_states[j] for _, j in pairs],
             batch["labels"],
-            batch["attention_mask"],
+            get_adapter(net).token_mask(batch, states[-1]),  # (B, T)
             config,
         )
 

@@ -54,7 +54,8 @@ def get_adapter(model) -> ArchAdapter:
     """The adapter for a model instance (a sequence or image classifier of a supported family)."""
     adapter = get_adapter_for_config(model.config)
     if not hasattr(model, "classifier"):
-        raise ValueError(f"{type(model).__name__} is not a classifier; load it with {adapter.auto_class}")
+        kind = "an image" if adapter.modality == "image" else "a sequence"
+        raise ValueError(f"{type(model).__name__} is not {kind} classifier; load it with {adapter.auto_class}")
     return adapter
 
 

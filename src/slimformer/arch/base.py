@@ -252,15 +252,9 @@ class ArchAdapter:
             hidden = self.run_layer(layer, hidden, mask)
         return self.classify(model, hidden)
 
-    def random_inputs(self, config, *, batch: int, seq_len: int, seed: int = 0) -> dict:
-        """Random unpadded inputs of the classifier (timing, tracing): ``input_ids`` ``(B, T)`` etc."""
-        g = torch.Generator().manual_seed(seed)
-        low = min(5, max(self.dims(config).vocab_size - 1, 0))
-        ids = torch.randint(low, max(self.dims(config).vocab_size, low + 1), (batch, seq_len), generator=g)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if "token_type_ids" in self.input_names(config):
-            inputs["token_type_ids"] = torch.zeros_like(ids)
-        return inputs
+    def random_inputs(self, config, *, batch: int, seed: int = 0) -> dict:
+        """Seeded random inputs of an image family (text families: ``slimformer.bench.make_bench_inputs``)."""
+        raise NotImplementedError(f"{self.family}: random token inputs come from slimformer.bench.make_bench_inputs")
 
     def require(self, method: str) -> None:
         """Raise ``ValueError`` saying why, when ``method`` (e.g. ``"skim"``) cannot run on this family."""

@@ -107,8 +107,8 @@ class ViTAdapter(ArchAdapter):
     def embed_batch(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.embed(model, batch["pixel_values"])
 
-    def random_inputs(self, config, *, batch: int, seq_len: int = 0, seed: int = 0) -> dict:
-        """Random ``pixel_values`` ``(B, C, H, W)`` (``seq_len`` is ignored: the image size fixes it)."""
+    def random_inputs(self, config, *, batch: int, seed: int = 0) -> dict:
+        """Seeded random ``pixel_values`` ``(B, C, H, W)``."""
         g = torch.Generator().manual_seed(seed)
         h, w = _pair(config.image_size)
         return {"pixel_values": torch.randn(batch, config.num_channels, h, w, generator=g)}

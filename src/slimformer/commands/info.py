@@ -87,7 +87,9 @@ def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int) -> Non
     typer.echo(
         f"  bytes        fp32 {human(cost.bytes_fp32)}B, fp16 {human(cost.bytes_fp16)}B, int8 {human(cost.bytes_int8)}B"
     )
-    typer.echo(f"  MACs/seq     {cost.macs:,} ({human(cost.macs)}) at {seq_len} tokens")
+    typer.echo(f"  MACs/seq     {cost.macs:,} ({human(cost.macs)}) at {cost.seq_len} tokens")
+    if dims.is_image:  # the image size fixes the tokens; --seq-len does not apply
+        macs_note = f"{dims.num_patches} patches + {dims.special_tokens} special; the patch projection counts"
     typer.echo(f"               ({macs_note})")
     for i, layer in enumerate(cost.layers):
         typer.echo(f"  layer {i:2d}     heads {layer['heads']:3d}  ffn {layer['ffn']:5d}  MACs {human(layer['macs'])}")

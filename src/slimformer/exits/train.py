@@ -48,8 +48,8 @@ def teacher_outputs(teacher, batch: dict) -> tuple[torch.Tensor, list[torch.Tens
     from slimformer.arch import get_adapter
 
     ad = get_adapter(teacher)
-    hidden = ad.embed(teacher, batch["input_ids"], batch.get("token_type_ids"))
-    mask = ad.layer_mask(teacher, hidden, batch["attention_mask"])
+    hidden = ad.embed_batch(teacher, batch)  # (B, T, d)
+    mask = ad.layer_mask(teacher, hidden, ad.padding_mask(batch))
     states = []
     for layer in ad.layers(teacher):
         hidden = ad.run_layer(layer, hidden, mask)

@@ -27,13 +27,15 @@ import warnings
 import torch
 import transformers
 from torch import nn
-from transformers import (
+from transformers import (  # image classifiers (the ViT block at the end of this file)
     BertForSequenceClassification,
     BertModel,
     CamembertForSequenceClassification,
     CamembertModel,
     DebertaV2ForSequenceClassification,
     DebertaV2Model,
+    DeiTForImageClassification,
+    DeiTModel,
     DistilBertForSequenceClassification,
     DistilBertModel,
     ElectraForSequenceClassification,
@@ -42,14 +44,10 @@ from transformers import (
     ModernBertModel,
     RobertaForSequenceClassification,
     RobertaModel,
-    XLMRobertaForSequenceClassification,
-    XLMRobertaModel,
-)
-from transformers import (  # image classifiers (the ViT block at the end of this file)
-    DeiTForImageClassification,
-    DeiTModel,
     ViTForImageClassification,
     ViTModel,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaModel,
 )
 
 SLIM_KEY = "slimformer"

@@ -179,7 +179,9 @@ def _check(pruned, dense, batches: Batches, ridge: float) -> ArchAdapter:
     if not batches:
         raise ValueError("repair needs calibration data: batches is empty")
     if any(adapter.main_input not in b for b in batches):
-        raise ValueError(f"every calibration batch needs {adapter.main_input!r} (and, for text, usually 'attention_mask')")
+        raise ValueError(
+            f"every calibration batch needs {adapter.main_input!r} (and, for text, usually 'attention_mask')"
+        )
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     dense_params = {p.data_ptr() for p in dense.parameters()}
