@@ -134,6 +134,8 @@ def test_refusals_say_why():
         build_skim_model(model)
     with pytest.raises(ValueError, match="hard_attention is not available for deberta-v2 models: .*c2p / p2c"):
         set_hard_attention(model, {0: 2})
+    with pytest.raises(ValueError, match="needs at least one layer"):
+        apply_plan(model, KeepPlan.removing(model, layers=[0, 1, 2]))
     with pytest.raises(ValueError, match=re.escape("model_type 'deberta': DeBERTa (v1) fuses q, k and v")):
         get_adapter_for_config(DebertaConfig())
     for field, value, message in (

@@ -291,6 +291,10 @@ class ArchAdapter:
         """Classification head on the final hidden states: ``(B, T, hidden) -> (B, num_labels)``."""
         raise NotImplementedError
 
+    def forward_without_layers(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """Logits of ``model`` with every layer removed: the cost that no layer count avoids."""
+        return model(**inputs).logits
+
     def forward(
         self,
         model: nn.Module,
