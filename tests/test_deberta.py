@@ -10,12 +10,13 @@ import re
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, DebertaConfig
 
 from conftest import make_inputs, make_tiny_model
 from slimformer.arch import FAMILIES, get_adapter, get_adapter_for_config
 from slimformer.axformer import AxConfig, axformer, set_hard_attention
-from slimformer.cost import cost_of
+from slimformer.cost import batch_macs, cost_of, per_forward_macs
 from slimformer.export import load_slim, save_model
 from slimformer.onnx_export import ExportConfig, export_onnx
 from slimformer.skim import build_skim_model
@@ -100,6 +101,20 @@ def test_cost_counts_the_relative_terms_exactly(shared, types, seq_len):
     width = sum(s.heads for s in structure.layers) * dims.head_size
     per_width = dims.rel_terms * seq_len * dims.rel_rows + dims.rel_projections * dims.rel_rows * dims.hidden
     assert width * per_width > 0.05 * cost.macs
+
+
+def test_batched_forward_projects_the_table_once():
+    model = deberta()
+    apply_plan(model, KeepPlan.removing(model, **PLAN))
+    structure = Structure.from_model(model)
+    model.config._attn_implementation = "eager"
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**make_inputs(batch=3, seq=10, pad_last=0))
+    assert batch_macs(structure, 10, 3) == counter.get_total_flops() / 2
+    assert batch_macs(structure, 10, 3) < 3 * cost_of(structure, 10).macs == batch_macs(structure, 10, 1) * 3
+    plain = Structure.from_model(make_tiny_model("bert"))
+    assert per_forward_macs(plain) == 0 and batch_macs(plain, 10, 3) == 3 * cost_of(plain, 10).macs
 
 
 @pytest.mark.parametrize("shared", [True, False])
