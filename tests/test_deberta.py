@@ -128,8 +128,18 @@ def test_uneven_model_saves_and_loads_with_plain_transformers(shared, tiny_token
     torch.testing.assert_close(logits(loaded, inputs), expected, rtol=0, atol=0)
     torch.testing.assert_close(plain_transformers_logits(folder, inputs), expected, rtol=1e-5, atol=1e-6)
     assert Structure.from_model(loaded) == Structure.from_model(model)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_uneven_model_exports_to_onnx_with_its_relative_gathers(shared, tiny_tokenizer, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = deberta(shared=shared)
+    apply_plan(model, KeepPlan.removing(model, layers=[2], **PLAN))
     report = export_onnx(model, tiny_tokenizer, tmp_path / "onnx", ExportConfig(int8=False), bench=None, progress=False)
     assert report["passed"] and report["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    # c2p and p2c each pick every pair's table row with one GatherElements, in the one layer with heads
+    assert [n.op_type for n in graph.node].count("GatherElements") == 2
 
 
 def test_relative_positions_reach_the_log_buckets_and_matter():
