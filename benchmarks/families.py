@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only {' '.join(unknown)}: unknown; choose from {', '.join(configs)}")
         configs = {k: v for k, v in configs.items() if k in args.only}
+        if args.out.resolve() == (harness.RESULTS / "families.json").resolve():
+            p.error("--only writes a report of those rows alone: pass --out elsewhere (families.json has every row)")
     args.seq, args.batches = (16, (4, 1)) if args.smoke else (128, (32, 1))
     if args.smoke:
         args.rounds, args.calib = 1, 4
