@@ -10,12 +10,13 @@ import re
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, DebertaConfig
 
 from conftest import make_inputs, make_tiny_model
 from slimformer.arch import FAMILIES, get_adapter, get_adapter_for_config
 from slimformer.axformer import AxConfig, axformer, set_hard_attention
-from slimformer.cost import cost_of
+from slimformer.cost import batch_macs, cost_of, per_forward_macs
 from slimformer.export import load_slim, save_model
 from slimformer.onnx_export import ExportConfig, export_onnx
 from slimformer.skim import build_skim_model
@@ -102,6 +103,20 @@ def test_cost_counts_the_relative_terms_exactly(shared, types, seq_len):
     assert width * per_width > 0.05 * cost.macs
 
 
+def test_batched_forward_projects_the_table_once():
+    model = deberta()
+    apply_plan(model, KeepPlan.removing(model, **PLAN))
+    structure = Structure.from_model(model)
+    model.config._attn_implementation = "eager"
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**make_inputs(batch=3, seq=10, pad_last=0))
+    assert batch_macs(structure, 10, 3) == counter.get_total_flops() / 2
+    assert batch_macs(structure, 10, 3) < 3 * cost_of(structure, 10).macs == batch_macs(structure, 10, 1) * 3
+    plain = Structure.from_model(make_tiny_model("bert"))
+    assert per_forward_macs(plain) == 0 and batch_macs(plain, 10, 3) == 3 * cost_of(plain, 10).macs
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_uneven_model_saves_and_loads_with_plain_transformers(shared, tiny_tokenizer, tmp_path):
     model = deberta(shared=shared)
@@ -113,8 +128,18 @@ def test_uneven_model_saves_and_loads_with_plain_transformers(shared, tiny_token
     torch.testing.assert_close(logits(loaded, inputs), expected, rtol=0, atol=0)
     torch.testing.assert_close(plain_transformers_logits(folder, inputs), expected, rtol=1e-5, atol=1e-6)
     assert Structure.from_model(loaded) == Structure.from_model(model)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_uneven_model_exports_to_onnx_with_its_relative_gathers(shared, tiny_tokenizer, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = deberta(shared=shared)
+    apply_plan(model, KeepPlan.removing(model, layers=[2], **PLAN))
     report = export_onnx(model, tiny_tokenizer, tmp_path / "onnx", ExportConfig(int8=False), bench=None, progress=False)
     assert report["passed"] and report["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    # c2p and p2c each pick every pair's table row with one GatherElements, in the one layer with heads
+    assert [n.op_type for n in graph.node].count("GatherElements") == 2
 
 
 def test_relative_positions_reach_the_log_buckets_and_matter():
@@ -134,6 +159,8 @@ def test_refusals_say_why():
         build_skim_model(model)
     with pytest.raises(ValueError, match="hard_attention is not available for deberta-v2 models: .*c2p / p2c"):
         set_hard_attention(model, {0: 2})
+    with pytest.raises(ValueError, match="needs at least one layer"):
+        apply_plan(model, KeepPlan.removing(model, layers=[0, 1, 2]))
     with pytest.raises(ValueError, match=re.escape("model_type 'deberta': DeBERTa (v1) fuses q, k and v")):
         get_adapter_for_config(DebertaConfig())
     for field, value, message in (

@@ -80,7 +80,7 @@ def test_default_grid_covers_the_extremes():
     assert ffn[:4] == (0, 32, 64, 128) and ffn[-1] == 1536 and len(ffn) <= 13
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "deberta-v2"])
 def test_measured_table_is_consistent_and_cached(family, tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path))
     monkeypatch.setattr("slimformer.latency.MAX_CACHED_SPREAD", float("inf"))  # cache even on a busy machine

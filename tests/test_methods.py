@@ -6,11 +6,13 @@ JSON, round-trip its config, and run as a recipe step.
 """
 
 import json
+import re
 
 import pytest
 import torch
 
 from conftest import make_tiny_model
+from slimformer.arch import get_adapter
 from slimformer.batching import batches
 from slimformer.compose import RecipeContext, RecipeError, compress, parse_recipe
 from slimformer.data import load_task
@@ -91,6 +93,22 @@ def test_method_contract(name, task, tiny_tokenizer):
     assert not torch.allclose(_logits(result.model), dense, rtol=0, atol=1e-6), f"{name} did not change the outputs"
     assert isinstance(result.report, dict)
     json.dumps(result.report)  # JSON-ready, no default= needed
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_method_runs_on_deberta_or_says_why(name, task, tiny_tokenizer):
+    model = make_tiny_model("deberta-v2", num_labels=2)
+    config = get_method(name).config_from(EXAMPLES[name])
+    refused = get_adapter(model).refused
+    if name in refused:
+        with pytest.raises(
+            ValueError, match=f"{name} is not available for deberta-v2 models: {re.escape(refused[name])}"
+        ):
+            run(model, config, _data(task, tiny_tokenizer))
+        return
+    result = run(model, config, _data(task, tiny_tokenizer))
+    assert not torch.allclose(_logits(result.model), _logits(model), rtol=0, atol=1e-6), f"{name} changed nothing"
+    json.dumps(result.report)
 
 
 @pytest.mark.parametrize("name", available())

@@ -205,6 +205,24 @@ def cost_of(structure: Structure, seq_len: int = 128) -> Cost:
     )
 
 
+def per_forward_macs(structure: Structure) -> int:
+    """MACs that :func:`cost_of` counts per sequence but a forward pays once, whatever its batch.
+
+    DeBERTa's projections of the relative-position table (0 for every other family).
+    """
+    dims = structure.dims
+    width = sum(s.heads for s in structure.layers) * dims.head_size
+    return width * dims.rel_projections * dims.rel_rows * dims.hidden
+
+
+def batch_macs(structure: Structure, seq_len: int, batch: int) -> int:
+    """MACs of one forward over ``batch`` sequences of ``seq_len`` tokens (``batch`` x the per-sequence
+    count, less the per-forward terms counted ``batch - 1`` times too many)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return batch * cost_of(structure, seq_len).macs - (batch - 1) * per_forward_macs(structure)
+
+
 def marginal_costs(structure: Structure, seq_len: int = 128) -> dict:
     """What one unit costs, for budget-aware selection.
 

@@ -417,7 +417,7 @@ def time_layer_shapes(
             gc.disable()  # a collection inside a timed call would land on one unlucky point
             for p in [*points, "fixed"] if r % 2 == 0 else ["fixed", *reversed(points)]:
                 if p == "fixed":
-                    fn, per = (lambda: layerless(**inputs)), 1
+                    fn, per = (lambda: adapter.forward_without_layers(layerless, inputs)), 1
                 else:
                     built = [build(*p) for _ in range(stack)]
                     fn, per = (lambda built=built: chain(built)), stack

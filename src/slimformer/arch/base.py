@@ -352,6 +352,10 @@ class ArchAdapter:
         """A token classifier's head: ``(B, T, hidden) -> (B, T, num_labels)``."""
         return model.classifier(model.dropout(self.final_states(model, hidden)))
 
+    def forward_without_layers(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """Logits of ``model`` with every layer removed: the cost that no layer count avoids."""
+        return model(**inputs).logits
+
     def forward(
         self,
         model: nn.Module,

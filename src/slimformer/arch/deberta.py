@@ -116,6 +116,13 @@ class DebertaV2Adapter(ArchAdapter):
         for name, (w, b) in own.items():
             copy_into(getattr(core, name), w, b, like)
 
+    def keep_layers(self, model: nn.Module, keep) -> None:
+        if not any(keep):
+            raise ValueError(
+                "a deberta-v2 model needs at least one layer: transformers' encoder returns its last layer's output"
+            )
+        super().keep_layers(model, keep)
+
     # --- forward pieces ----------------------------------------------------------------------
     def base_model(self, model):
         return model.deberta
@@ -135,6 +142,9 @@ class DebertaV2Adapter(ArchAdapter):
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, mask: LayerInputs) -> torch.Tensor:
         out, _ = layer(hidden, mask.mask, relative_pos=mask.relative_pos, rel_embeddings=mask.rel_embeddings)
         return out  # (B, T, hidden)
+
+    def forward_without_layers(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        return self.forward(model, **inputs)  # the model's own forward needs a layer (see keep_layers)
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
         pooled = model.pooler(hidden)  # (B, hidden): GELU(W h_0)
