@@ -71,7 +71,8 @@ def test_adapter_layer_loop_gives_per_token_logits(family):
     got = get_adapter(model).forward(model, inputs["input_ids"], inputs["attention_mask"])
     expected = logits(model, inputs)
     assert got.shape == (2, 7, 5)
-    torch.testing.assert_close(got, expected)
+    keep = inputs["attention_mask"].bool()  # padding is never scored (DeBERTa zeroes its embeddings there)
+    torch.testing.assert_close(got[keep], expected[keep])
 
 
 def test_token_removal_equals_masking(family):

@@ -21,6 +21,7 @@ from torch import nn
 
 from slimformer.arch.base import ArchAdapter, ModelDims, bert_named_dims, copy_into, head_columns, take_rows
 from slimformer.hf_remote.modeling_slimformer import HeadlessAttention
+from slimformer.tasks import is_token_classifier
 
 RELATIVE = "its relative positions are the tokens' indices in the sequence"
 #: Config settings the adapter does not handle, with what it would need.
@@ -147,6 +148,8 @@ class DebertaV2Adapter(ArchAdapter):
         return self.forward(model, **inputs)  # the model's own forward needs a layer (see keep_layers)
 
     def classify(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        if is_token_classifier(model):
+            return self.classify_tokens(model, hidden)  # (B, T, num_labels)
         pooled = model.pooler(hidden)  # (B, hidden): GELU(W h_0)
         return model.classifier(model.dropout(pooled))
 

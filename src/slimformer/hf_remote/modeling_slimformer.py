@@ -482,6 +482,7 @@ for _family, _name in (
     ("camembert", "Camembert"),
     ("electra", "Electra"),
     ("modernbert", "ModernBert"),
+    ("deberta-v2", "DebertaV2"),
 ):
     _base = getattr(transformers, f"{_name}ForTokenClassification")
     _cls = type(f"Slim{_base.__name__}", (_SlimShapes, _base), {"_slim_family": _family, "__module__": __name__})
