@@ -15,7 +15,7 @@ each phase grows linearly with the examples it sees (heads see at most ``head_ex
 default; neurons and repair see all of them), selection and surgery do not grow. The extrapolation
 is stated with its inputs in the results, so it can be checked against a measured run.
 
-    .venv/bin/python benchmarks/families.py [--rounds 3] [--calib 16] [--smoke]
+    .venv/bin/python benchmarks/families.py [--rounds 3] [--calib 16] [--only vit-base-patch16-224] [--smoke]
 
 Writes benchmarks/results/families.{json,md}.
 """
@@ -192,16 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", type=int, default=16, help="calibration sequences for the OPTIN timing")
     p.add_argument("--vocab", type=int, default=1024, help="embedding rows of the base-size models")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU oversubscribes more)")
+    p.add_argument("--only", default="", help="comma-separated model names to run (default: all); write to --out")
     args = harness.start(p, argv)
     torch.set_num_threads(args.threads)
     configs = smoke_configs() if args.smoke else base_configs(args.vocab)
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(configs))
+        if unknown:
+            p.error(f"--only {unknown}: not among {', '.join(configs)}")
+        configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     args.seq, args.batches = (16, (4, 1)) if args.smoke else (128, (32, 1))
     if args.smoke:
         args.rounds, args.calib = 1, 4
     report = {"seq_len": args.seq, "targets": TARGETS, "families": {}, "optin": {}}
     for name, config in configs.items():
         report["families"][name] = time_family(name, copy.deepcopy(config), args)
-    for name in ("bert-base", "modernbert-base", "vit-base-patch16-224"):
+    for name in [n for n in ("bert-base", "modernbert-base", "vit-base-patch16-224") if n in configs]:
         report["optin"][name] = optin_cost(name, copy.deepcopy(configs[name]), args)
     report["environment"] = harness.environment()
     harness.write_results(args.out, report, markdown(report, args))
