@@ -13,7 +13,10 @@ later one (OPTIN's distillation of the features downstream of the unit). The nor
 * Heads are scored exactly: mask one head, rerun layers ``l..L-1`` from cached dense inputs.
 * Neurons are too many to mask one by one; their score is the Gauss-Newton (Fisher) diagonal of
   the same loss at ``m = 1`` (where it and its gradient are zero):
-  ``1/2 E_x sum_y p_y (d log p_y / d m_i)^2`` (exact, one backward pass per class but one) plus
+  ``1/2 E_x sum_y p_y (d log p_y / d m_i)^2`` (exact, one backward pass per class but one; with
+  more than :data:`EXACT_CLASSES` classes, e.g. ImageNet's 1,000, it is sampled instead:
+  :data:`OUTPUT_PROBES` labels ``y ~ p`` per example, whose ``e_y - p`` directions have the
+  softmax Fisher ``diag(p) - p p^T`` as their expected outer product) plus
   ``w / L * sum_j ||d h_j / d m_i||^2 / (n_tok mean_t ||h_j||^2)`` estimated with Rademacher
   probes (Hutchinson: ``E[(v^T J)^2] = ||J||^2``). Mask variables are per example, so one
   backward pass gives per-example gradients (squares are taken per example).
@@ -45,8 +48,12 @@ logger = logging.getLogger(__name__)
 
 #: A unit to mask: ``("head" | "ffn", layer index, unit index within the layer)``.
 Unit = tuple[str, int, int]
-#: Hutchinson probes per batch for the output term of an embedding model's neuron estimate.
+#: Probes per batch for the output term of the neuron estimate where it is not exact (an
+#: embedding model; a classifier with more than :data:`EXACT_CLASSES` classes).
 OUTPUT_PROBES = 8
+#: Up to this many classes the KL term takes one exact backward pass per class but one (at most
+#: about twice the sampled estimate's :data:`OUTPUT_PROBES` passes); more are sampled.
+EXACT_CLASSES = 16
 
 
 def score_optin(
@@ -321,14 +328,21 @@ def _output_directions(out: torch.Tensor, embedding: bool, gen: torch.Generator)
     """``(direction (B, C), weight)`` pairs whose squared per-example gradients sum to the output term.
 
     KL: the Fisher of the softmax in logit space is diag(p) - p p^T; its eigenvectors with nonzero
-    eigenvalue (all but the constant one) give C - 1 exact backward passes. Embedding: Rademacher
-    probes of ``1/2 ||e - e_m||^2`` (Hutchinson), :data:`OUTPUT_PROBES` of them.
+    eigenvalue (all but the constant one) give C - 1 exact backward passes. With more than
+    :data:`EXACT_CLASSES` classes, :data:`OUTPUT_PROBES` sampled directions ``e_y - p`` with
+    ``y ~ p`` (per example) instead: ``E_y[(e_y - p)(e_y - p)^T] = diag(p) - p p^T``. Embedding:
+    Rademacher probes of ``1/2 ||e - e_m||^2`` (Hutchinson), :data:`OUTPUT_PROBES` of them.
     """
     if embedding:
         for _ in range(OUTPUT_PROBES):
             yield (torch.randint(0, 2, out.shape, generator=gen) * 2 - 1).to(out), 0.5 / OUTPUT_PROBES
         return
     p = out.detach().double().softmax(-1)  # (B, C)
+    if p.shape[-1] > EXACT_CLASSES:
+        for _ in range(OUTPUT_PROBES):
+            y = torch.multinomial(p.cpu(), 1, generator=gen).to(p.device)  # (B, 1) a label per example, y ~ p
+            yield (torch.zeros_like(p).scatter_(1, y, 1.0) - p).to(out.dtype), 0.5 / OUTPUT_PROBES  # (B, C)
+        return
     fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
     evals, evecs = torch.linalg.eigh(fisher)  # ascending; column 0 is the null direction
     cols = (evecs[:, :, 1:] * evals[:, None, 1:].clamp_min(0).sqrt()).to(out.dtype)  # (B, C, C-1)
