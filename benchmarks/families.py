@@ -18,7 +18,7 @@ each phase grows linearly with the examples it sees (heads see at most ``head_ex
 default; neurons and repair see all of them), selection and surgery do not grow. The extrapolation
 is stated with its inputs in the results, so it can be checked against a measured run.
 
-    .venv/bin/python benchmarks/families.py [--rounds 3] [--calib 16] [--only deberta-v3-base] [--smoke]
+    .venv/bin/python benchmarks/families.py [--rounds 3] [--calib 16] [--only deberta-v3-base ...] [--smoke]
 
 Writes benchmarks/results/families.{json,md}.
 """

@@ -235,3 +235,31 @@ def test_magnitude_of_a_head_is_the_norm_of_its_weights():
     want = torch.cat([p.flatten() for p in parts]).norm()
     torch.testing.assert_close(got.heads[0][1], want.detach())
     torch.testing.assert_close(got.ffn[0][3], (ffn.fc_in.weight[3].norm() * ffn.fc_out.weight[:, 3].norm()).detach())
+
+
+def _outer_sum(directions) -> torch.Tensor:
+    """``sum_k w_k d_k d_k^T`` per example: ``(B, C, C)``."""
+    return sum(w * d.double()[:, :, None] * d.double()[:, None, :] for d, w in directions)
+
+
+def test_optin_output_term_is_exact_for_few_classes_and_sampled_for_many():
+    from slimformer.static.output_loss import EXACT_CLASSES, OUTPUT_PROBES, OutputLoss
+
+    def _output_directions(logits, _embedding, gen):
+        return OutputLoss("kl").directions(logits, torch.ones(logits.shape[0], 1), gen)
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (3, EXACT_CLASSES + 13):
+        logits = torch.randn(2, classes, generator=g)
+        p = logits.double().softmax(-1)
+        half_fisher = 0.5 * (torch.diag_embed(p) - p[:, :, None] * p[:, None, :])  # (B, C, C)
+        if classes <= EXACT_CLASSES:  # C - 1 eigen-directions reproduce it exactly
+            directions = list(_output_directions(logits, False, g))
+            assert len(directions) == classes - 1
+            torch.testing.assert_close(_outer_sum(directions), half_fisher, atol=1e-6, rtol=0)
+            continue
+        draws = [list(_output_directions(logits, False, g)) for _ in range(500)]
+        assert all(len(d) == OUTPUT_PROBES for d in draws)  # not one pass per class
+        mean = sum(_outer_sum(d) for d in draws) / len(draws)
+        torch.testing.assert_close(mean, half_fisher, atol=5e-3, rtol=0)  # unbiased: E[(e_y - p)(e_y - p)^T]
+        assert not torch.allclose(_outer_sum(draws[0]), half_fisher, atol=1e-4)  # each draw is a sample

@@ -232,11 +232,11 @@ def test_text_and_image_tasks_do_not_mix(tiny_tokenizer):
     digits = load_task("digits")
     with pytest.raises(ValueError, match="a text model needs text examples"):
         make_loader(digits.split("test")[:4], tiny_tokenizer)
-    with pytest.raises(ValueError, match="image task.*classifies text"):
+    with pytest.raises(ValueError, match="is an image task.*classifies text"):
         check_modality(make_tiny_model("bert"), digits, "bert-tiny", "digits")
     text = load_task("digits")
     object.__setattr__(text, "info", {**text.info, "modality": "text"})
-    with pytest.raises(ValueError, match="text task.*classifies images: give an image task"):
+    with pytest.raises(ValueError, match="is a text task.*classifies images: give an image task"):
         check_modality(make_tiny_vit("vit"), text, "vit-tiny", "notes.csv")
 
 

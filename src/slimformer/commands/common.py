@@ -284,7 +284,8 @@ def check_modality(model, data, model_name: str, task: str) -> None:
     if adapter.modality != kind:
         hint = "an image task (digits or an ImageFolder path)" if adapter.modality == "image" else "a text task"
         raise ValueError(
-            f"task {task!r} is an {kind} task but model {model_name!r} ({adapter.family}) classifies "
+            f"task {task!r} is {'an image' if kind == 'image' else 'a text'} task but model {model_name!r} "
+            f"({adapter.family}) classifies "
             f"{'images' if adapter.modality == 'image' else 'text'}: give {hint}"
         )
 

@@ -107,13 +107,13 @@ def early_exit(model, config: ExitConfig, train_data: list, *, teacher=None, pro
     Raises:
         ValueError: no batches, batches without labels, or a teacher with another depth.
     """
-    from slimformer.arch import require
-
-    require(model, "exits")
     from accelerate.utils import set_seed
 
+    from slimformer.arch import require
     from slimformer.exits.model import MultiExitModel
     from slimformer.train import check_labelled, train_copy
+
+    require(model, "exits")  # a family that refuses exits says why, before any work
 
     if not isinstance(config, ExitConfig):
         raise ValueError(f"config={config!r}: must be an ExitConfig")
@@ -171,9 +171,9 @@ def slender_exit(
     """Slenderize ``model`` (:func:`slimformer.exits.slenderize`), then train it with exits,
     distilling from ``model`` itself. The report holds both steps."""
     from slimformer.arch import require
+    from slimformer.exits.slender import slenderize
 
     require(model, "exits")
-    from slimformer.exits.slender import slenderize
 
     thin = slenderize(model, slender, calibration, progress=progress)
     result = early_exit(thin.model, config, train_data, teacher=model, progress=progress)

@@ -79,10 +79,11 @@ def slim(
         ValueError: no examples, labels outside the model's classes, a pruned model, or a
             checkpoint made with another config or data.
     """
+    from accelerate.utils import set_seed
+
     from slimformer.arch import require
 
-    require(model, "slim")
-    from accelerate.utils import set_seed
+    require(model, "slim")  # a family that refuses slimming says why, before any work
 
     t_start = time.perf_counter()
     if resume and overwrite:

@@ -13,7 +13,10 @@ later one (OPTIN's distillation of the features downstream of the unit). The nor
 * Heads are scored exactly: mask one head, rerun layers ``l..L-1`` from cached dense inputs.
 * Neurons are too many to mask one by one; their score is the Gauss-Newton (Fisher) diagonal of
   the same loss at ``m = 1`` (where it and its gradient are zero):
-  ``1/2 E_x sum_y p_y (d log p_y / d m_i)^2`` (exact, one backward pass per class but one) plus
+  ``1/2 E_x sum_y p_y (d log p_y / d m_i)^2`` (exact, one backward pass per class but one; with
+  more than :data:`EXACT_CLASSES` classes, e.g. ImageNet's 1,000, it is sampled instead:
+  :data:`OUTPUT_PROBES` labels ``y ~ p`` per example, whose ``e_y - p`` directions have the
+  softmax Fisher ``diag(p) - p p^T`` as their expected outer product) plus
   ``w / L * sum_j ||d h_j / d m_i||^2 / (n_tok mean_t ||h_j||^2)`` estimated with Rademacher
   probes (Hutchinson: ``E[(v^T J)^2] = ||J||^2``). Mask variables are per example, so one
   backward pass gives per-example gradients (squares are taken per example).

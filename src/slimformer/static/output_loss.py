@@ -23,6 +23,9 @@ from torch.nn import functional as F
 
 #: Hutchinson probes per batch for the estimated output terms (embeddings, token classifiers).
 OUTPUT_PROBES = 8
+#: Up to this many classes the KL term takes one exact backward pass per class but one (at most
+#: about twice the sampled estimate's :data:`OUTPUT_PROBES` passes); more are sampled.
+EXACT_CLASSES = 16
 LOSS_KINDS = ("kl", "mse", "token", "embedding")
 
 
@@ -75,10 +78,12 @@ class OutputLoss:
         summed over the pairs and per example, is the Gauss-Newton estimate of the damage.
 
         ``kl``: the Fisher of the softmax is ``diag(p) - p p^T``; its eigenvectors with nonzero
-        eigenvalue give ``C - 1`` exact backward passes. ``mse``: one pass. ``token``: the per-token
-        Fisher square roots (or ones), each token's Rademacher combination of them scaled by
-        ``1 / sqrt(tokens)``, :data:`OUTPUT_PROBES` passes (Hutchinson: the cross terms between
-        tokens vanish in expectation). ``embedding``: Rademacher probes of ``1/2 ||e - e_m||^2``.
+        eigenvalue give ``C - 1`` exact backward passes; with more than :data:`EXACT_CLASSES` classes
+        (ImageNet's 1,000), :data:`OUTPUT_PROBES` sampled directions ``e_y - p`` with ``y ~ p`` per
+        example instead, unbiased since ``E_y[(e_y - p)(e_y - p)^T] = diag(p) - p p^T``. ``mse``: one
+        pass. ``token``: the per-token Fisher square roots (or ones), each token's Rademacher
+        combination of them scaled by ``1 / sqrt(tokens)``, :data:`OUTPUT_PROBES` passes
+        (Hutchinson: the cross terms between tokens vanish in expectation). ``embedding``: Rademacher probes of ``1/2 ||e - e_m||^2``.
         """
         if self.kind == "embedding":
             for _ in range(OUTPUT_PROBES):
@@ -86,6 +91,12 @@ class OutputLoss:
             return
         if self.kind == "mse":
             yield torch.ones_like(out), 0.5
+            return
+        if self.kind == "kl" and out.shape[-1] > EXACT_CLASSES:
+            p = out.detach().double().softmax(-1)  # (B, C)
+            for _ in range(OUTPUT_PROBES):
+                y = torch.multinomial(p.cpu(), 1, generator=gen).to(p.device)  # (B, 1): a label per example
+                yield (torch.zeros_like(p).scatter_(1, y, 1.0) - p).to(out.dtype), 0.5 / OUTPUT_PROBES
             return
         cols = _fisher_roots(out, self.single)  # (..., C, K)
         if self.kind == "kl":
