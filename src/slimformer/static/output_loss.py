@@ -83,7 +83,8 @@ class OutputLoss:
         example instead, unbiased since ``E_y[(e_y - p)(e_y - p)^T] = diag(p) - p p^T``. ``mse``: one
         pass. ``token``: the per-token Fisher square roots (or ones), each token's Rademacher
         combination of them scaled by ``1 / sqrt(tokens)``, :data:`OUTPUT_PROBES` passes
-        (Hutchinson: the cross terms between tokens vanish in expectation). ``embedding``: Rademacher probes of ``1/2 ||e - e_m||^2``.
+        (Hutchinson: the cross terms between tokens vanish in expectation). ``embedding``:
+        Rademacher probes of ``1/2 ||e - e_m||^2``.
         """
         if self.kind == "embedding":
             for _ in range(OUTPUT_PROBES):
