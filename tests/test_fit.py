@@ -106,7 +106,8 @@ def test_cli_latency_max_drop_picks_the_fastest_and_the_saved_model_loads(dense_
     if chosen["runtime"] == "onnxruntime":
         from slimformer.onnx_runtime import load_onnx
 
-        saved, tok = load_onnx(out / "model", int8=chosen["precision"] == "int8")
+        precision = chosen["precision"]
+        saved, tok = load_onnx(out / "model", int8=precision == "int8", static=precision == "int8-static")
         metrics = saved.evaluate(
             tok, load_task(str(task_file)).split("test"), max_length=report["config"]["max_length"]
         )
