@@ -343,6 +343,12 @@ def test_demo_bad_budgets_named(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_demo_bad_fit_budget_named_before_work(tmp_path):
+    result = run("demo", "--fit", "speed=9", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "fit='speed=9'" in result.stderr and "latency=0.5" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def headless_folder(tmp_path, tiny_tokenizer):
     """A base encoder saved without a classification head (what a pretrained checkpoint is)."""
