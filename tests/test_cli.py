@@ -214,6 +214,7 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
         onnx="magnitude@0.4",
         fit="latency=1.0",  # dense meets it, so within max_drop there is always a choice
         fit_budgets=(0.5,),
+        fit_calibration=16,
         fit_val_examples=None,
     )
     report = run_demo(config, tmp_path / "run", progress=False)

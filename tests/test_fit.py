@@ -187,7 +187,7 @@ def test_demo_headline_without_a_fit_keeps_dense_and_the_peer(dense_folder, task
     model, _ = load_model(str(dense_folder))
     task = load_task(str(task_file))
     config = SimpleNamespace(
-        fit="params=10", fit_max_drop=1.0, fit_budgets=(0.5,), calibration=16, fit_val_examples=None
+        fit="params=10", fit_max_drop=1.0, fit_budgets=(0.5,), fit_calibration=16, fit_val_examples=None
     )
     dense = {"key": "dense", "name": "dense", "accuracy": 0.5, "params": 1, "macs": 1}
     points, models = [dense], {"dense": model}

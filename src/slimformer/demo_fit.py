@@ -48,7 +48,7 @@ def add_fit_points(
 
     budget = fit_budget_text(config.fit, seq_len)
     fit_config = FitConfig(
-        budget=budget, max_drop=config.fit_max_drop, budgets=config.fit_budgets, calibration=config.calibration,
+        budget=budget, max_drop=config.fit_max_drop, budgets=config.fit_budgets, calibration=config.fit_calibration,
         max_length=max_length, val_examples=config.fit_val_examples, seed=0,
     )  # fmt: skip
     facts: dict[str, Any] = {"budget": budget, "max_drop": config.fit_max_drop, "folder": str(out / FIT_DIR)}

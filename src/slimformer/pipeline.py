@@ -168,6 +168,9 @@ class DemoConfig(ConfigBase):
     fit_budgets: tuple[float, ...] = option(
         (0.8, 0.6, 0.5, 0.4, 0.3), "fit: MACs fractions it prunes candidates to", tuple_of(fraction(open_low=True))
     )
+    fit_calibration: int = option(
+        256, "fit: calibration examples from train (pruning scores, static int8 ranges)", integer(1)
+    )
     fit_val_examples: int | None = option(
         600, "fit: score candidates on the first N validation examples (None: all)", integer(1, optional=True)
     )
