@@ -137,6 +137,7 @@ def headline_markdown(head: dict[str, Any]) -> list[str]:
             f"{head['drop_points']['fit']:+.2f} points from dense (peer {head['drop_points']['peer']:+.2f}); "
             f"fit vs peer: {ratios}. Model, fit.json and frontier.png: `{head['folder']}`."
         )
+        md.append("")
     md += [
         f"The peer is what onnxruntime / Optimum users get on the dense model: {head['peer']['what']}; "
         f"fused {head['peer']['fused_operators']}, fp32 max |logit diff| vs PyTorch "
