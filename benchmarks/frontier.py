@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         methods=tuple(args.methods.split(",")),
         budgets=tuple(float(b) for b in args.budgets.split(",")),
         onnx=args.onnx,
+        fit=None,  # the frontier is the sweep; the main job's fit headline is benchmarks/fit.py's
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"

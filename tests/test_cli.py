@@ -212,6 +212,10 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
         methods=("magnitude", "magnitude+int8"),
         budgets=(0.7, 0.4),
         onnx="magnitude@0.4",
+        fit="latency=1.0",  # dense meets it, so within max_drop there is always a choice
+        fit_budgets=(0.5,),
+        fit_calibration=16,
+        fit_val_examples=None,
     )
     report = run_demo(config, tmp_path / "run", progress=False)
     assert not report["finetune_reused"]
@@ -224,6 +228,8 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
         "magnitude+int8 macs=0.4",
         "dense+int8 macs=1.0",
         "magnitude macs=0.4 onnx-int8",
+        f"fit: {report['headline']['choice']}",
+        "peer: dense ORT optimizer + int8",
     ]
     rows = {r["name"]: r for r in report["rows"]}
     assert rows["magnitude macs=0.4"]["macs"] < rows["magnitude macs=0.7"]["macs"] < report["rows"][0]["macs"]
@@ -233,6 +239,20 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
     assert report["onnx"]["verification"]["fp32"]["passed"]
     for name in ("report.json", "report.md", "frontier_latency.png", "frontier_memory.png", "onnx/model.int8.onnx"):
         assert (tmp_path / "run" / name).stat().st_size > 0, name
+    head = report["headline"]  # fit's choice beside dense and the peer, from the same timing rounds
+    assert [r["name"] for r in head["rows"]] == [names[0], names[-2], names[-1]]
+    assert head["budget"] == f"latency=1.0,seq={report['seq_len']},batch=1" and head["max_drop"] == 1.0
+    fit_row, peer_row = rows[names[-2]], rows[names[-1]]
+    assert head["fit_vs_peer"]["b2"] == pytest.approx(peer_row["latency_b2_ms"] / fit_row["latency_b2_ms"])
+    assert head["fit_vs_dense"]["b1"] == pytest.approx(fit_row["speedup_b1"])
+    assert head["drop_points"]["fit"] == pytest.approx(100 * (report["rows"][0]["accuracy"] - fit_row["accuracy"]))
+    assert head["peer"]["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+    fit_json = json.loads((tmp_path / "run" / "fit" / "fit.json").read_text())
+    assert fit_json["choice"]["key"] == head["choice"] and fit_json["config"]["max_drop"] == 1.0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert md.index("## Headline") < md.index("## Every model") and "fit vs peer:" in md
+    assert (tmp_path / "run" / "peer" / "peer.opt.int8.onnx").stat().st_size > 0
+    config = dataclasses.replace(config, fit=None)
     again = run_demo(config, tmp_path / "run2", progress=False)
     assert again["finetune_reused"]
     with pytest.raises(FileExistsError):
@@ -241,6 +261,7 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
         dataclasses.replace(config, methods=(), budgets=(), onnx=None), tmp_path / "run3", progress=False
     )
     assert [r["name"] for r in dense_only["rows"]] == names[:1] and not dense_only["plots"]
+    assert dense_only["headline"] is None
 
 
 def test_demo_config_errors():
@@ -320,6 +341,12 @@ def test_every_registered_method_is_a_compress_step(tmp_path):
 def test_demo_bad_budgets_named(tmp_path):
     result = run("demo", "--budgets", "0.6,abc", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--budgets '0.6,abc'" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_bad_fit_budget_named_before_work(tmp_path):
+    result = run("demo", "--fit", "speed=9", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "fit='speed=9'" in result.stderr and "latency=0.5" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

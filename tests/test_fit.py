@@ -106,7 +106,8 @@ def test_cli_latency_max_drop_picks_the_fastest_and_the_saved_model_loads(dense_
     if chosen["runtime"] == "onnxruntime":
         from slimformer.onnx_runtime import load_onnx
 
-        saved, tok = load_onnx(out / "model", int8=chosen["precision"] == "int8")
+        precision = chosen["precision"]
+        saved, tok = load_onnx(out / "model", int8=precision == "int8", static=precision == "int8-static")
         metrics = saved.evaluate(
             tok, load_task(str(task_file)).split("test"), max_length=report["config"]["max_length"]
         )
@@ -167,3 +168,35 @@ def test_relative_latency_budget_is_a_fraction_of_dense_measured_beside_it(dense
     assert report["limit"] == pytest.approx(0.999 * rows[0]["latency_ms"]) and rows[0]["key"] == "dense/torch-fp32"
     assert all(r["met"] == (r["latency_ms"] <= report["limit"]) for r in rows)
     assert {r["budget"] for r in rows} >= {"", "latency=0.999", "macs=0.4"}  # the table's structure and a MACs one
+
+
+def test_demo_fit_budget_text_adds_batch_and_length_only_when_missing():
+    from slimformer.demo_fit import fit_budget_text
+
+    assert fit_budget_text("latency=0.5", 48) == "latency=0.5,seq=48,batch=1"
+    assert fit_budget_text("latency=5ms,batch=32", 48) == "latency=5ms,batch=32,seq=48"
+    assert fit_budget_text("latency=0.5,seq=64", 48) == "latency=0.5,seq=64,batch=1"
+    assert fit_budget_text("memory=40MB", 48) == "memory=40MB,seq=48"
+
+
+def test_demo_headline_without_a_fit_keeps_dense_and_the_peer(dense_folder, task_file, tiny_tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from slimformer.demo_fit import PEER_NAME, add_fit_points, headline
+
+    model, _ = load_model(str(dense_folder))
+    task = load_task(str(task_file))
+    config = SimpleNamespace(
+        fit="params=10", fit_max_drop=1.0, fit_budgets=(0.5,), fit_calibration=16, fit_val_examples=None
+    )
+    dense = {"key": "dense", "name": "dense", "accuracy": 0.5, "params": 1, "macs": 1}
+    points, models = [dense], {"dense": model}
+    (tmp_path / "run").mkdir()
+    facts = add_fit_points(config, model, tiny_tokenizer, task, seq_len=16, max_length=16, points=points,
+                           models=models, out=tmp_path / "run", progress=False)  # fmt: skip
+    assert facts["choice"] is None and "no candidate" in facts["message"]
+    assert [p["key"] for p in points] == ["dense", PEER_NAME] and list(models) == ["dense", PEER_NAME]
+    assert json.loads((tmp_path / "run" / "fit" / "fit.json").read_text())["choice"] is None
+    rows = [{**dense, "latency_b1_ms": 2.0}, {"name": PEER_NAME, "accuracy": 0.5, "latency_b1_ms": 1.0}]
+    head = headline(facts, rows)
+    assert [r["name"] for r in head["rows"]] == ["dense", PEER_NAME] and "fit_vs_peer" not in head

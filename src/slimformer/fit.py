@@ -4,12 +4,13 @@
 (OPTIN by default) at several MACs fractions, plus, for latency budgets, the structures the
 measured latency table predicts for the target (and looser multiples of it, which int8 runtimes
 bring back under the target); each structure in every runtime variant (PyTorch fp32, PyTorch
-dynamic int8, bf16 where the CPU has it, and for latency budgets onnxruntime fp32 / int8 through
-:func:`slimformer.onnx_export.export_onnx`). Every candidate is timed on this machine, all in the
-same interleaved rounds at the budget's batch size and length, and scored on the VALIDATION split
-only. The choice is the most accurate candidate that meets the budget (with ``max_drop``: the
-fastest within ``max_drop`` accuracy points of dense), which is then evaluated once on TEST beside
-the dense model.
+dynamic int8, bf16 where the CPU has it, and for latency budgets onnxruntime fp32 / dynamic int8
+through :func:`slimformer.onnx_export.export_onnx` and static int8 calibrated on train batches,
+:mod:`slimformer.ort_static`, kept only where the clock finds it faster). Every candidate is timed
+on this machine, all in the same interleaved rounds at the budget's batch size and length, and
+scored on the VALIDATION split only. The choice is the most accurate candidate that meets the
+budget (with ``max_drop``: the fastest within ``max_drop`` accuracy points of dense), which is then
+evaluated once on TEST beside the dense model.
 
     result = fit(model, FitConfig(budget="latency=5ms,batch=1,seq=64"), task, tokenizer)
     save_fit(result, tokenizer, "out/")        # model/, fit.json, frontier.png
@@ -49,6 +50,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "torch-bf16": ("torch", "bf16"),
     "ort-fp32": ("onnxruntime", "fp32"),
     "ort-int8": ("onnxruntime", "int8"),
+    "ort-int8s": ("onnxruntime", "int8-static"),
 }
 
 

@@ -17,7 +17,7 @@ REPORT_FILE = "fit.json"
 PLOT_FILE = "frontier.png"
 MODEL_DIR = "model"
 
-_MARKERS = {"torch-fp32": "o", "torch-int8": "s", "torch-bf16": "D", "ort-fp32": "^", "ort-int8": "v"}
+_MARKERS = {"torch-fp32": "o", "torch-int8": "s", "torch-bf16": "D", "ort-fp32": "^", "ort-int8": "v", "ort-int8s": "P"}
 
 
 def save_fit(result, tokenizer, folder: str | Path, *, overwrite: bool = False) -> Path:
@@ -39,7 +39,9 @@ def save_fit(result, tokenizer, folder: str | Path, *, overwrite: bool = False) 
     with staged_output_dir(final, overwrite=overwrite) as out:
         if result.onnx_dir is not None:
             shutil.copytree(result.onnx_dir, out / MODEL_DIR)
-            load = f"slimformer.onnx_runtime.load_onnx(folder, int8={_choice_row(report)['precision'] == 'int8'})"
+            precision = _choice_row(report)["precision"]
+            flag = "static=True" if precision == "int8-static" else f"int8={precision == 'int8'}"
+            load = f"slimformer.onnx_runtime.load_onnx(folder, {flag})"
         else:
             save_result(result.model, tokenizer, out / MODEL_DIR, extra={"fit": _choice_row(report)})
             load = "slimformer.models.load_model(folder)"

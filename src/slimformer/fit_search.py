@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: texts sampled from validation to verify each ONNX export against PyTorch
 VERIFY_TEXTS = 32
+#: train batches (of 32) that fix the activation ranges of static int8
+STATIC_CALIBRATION_BATCHES = 8
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Search:
         self.work = Path(tempfile.mkdtemp(prefix="slimformer-fit-"))
         self.limit = 0.0
         self.environment: dict[str, Any] = {}
+        self.calibration: list | None = None  # tokenized train batches: pruning scores and static int8 ranges
         planned = 1 + len(config.budgets) + (len(config.latency_scales) if budget.kind == "latency" else 1)
         # units: 2 for scoring, 1 per structure, 1 per candidate scored, 1 per 2 candidates timed
         self.bar = tqdm(
@@ -105,6 +108,7 @@ class Search:
         batches = calibration_batches(
             self.task.split("train"), self.tokenizer, size=cfg.calibration, seed=cfg.seed, max_length=cfg.max_length
         )
+        self.calibration = batches
         budgets, table = self._pruning_budgets()
         if not budgets:
             return
@@ -173,6 +177,9 @@ class Search:
                 continue
             else:
                 built = self._onnx_model(onnx, variant)
+                if built is None:
+                    self._step(f"{key}: no file", 1.5)
+                    continue
             ort = variant.startswith("ort-")
             cand = Candidate(key, method, budget, variant, built, structure, onnx if ort else None)
             cand.val_accuracy = self._accuracy(cand, self.validation)
@@ -187,18 +194,42 @@ class Search:
             e.text
             for e in random.Random(self.config.seed).sample(self.validation, min(VERIFY_TEXTS, len(self.validation)))
         ]
-        config = ExportConfig(int8="ort-int8" in self.variants, max_length=self.config.max_length)
+        # the fused graphs (ort_fuse) are left out: exact, but not faster than the portable file here
+        config = ExportConfig(int8="ort-int8" in self.variants, optimize=False, max_length=self.config.max_length)
         try:
             export_onnx(model, self.tokenizer, folder, config, texts=texts, bench=None, progress=False)
         except (OnnxVerificationError, ValueError) as exc:
             self.skipped.append({"what": f"{label}/onnxruntime", "why": str(exc)})
             return None
+        if "ort-int8s" in self.variants:
+            self._static_int8(folder)
         return folder
+
+    def _static_int8(self, folder: Path) -> None:
+        """Static int8 of ``folder``'s fp32 file, ranges from train batches (dense: tokenized here)."""
+        from slimformer.onnx_runtime import ONNX_FILE, OnnxModel
+        from slimformer.ort_static import STATIC_INT8_FILE, calibration_feeds, quantize_static_int8
+
+        if self.calibration is None:  # the dense model is exported before any pruning needs the batches
+            from slimformer.static import calibration_batches
+
+            cfg = self.config
+            self.calibration = calibration_batches(
+                self.task.split("train"), self.tokenizer, size=cfg.calibration, seed=cfg.seed,
+                max_length=cfg.max_length,
+            )  # fmt: skip
+        names = OnnxModel(folder / ONNX_FILE, threads=1).input_names
+        feeds = calibration_feeds(self.calibration, names, limit=STATIC_CALIBRATION_BATCHES)
+        quantize_static_int8(folder / ONNX_FILE, folder / STATIC_INT8_FILE, feeds)
 
     def _onnx_model(self, folder: Path, variant: str):
         from slimformer.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel
+        from slimformer.ort_static import STATIC_INT8_FILE
 
-        return OnnxModel(folder / (INT8_FILE if variant == "ort-int8" else ONNX_FILE), threads=torch.get_num_threads())
+        name = {"ort-int8": INT8_FILE, "ort-int8s": STATIC_INT8_FILE}.get(variant, ONNX_FILE)
+        if not (folder / name).is_file():
+            return None
+        return OnnxModel(folder / name, threads=torch.get_num_threads())
 
     # ---- measuring ----------------------------------------------------------------------------
     def _time_and_check(self) -> list[dict[str, Any]]:

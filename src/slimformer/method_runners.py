@@ -192,7 +192,11 @@ def register_builtin() -> None:
             run_int8,
             kind="precision",
             copies=True,
-            help="dynamic int8 quantization of every Linear (and the word embeddings); must be the last step",
+            help=(
+                "PyTorch dynamic int8 of every Linear (and the word embeddings); must be the last step. The "
+                "fallback path (torch.ao quantization is deprecated upstream): to deploy, prefer onnxruntime "
+                "int8 (slimformer export DIR --onnx OUT --int8, or slimformer fit, which times both)"
+            ),
         )
     )
     register(

@@ -26,6 +26,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPT_FILE = "model.opt.onnx"  # fused onnxruntime graph, see slimformer.ort_fuse
 OPT_INT8_FILE = "model.opt.int8.onnx"
+STATIC_INT8_FILE = "model.int8s.onnx"  # static int8, see slimformer.ort_static
 
 
 def _is_int(v: Any) -> bool:
@@ -118,7 +119,9 @@ class OnnxModel:
         return metrics_from_logits(logits, [e.label for e in examples], num_labels or logits.shape[1])
 
 
-def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = None, optimized: bool = False):
+def load_onnx(
+    folder: str | Path, *, int8: bool = False, threads: int | None = None, optimized: bool = False, static: bool = False
+):
     """Load an exported folder: ``(OnnxModel, tokenizer)``.
 
     Args:
@@ -128,6 +131,7 @@ def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = N
         optimized: the fused onnxruntime graph (``model.opt[.int8].onnx``) rather than the portable
             one. Off by default: on 1 thread it was not faster than the portable file (see
             docs/ort_fused.md), so time both on the target machine before choosing it.
+        static: the static int8 file (``model.int8s.onnx``, written by ``fit``; see :mod:`slimformer.ort_static`).
 
     Raises:
         FileNotFoundError: the folder or the requested file is missing.
@@ -138,7 +142,7 @@ def load_onnx(folder: str | Path, *, int8: bool = False, threads: int | None = N
     if not folder.is_dir():
         raise FileNotFoundError(f"ONNX folder {str(folder)!r} does not exist")
     fused = OPT_INT8_FILE if int8 else OPT_FILE
-    name = fused if optimized else INT8_FILE if int8 else ONNX_FILE
+    name = STATIC_INT8_FILE if static else fused if optimized else INT8_FILE if int8 else ONNX_FILE
     if not (folder / name).is_file():
         hint = " (export with int8 to write it)" if int8 else ""
         hint += " (export with optimize to write it)" if optimized else ""

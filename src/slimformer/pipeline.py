@@ -1,6 +1,8 @@
 """The main job: fine-tune (cached) the built-in model on the built-in task, compress it several
-ways, export one result to ONNX, and report accuracy, size and wall-clock latency of every model
-(all evaluated on the test split, all timed in the same interleaved rounds) with frontier plots.
+ways, export one result to ONNX, let ``fit`` pick the fastest model within a point of dense (the
+headline, beside dense and the onnxruntime-optimizer + int8 peer), and report accuracy, size and
+wall-clock latency of every model (all evaluated on the test split, all timed in the same
+interleaved rounds) with frontier plots.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slimformer.config import ConfigBase, fraction, integer, nested, option, text, tuple_of
+from slimformer.config import ConfigBase, fraction, integer, nested, non_negative, option, text, tuple_of
 from slimformer.train import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -152,8 +154,35 @@ class DemoConfig(ConfigBase):
         text(optional=True),
     )
     calibration: int = option(1024, "calibration examples from the train split", integer(1))
+    fit: str | None = option(
+        "latency=0.5",
+        (
+            "budget of the headline's `fit` (batch 1 and the run's length unless given); with fit_max_drop the "
+            "choice is the fastest model within that many points of dense that meets it; None: no fit, no peer"
+        ),
+        text(optional=True),
+    )
+    fit_max_drop: float | None = option(
+        1.0, "fit: the fastest candidate within this many validation points of dense", non_negative(optional=True)
+    )
+    fit_budgets: tuple[float, ...] = option(
+        (0.8, 0.6, 0.5, 0.4, 0.3), "fit: MACs fractions it prunes candidates to", tuple_of(fraction(open_low=True))
+    )
+    fit_calibration: int = option(
+        256, "fit: calibration examples from train (pruning scores, static int8 ranges)", integer(1)
+    )
+    fit_val_examples: int | None = option(
+        600, "fit: score candidates on the first N validation examples (None: all)", integer(1, optional=True)
+    )
 
     def _check(self) -> None:
+        if self.fit is not None:
+            from slimformer.budget import Budget
+
+            try:
+                Budget.parse(self.fit)
+            except ValueError as exc:
+                self._fail("fit", f"not a budget ({exc}); e.g. latency=0.5 or latency=5ms or macs=0.5")
         if self.methods and not self.budgets:
             self._fail("budgets", "budgets is empty: give at least one MACs fraction, or no methods")
         if self.onnx is not None:
@@ -213,11 +242,13 @@ def baseline(
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """The main job: fine-tune (cached), then a short frontier sweep, one ONNX export, plots and a table.
+    """The main job: fine-tune (cached), a short frontier sweep, one ONNX export, ``fit``, plots and a table.
 
-    Every model (dense, each compressed variant, the ONNX one) is evaluated on the test split and
-    timed in the same interleaved rounds. Writes ``report.json``, ``report.md``, the frontier
-    plots and the ONNX folder into ``out_dir``.
+    Every model (dense, each compressed variant, the ONNX one, fit's choice and the peer) is
+    evaluated on the test split and timed in the same interleaved rounds. ``report["headline"]``
+    holds dense, fit's choice and the peer with fit's speedups over both (see
+    :mod:`slimformer.demo_fit`). Writes ``report.json``, ``report.md``, the frontier plots, the
+    ONNX folder, ``fit/`` (the chosen model, fit.json) and ``peer/`` into ``out_dir``.
     """
     from slimformer.fsutil import staged_output_dir
 
@@ -267,9 +298,22 @@ def _demo_into(out: Path, final: Path, config: DemoConfig, progress: bool) -> di
     onnx_report = None
     if config.onnx is not None:
         onnx_report = _onnx_point(config.onnx, points, models, tokenizer, task, out / "onnx", recipe.max_length)
+    facts = None
+    if config.fit is not None:
+        from slimformer.demo_fit import add_fit_points
+
+        facts = add_fit_points(
+            config, model, tokenizer, task, seq_len=seq_len, max_length=recipe.max_length, points=points,
+            models=models, out=out, progress=progress,
+        )  # fmt: skip
     environment = time_points(points, models, sweep_config, progress=progress)
     mark_fronts(points)
     rows = [_row(p, points[0], seq_len, dense_row) for p in points]
+    head = None
+    if facts is not None:
+        from slimformer.demo_fit import headline
+
+        head = headline(facts, rows)
     plots = {}
     if len(points) > 1:
         title = f"{config.model} on {task.name} (test split)"
@@ -286,6 +330,7 @@ def _demo_into(out: Path, final: Path, config: DemoConfig, progress: bool) -> di
         "model": config.model,
         **base,
         "environment": environment,
+        "headline": head,
         "rows": rows,
         "onnx": onnx_report,
         "plots": plots,
@@ -329,7 +374,7 @@ def _onnx_point(spec: str, points, models, tokenizer, task, folder: Path, max_le
 
 def _row(point: dict, dense: dict, seq_len: int, dense_row: dict) -> dict:
     """A table row (report.COLUMNS keys) from a sweep point, with speedups over dense."""
-    name = point["key"] if point is dense else point["key"].replace("@", " macs=")
+    name = point.get("name") or (point["key"] if point is dense else point["key"].replace("@", " macs="))
     row = {
         "name": name,
         "params": point["params"],
@@ -366,6 +411,12 @@ def _demo_markdown(report: dict, config: DemoConfig, task, seq_len: int, folder,
         f"threads, torch {env.get('torch')}. 'x' = speedup over dense; weights = bytes as stored "
         "(int8 models: the quantized state dict or ONNX file). Frontier: * accuracy-latency, † accuracy-memory.",
         "",
+    ]
+    if report.get("headline"):
+        from slimformer.demo_fit import headline_markdown
+
+        md += headline_markdown(report["headline"]) + ["## Every model", ""]
+    md += [
         markdown_table(report["rows"], DEMO_COLUMNS),
         "",
         f"Fine-tuned model: `{folder}` ({'reused from cache' if reused else 'trained in this run'}).",

@@ -63,7 +63,15 @@ def _quiet():
 
 
 def quantize_dynamic_int8(model, config: Int8Config | None = None, *, inplace: bool = False):
-    """An int8 dynamically quantized copy of ``model`` (CPU inference only).
+    """An int8 dynamically quantized copy of ``model`` (CPU inference only), with PyTorch.
+
+    This is the fallback int8: ``torch.ao.quantization`` is deprecated upstream (in favour of
+    torchao, which is not installable here), and onnxruntime's per-channel int8 of the same model
+    was as fast or faster and kept more accuracy in this project's measurements (MiniLM-L6 at 48
+    tokens, batch 1: OPTIN 50% 3.63 ms torch vs 2.48 ms onnxruntime; docs/results/fit.md,
+    onnx_export.md). Deploy with
+    :func:`slimformer.onnx_export.export_onnx` (``int8=True``) or let :func:`slimformer.fit.fit`
+    time both; this path stays for models that must remain PyTorch modules (recipes, saving).
 
     Args:
         model: a sequence classifier (pruned or not, with or without top-k attention).
