@@ -36,9 +36,19 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="seed of the train/validation/test split")] = 0,
     as_json: JsonOpt = False,
 ):
-    """Task metrics (accuracy, macro F1, MCC for binary tasks) of a model on one split."""
+    """Task metrics (accuracy, macro F1, MCC for binary tasks) of a model on one split.
+
+    An embedding model (saved by `slimformer embed-compress`, or a sentence-transformers folder such as
+    minilm-l6) gets embedding scores instead: kNN accuracy (k=10, index: 1,000 train texts) and same-label
+    precision@10 on the split.
+    """
+    from slimformer.embedding import folder_pooling
     from slimformer.evaluate import evaluate as run_eval
 
+    if folder_pooling(model) is not None:
+        _evaluate_embedding(model, task, split, max_length, batch_size, text_column, label_column, seed,
+                            validation_file, test_file, as_json)  # fmt: skip
+        return
     try:
         m, tok, data = model_and_task(
             model, task, text_column, text_pair_column, label_column, seed, validation_file, test_file
@@ -52,3 +62,27 @@ def evaluate(
         return
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     typer.echo(f"{model} on {task} [{split}]: {shown}")
+
+
+def _evaluate_embedding(model, task, split, max_length, batch_size, text_column, label_column, seed,
+                        validation_file, test_file, as_json) -> None:  # fmt: skip
+    from slimformer.commands.common import load_task_option
+    from slimformer.embedding import load_embedding_model
+    from slimformer.embedding_eval import evaluate_embedding_task
+
+    try:
+        data = load_task_option(task, text_column, None, label_column, seed,
+                                validation_file=validation_file, test_file=test_file)  # fmt: skip
+        m, tok = load_embedding_model(model)
+        scores, _ = evaluate_embedding_task(m, tok, data, split=split, batch_size=batch_size, max_length=max_length)
+    except USER_ERRORS as exc:
+        fail(exc)
+    metrics = {"kind": "embedding", **scores}
+    if as_json:
+        emit_json(metrics)
+        return
+    typer.echo(
+        f"{model} (embedding model) on {task} [{split}]: kNN accuracy {metrics['knn_accuracy']:.4f}, "
+        f"precision@{metrics['k']} {metrics['retrieval_precision']:.4f} "
+        f"(index {metrics['train_examples']} train texts, {metrics['test_examples']} scored)"
+    )
