@@ -105,4 +105,19 @@ def test_info_and_evaluate_keep_classifiers_as_they_were(tmp_path, tiny_tokenize
     assert info["kind"] == {"name": "classifier", "num_labels": 2}
     result = cli("evaluate", folder, "--task", labelled_csv, "--json")
     assert result.exit_code == 0 and "accuracy" in json.loads(result.output)
-    torch.manual_seed(0)
+
+
+def test_export_puts_the_pooling_of_an_embedding_folder_in_the_graph(st_folder, tmp_path, tiny_tokenizer):
+    pytest.importorskip("onnxruntime")
+    from slimformer.embedding_onnx import OnnxEmbedder
+
+    out = tmp_path / "onnx"
+    result = cli("export", st_folder, "--onnx", out, "--int8", "--batch-sizes", "1", "--seq-len", 8, "--repeats", 1)
+    assert result.exit_code == 0, result.output
+    assert "min cosine" in result.output and "model.int8.onnx" in result.output
+    report = json.loads((out / "slimformer_onnx.json").read_text())
+    assert report["kind"] == "embedding" and report["outputs"] == ["sentence_embedding"]
+    dense, tok = load_embedding_model(str(st_folder))
+    texts = ["good fun movie", "bad dull film at all and more", "fun"]
+    got = OnnxEmbedder(out / "model.onnx", threads=1).embed(tok, texts)
+    torch.testing.assert_close(got, embed(dense, tok, texts), rtol=1e-4, atol=1e-5)
