@@ -12,7 +12,7 @@ texts). For the dense model and every pruned one it records, on the TEST splits:
   precision@10 (test queries test);
 * wall clock at batch 1 and 32 x 128 tokens (encoder + pooling), all models timed interleaved.
 
-With ``--recover 0.3`` the model pruned at that budget is also distilled from dense
+With ``--recover 0.3`` (or ``0.5,0.3``) the model pruned at that budget is also distilled from dense
 (:func:`slimformer.embedding_recover.recover_embedding`, ``1 - cos`` plus hidden states) for
 ``--recover-epochs`` passes over ``--recover-texts`` further unlabelled train texts at
 ``--recover-lr``, and measured the same way.
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=256, help="unlabelled calibration texts")
     parser.add_argument("--max-train", type=int, default=1000, help="training texts per task for kNN")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text when embedding")
-    parser.add_argument("--recover", type=float, default=None, help="also distil the model pruned at this budget")
+    parser.add_argument("--recover", default="", help="distil the models pruned at these budgets (comma list)")
     parser.add_argument("--recover-texts", type=int, default=4096, help="unlabelled train texts to distil on")
     parser.add_argument("--recover-epochs", type=int, default=1, help="passes over the distillation texts")
     parser.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the distillation")
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {"dense": {"scores": dense_scores, "agreement": agreement(dense_corpus, dense_corpus, K)}}
     models = {"dense": EmbeddingForward(model)}
     budgets = [float(b) for b in args.budgets.split(",")]
+    recover_at = {float(b) for b in args.recover.split(",") if b.strip()}
     config = OptinConfig(budget=Budget.parse(f"macs={budgets[0]}"), seed=args.seed)
     importance = score(model, config, batches)  # scored once, reused for every budget
     for value in budgets:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"scores": scores, "agreement": agreement(corpus, dense_corpus, K), "prune": report}
         models[name] = EmbeddingForward(result.model)
         log.info("%s: %s", name, rows[name]["agreement"])
-        if args.recover == value:
+        if value in recover_at:
             texts = calibration(tasks, tokenizer, args.recover_texts, args.seed + 1)
             config = RecoverConfig(
                 epochs=args.recover_epochs, lr=args.recover_lr, max_steps=8 if args.smoke else None, seed=args.seed
