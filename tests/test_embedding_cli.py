@@ -121,3 +121,23 @@ def test_export_puts_the_pooling_of_an_embedding_folder_in_the_graph(st_folder, 
     texts = ["good fun movie", "bad dull film at all and more", "fun"]
     got = OnnxEmbedder(out / "model.onnx", threads=1).embed(tok, texts)
     torch.testing.assert_close(got, embed(dense, tok, texts), rtol=1e-4, atol=1e-5)
+
+
+def test_bench_times_an_embedding_folder_as_encoder_plus_pooling(st_folder, monkeypatch):
+    from slimformer.embedding import EmbeddingForward
+
+    seen = []
+    import slimformer.bench as bench_module
+
+    real = bench_module.bench_models
+
+    def spy(models, config, **kwargs):
+        seen.extend(type(m) for m in models.values())
+        return real(models, config, **kwargs)
+
+    monkeypatch.setattr(bench_module, "bench_models", spy)
+    args = ["--batch-sizes", "1", "--seq-len", 8, "--repeats", 1, "--warmup", 0, "--json"]
+    result = cli("bench", st_folder, "--vs", st_folder, *args)
+    assert result.exit_code == 0, result.output
+    assert seen == [EmbeddingForward, EmbeddingForward]
+    assert json.loads(result.output)["comparison"]
