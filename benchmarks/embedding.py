@@ -48,15 +48,17 @@ from pathlib import Path
 
 import harness
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from slimformer.bench import BenchConfig
 from slimformer.budget import Budget
 from slimformer.embedding import EmbeddingForward, embed, load_embedding_model, text_batches
 from slimformer.embedding_eval import agreement, labelled_scores, train_sample
-from slimformer.embedding_onnx import OnnxEmbedder, export_embedding_onnx
+from slimformer.embedding_onnx import OnnxEmbedder, compare_embeddings, export_embedding_onnx
 from slimformer.embedding_recover import recover_embedding
 from slimformer.onnx_export import ExportConfig
 from slimformer.onnx_runtime import compare_latency
+from slimformer.onnx_verify import verification_batches
 from slimformer.recover import RecoverConfig
 from slimformer.static import OptinConfig, prune, score
 
@@ -103,15 +105,34 @@ def measure(model, tokenizer, tasks: dict, args) -> tuple[dict, torch.Tensor]:
     return scores, torch.cat(corpus)
 
 
-def int8_onnx(model, tokenizer, folder: Path, threads: int) -> tuple[OnnxEmbedder, dict]:
-    """Export ``model`` with its pooling in the graph, quantize it (onnxruntime dynamic int8, per-channel).
+def int8_onnx(model, tokenizer, folder: Path, threads: int, *, peer: bool = False) -> tuple[OnnxEmbedder, dict]:
+    """Export ``model`` with its pooling in the graph and quantize it with onnxruntime's dynamic int8.
 
-    Returns the int8 file's runner and the export's verification (fp32 and int8 against PyTorch).
+    Ours: :func:`slimformer.onnx_export.quantize_int8` (per-channel QInt8 weights of every MatMul
+    and of the embedding tables). ``peer``: the settings sentence-transformers' ONNX export asks of
+    optimum (``AutoQuantizationConfig.avx512_vnni(is_static=False)``: per-channel, symmetric QInt8
+    weights, QUInt8 activations, fully connected operators only; the embedding tables stay fp32).
+
+    Returns the int8 file's runner and its smallest cosine to PyTorch on the verification texts.
     """
-    config = ExportConfig(int8=True, per_channel=True, optimize=False)
+    config = ExportConfig(int8=not peer, per_channel=True, optimize=False)
     report = export_embedding_onnx(model, tokenizer, folder, config, bench=None, progress=False)
+    if peer:
+        path = folder / "model.peer-int8.onnx"
+        quantize_dynamic(
+            str(folder / report["files"]["fp32"]), str(path), op_types_to_quantize=["MatMul", "Add"],
+            per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        runner = OnnxEmbedder(path, threads=threads)
+        check = compare_embeddings(model, runner, verification_batches(model, tokenizer))["min_cosine"]
+        summary = {"min_cosine": {"fp32": report["verification"]["fp32"]["min_cosine"], "int8": check}}
+        summary["int8"] = {"per_channel": True, "weights": "QInt8", "operators": ["MatMul", "Add"], "as": "optimum"}
+        return runner, summary
     cosines = {kind: report["verification"][kind]["min_cosine"] for kind in ("fp32", "int8")}
-    summary = {"min_cosine": cosines, "bytes": report["bytes"], "int8": {"per_channel": True, "weights": "QInt8"}}
+    summary = {
+        "min_cosine": cosines,
+        "int8": {"per_channel": True, "weights": "QInt8", "operators": ["MatMul", "Gather"]},
+    }
     return OnnxEmbedder(folder / report["files"]["int8"], threads=threads), summary
 
 
@@ -173,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_onnx:
         last = list(models)[-1]
         for name, net in ((f"{last}+ort_int8", models[last].model), ("peer: dense+ort_int8", model)):
-            onnx_model, export = int8_onnx(net, tokenizer, workdir / f"onnx{len(models)}", threads)
+            folder = workdir / f"onnx{len(models)}"
+            onnx_model, export = int8_onnx(net, tokenizer, folder, threads, peer=net is model)
             scores, corpus = measure(onnx_model, tokenizer, tasks, args)
             rows[name] = {"scores": scores, "agreement": agreement(corpus, dense_corpus, K), "onnx": export}
             rows[name].update({k: rows[last][k] for k in ("prune", "recover") if k in rows[last] and net is not model})
