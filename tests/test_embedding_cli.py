@@ -77,8 +77,8 @@ def test_embed_compress_end_to_end(st_folder, labelled_csv, tmp_path):
     assert scores["knn_accuracy"] == pytest.approx(report["compressed"]["knn_accuracy"])
     info = cli("info", out, "--json")
     assert info.exit_code == 0, info.output
-    assert json.loads(info.output)["kind"]["name"] == "embedding"
-    assert "embedding model (mean pooling, normalised" in cli("info", out).output
+    assert json.loads(info.output)["kind"] == "embedding"
+    assert "kind         sentence embedding (mean pooling, normalised" in cli("info", out).output
 
 
 def test_embed_compress_text_output_and_bad_inputs(st_folder, labelled_csv, tmp_path):
@@ -102,7 +102,7 @@ def test_info_and_evaluate_keep_classifiers_as_they_were(tmp_path, tiny_tokenize
     folder = save_model(make_tiny_model("bert", num_labels=2), tiny_tokenizer, tmp_path / "clf")
     assert folder_pooling(str(folder)) is None
     info = json.loads(cli("info", folder, "--json").output)
-    assert info["kind"] == {"name": "classifier", "num_labels": 2}
+    assert info["kind"] == "sequence" and info["kind_description"] == "sequence classification (2 classes)"
     result = cli("evaluate", folder, "--task", labelled_csv, "--json")
     assert result.exit_code == 0 and "accuracy" in json.loads(result.output)
 

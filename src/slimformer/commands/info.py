@@ -59,7 +59,7 @@ def info(
         fail(exc)
     data = {
         "model": model,
-        "kind": _kind(model, m),
+        **_kind(model, m),
         "family": structure.dims.family,
         **cost.to_dict(),
         "marginal": marginal_costs(structure, seq_len),
@@ -68,16 +68,16 @@ def info(
     if as_json:
         emit_json(data)
         return
-    _echo_info(model, structure, cost, data["macs_note"], seq_len, _describe_kind(data["kind"]))
+    _echo_info(model, structure, cost, data["macs_note"], seq_len)
+    typer.echo(f"  kind         {data['kind_description']}")
     _echo_methods(data["methods"])
 
 
-def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int, kind: str) -> None:
+def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int) -> None:
     from slimformer.report import human
 
     dims = structure.dims
     typer.echo(f"{model} ({dims.family}, hidden {dims.hidden}, head size {dims.head_size})")
-    typer.echo(f"  kind         {kind}")
     typer.echo(f"  params       {cost.params:,} ({human(cost.params)}), encoder {cost.encoder_params:,}")
     typer.echo(
         f"  bytes        fp32 {human(cost.bytes_fp32)}B, fp16 {human(cost.bytes_fp16)}B, int8 {human(cost.bytes_int8)}B"
@@ -89,18 +89,17 @@ def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int, kind: 
 
 
 def _kind(name: str, model) -> dict:
-    """``{"name": "embedding", "pooling": {...}}`` for an embedding model, else ``{"name": "classifier", ...}``."""
+    """``kind`` (``embedding`` or ``sequence``), ``kind_description`` and, for an embedding model, ``pooling``.
+
+    An embedding model is marked in its config, or is a sentence-transformers folder without a
+    classifier (like the built-in minilm-l6); see :func:`slimformer.embedding.folder_pooling`.
+    """
     from slimformer.embedding import embedding_pooling, folder_pooling
 
     pooling = embedding_pooling(model) or folder_pooling(name)
-    if pooling is not None:
-        return {"name": "embedding", "pooling": pooling.to_dict()}
-    return {"name": "classifier", "num_labels": model.config.num_labels}
-
-
-def _describe_kind(kind: dict) -> str:
-    if kind["name"] == "embedding":
-        p = kind["pooling"]
-        norm = ", normalised" if p["normalize"] else ""
-        return f"embedding model ({p['mode']} pooling{norm}, max {p['max_seq_length']} tokens; head unused)"
-    return f"classifier ({kind['num_labels']} labels)"
+    if pooling is None:
+        labels = model.config.num_labels
+        return {"kind": "sequence", "kind_description": f"sequence classification ({labels} classes)"}
+    norm = ", normalised" if pooling.normalize else ""
+    text = f"sentence embedding ({pooling.mode} pooling{norm}, max {pooling.max_seq_length} tokens; head unused)"
+    return {"kind": "embedding", "kind_description": text, "pooling": pooling.to_dict()}
