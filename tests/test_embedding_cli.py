@@ -141,3 +141,12 @@ def test_bench_times_an_embedding_folder_as_encoder_plus_pooling(st_folder, monk
     assert result.exit_code == 0, result.output
     assert seen == [EmbeddingForward, EmbeddingForward]
     assert json.loads(result.output)["comparison"]
+
+
+def test_folder_pooling_reads_files_and_never_guesses(st_folder, tmp_path):
+    assert folder_pooling(str(st_folder)).source == "sentence-transformers"
+    config = json.loads((st_folder / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]  # a fine-tuned classifier that kept ST files
+    (st_folder / "config.json").write_text(json.dumps(config))
+    assert folder_pooling(str(st_folder)) is None
+    assert folder_pooling(str(tmp_path / "missing")) is None and folder_pooling("some/hub-id") is None
