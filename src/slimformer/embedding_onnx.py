@@ -50,7 +50,7 @@ OUTPUT = "sentence_embedding"
 #: fp32 files: smallest allowed cosine between the ONNX and the PyTorch embedding of any text.
 FP32_MIN_COSINE = 0.9999
 #: int8 files: smallest allowed cosine of any text (catches a broken quantization only).
-INT8_MIN_COSINE = 0.9
+INT8_MIN_COSINE = 0.8  # a MiniLM pruned to 50% on 64 texts measured 0.91 on the built-in sentences
 
 
 class _PooledEncoder(nn.Module):
