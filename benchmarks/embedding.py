@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recover-texts", type=int, default=4096, help="unlabelled train texts to distil on")
     parser.add_argument("--recover-epochs", type=int, default=1, help="passes over the distillation texts")
     parser.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the distillation")
+    parser.add_argument("--recover-hidden-weight", type=float, default=1.0, help="weight of the hidden-state term")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime int8 and peer rows")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per model and batch size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for everything but timing")
@@ -174,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         if value in recover_at:
             texts = calibration(tasks, tokenizer, args.recover_texts, args.seed + 1)
             config = RecoverConfig(
-                epochs=args.recover_epochs, lr=args.recover_lr, max_steps=8 if args.smoke else None, seed=args.seed
-            )
+                epochs=args.recover_epochs, lr=args.recover_lr, hidden_weight=args.recover_hidden_weight,
+                max_steps=8 if args.smoke else None, seed=args.seed,
+            )  # fmt: skip
             recovered = recover_embedding(result.model, model, texts, config)
             scores, corpus = measure(recovered.model, tokenizer, tasks, args)
             rows[name + "+recover"] = {

@@ -40,6 +40,9 @@ class EmbedCompressConfig(ConfigBase):
     recover_texts: int = option(4096, "recover: unlabelled train texts per epoch (>= 32)", integer(32))
     recover_epochs: int = option(1, "recover: passes over those texts (>= 1)", integer(1))
     recover_lr: float = option(1e-4, "recover: peak learning rate (AdamW)", positive())
+    recover_hidden_weight: float = option(
+        1.0, "recover: weight of the per-layer hidden-state term next to 1 - cos (0: embeddings only)", non_negative()
+    )
     max_steps: int | None = option(None, "recover: stop after this many steps (smoke runs)", integer(1, optional=True))
     k: int = option(10, "neighbours for recall@k, kNN accuracy and precision@k (>= 1)", integer(1))
     max_train: int | None = option(
@@ -132,7 +135,10 @@ def _recover(small, dense, tokenizer, train, config: EmbedCompressConfig, progre
 
     texts = sample_texts(train, config.recover_texts, f"recover-{config.seed}")
     batches = unlabelled_batches(texts, tokenizer, max_length=config.max_length)
-    rc = RecoverConfig(epochs=config.recover_epochs, lr=config.recover_lr, max_steps=config.max_steps, seed=config.seed)
+    rc = RecoverConfig(
+        epochs=config.recover_epochs, lr=config.recover_lr, hidden_weight=config.recover_hidden_weight,
+        max_steps=config.max_steps, seed=config.seed,
+    )  # fmt: skip
     result = recover_embedding(small, dense, batches, rc, progress=progress)
     keep = ("recover_config", "steps", "examples_per_epoch", "seconds")
     return result.model, {k: result.report[k] for k in keep}

@@ -51,6 +51,7 @@ def embed_compress(
     recover_texts: Annotated[int, typer.Option(help="recover: unlabelled train texts per epoch")] = 4096,
     recover_epochs: Annotated[int, typer.Option(help="recover: passes over those texts")] = 1,
     recover_lr: Annotated[float, typer.Option(help="recover: peak learning rate")] = 1e-4,
+    recover_hidden_weight: Annotated[float, typer.Option(help="recover: weight of the hidden-state term")] = 1.0,
     max_train: Annotated[int, typer.Option(help="train texts in the kNN index (0 = all)")] = 1000,
     max_eval: Annotated[int, typer.Option(help="test texts measured (0 = all)")] = 0,
     max_length: Annotated[int, typer.Option(help="tokens per text")] = 128,
@@ -82,8 +83,9 @@ def embed_compress(
     try:
         config = EmbedCompressConfig(
             budget=budget, calibration=calibration, recover=recover, recover_texts=recover_texts,
-            recover_epochs=recover_epochs, recover_lr=recover_lr, max_train=max_train or None,
-            max_eval=max_eval or None, max_length=max_length, bench=bench, seq_len=seq_len, repeats=repeats, seed=seed,
+            recover_epochs=recover_epochs, recover_lr=recover_lr, recover_hidden_weight=recover_hidden_weight,
+            max_train=max_train or None, max_eval=max_eval or None, max_length=max_length, bench=bench,
+            seq_len=seq_len, repeats=repeats, seed=seed,
         )  # fmt: skip
         ensure_output_dir(out, overwrite, inputs=(model,))
         task = load_task_option(corpus, text_column, None, label_column, seed,
