@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -c constraints.txt -e ".[dev,onnx]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev,onnx,st]"
 	$(BIN)/pip install --no-deps $(BUILTIN_PKGS)
 	touch $@
 

@@ -93,7 +93,7 @@ PAGES: tuple[Page, ...] = (
         "neuron_score_agreement.py",
         ("neuron_score_agreement",),
     ),
-    Page("embedding", "Sentence-embedding models (no labels)", "embedding.py", ("embedding",)),
+    Page("embedding", "Sentence-embedding models (no labels)", "embedding.py", ("embedding", "embedding_distil")),
     Page("families", "Model families at base size", "families.py", ("families",)),
     Page("ort_fused", "Fused-attention onnxruntime graphs", "ort_fused.py", ("ort_fused",)),
     Page("fit", "slimformer fit at latency targets", "fit.py", ("fit",)),

@@ -112,6 +112,35 @@ def embedding_pooling(model) -> Pooling | None:
     return Pooling.from_dict(spec) if spec else None
 
 
+def folder_pooling(name: str) -> Pooling | None:
+    """The pooling of the embedding model ``name`` names, read from its files (no weights loaded), or None.
+
+    An embedding model is a folder saved by slimformer as one (:data:`EMBEDDING_KEY` in its
+    ``config.json``) or a sentence-transformers folder (``modules.json``) whose config names no
+    classifier architecture, like the built-in all-MiniLM-L6-v2. Anything else (a classifier, a hub
+    id that is not downloaded) gives None.
+    """
+    from slimformer.models import resolve_model_path
+
+    try:
+        root = Path(resolve_model_path(name))
+    except (OSError, ValueError):
+        return None
+    config_file = root / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError:
+        return None  # the loaders name the broken file
+    if config.get(EMBEDDING_KEY):
+        return Pooling.from_dict(config[EMBEDDING_KEY])
+    heads = [a for a in config.get("architectures") or [] if a.endswith("Classification")]  # any head
+    if (root / "modules.json").is_file() and not heads:
+        return Pooling.from_folder(root)
+    return None
+
+
 def as_embedding_model(model, pooling: Pooling | None = None):
     """Mark a sequence-classifier-shaped model as an embedding model (in place) and return it.
 
@@ -127,6 +156,15 @@ def as_embedding_model(model, pooling: Pooling | None = None):
     return model
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def load_embedding_model(name: str):
     """Load a built-in name, folder or hub id as an embedding model, with its tokenizer.
 
@@ -139,7 +177,13 @@ def load_embedding_model(name: str):
     from slimformer.models import load_model, resolve_model_path
 
     path = resolve_model_path(name)
-    model, tokenizer = load_model(path, num_labels=1)
+    head_note = _DropMessage("randomly initialised classification head")  # the head is never used here
+    models_logger = logging.getLogger("slimformer.models")
+    models_logger.addFilter(head_note)
+    try:
+        model, tokenizer = load_model(path, num_labels=1)
+    finally:
+        models_logger.removeFilter(head_note)
     pooling = embedding_pooling(model) or Pooling.from_folder(path)
     logger.info(
         "embedding model %s: %s pooling, normalize=%s (%s)", name, pooling.mode, pooling.normalize, pooling.source
@@ -274,19 +318,23 @@ def save_embedding_model(
     """
     from slimformer.arch import get_adapter
     from slimformer.export import save_model
+    from slimformer.fsutil import model_sources, staged_output_dir
     from slimformer.hf_remote.modeling_slimformer import SLIM_BASE_CLASSES, SLIM_KEY
 
     pooling = embedding_pooling(model)
     if pooling is None:
         raise ValueError(f"{type(model).__name__} is not an embedding model; wrap it with as_embedding_model")
-    path = save_model(model, tokenizer, folder, overwrite=overwrite, extra=extra)
-    config = json.loads((path / "config.json").read_text())
-    if config.get(SLIM_KEY):
-        base = SLIM_BASE_CLASSES[get_adapter(model).family].__name__
-        config["auto_map"] = {**config.get("auto_map", {}), "AutoModel": f"modeling_slimformer.{base}"}
-        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    _write_sentence_transformers(path, pooling, model.config.hidden_size, Path(source) if source else None)
-    return path
+    inputs = [*model_sources(model), *([source] if source else [])]
+    # staged as a whole, so the folder never exists without its sentence-transformers files
+    with staged_output_dir(folder, overwrite=overwrite, inputs=inputs) as path:
+        save_model(model, tokenizer, path, overwrite=True, extra=extra)
+        config = json.loads((path / "config.json").read_text())
+        if config.get(SLIM_KEY):
+            base = SLIM_BASE_CLASSES[get_adapter(model).family].__name__
+            config["auto_map"] = {**config.get("auto_map", {}), "AutoModel": f"modeling_slimformer.{base}"}
+            (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _write_sentence_transformers(path, pooling, model.config.hidden_size, Path(source) if source else None)
+    return Path(folder)
 
 
 def _write_sentence_transformers(path: Path, pooling: Pooling, hidden: int, source: Path | None) -> None:

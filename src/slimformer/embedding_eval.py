@@ -109,25 +109,47 @@ def labelled_scores(train, train_labels, test, test_labels, k: int = 10) -> dict
     }
 
 
+#: Training texts in the kNN index when none is given: a seeded sample, as in benchmarks/embedding.py.
+KNN_INDEX = 1000
+
+
 def evaluate_embedding_task(
-    model, tokenizer, task, *, k: int = 10, max_train: int | None = None, batch_size: int = 32, seed: int = 0
+    model,
+    tokenizer,
+    task,
+    *,
+    split: str = "test",
+    k: int = 10,
+    max_train: int | None = KNN_INDEX,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Embed a labelled task's train and test texts and score :func:`labelled_scores` on them.
+    """Embed a labelled task's train texts and one held-out split; score :func:`labelled_scores` on them.
 
     Args:
         task: a :class:`slimformer.data.TaskData`.
+        split: the scored split, ``validation`` or ``test`` (the kNN index is fitted on train).
         max_train: use a seeded sample of at most this many training texts (None: all).
+        max_length: truncate texts to this many tokens (None: the model's ``max_seq_length``).
 
     Returns:
-        ``(scores, test_embeddings)``; scores also hold ``train_examples`` and ``test_examples``.
+        ``(scores, split_embeddings)``; scores also hold ``split``, ``train_examples`` and ``test_examples``.
+
+    Raises:
+        ValueError: ``split`` is train or all (the kNN index would contain the scored texts).
     """
     from slimformer.embedding import embed
 
-    train, test = train_sample(task, max_train, seed), task.split("test")
-    train_emb = embed(model, tokenizer, [e.text for e in train], batch_size)
-    test_emb = embed(model, tokenizer, [e.text for e in test], batch_size)
+    if split in ("train", "all"):
+        raise ValueError(
+            f"split {split!r}: kNN accuracy is fitted on the train split, so score validation or test instead"
+        )
+    train, test = train_sample(task, max_train, seed), task.split(split)
+    train_emb = embed(model, tokenizer, [e.text for e in train], batch_size, max_length)
+    test_emb = embed(model, tokenizer, [e.text for e in test], batch_size, max_length)
     scores = labelled_scores(train_emb, [e.label for e in train], test_emb, [e.label for e in test], k)
-    scores.update(train_examples=len(train), test_examples=len(test))
+    scores.update(split=split, train_examples=len(train), test_examples=len(test))
     return scores, test_emb
 
 

@@ -6,7 +6,20 @@ from typing import Annotated
 
 import typer
 
-from slimformer.commands import axformer, bench, compress, demo, evaluate, export, finetune, fit, info, pareto, prune
+from slimformer.commands import (
+    axformer,
+    bench,
+    compress,
+    demo,
+    embedding,
+    evaluate,
+    export,
+    finetune,
+    fit,
+    info,
+    pareto,
+    prune,
+)
 from slimformer.commands.common import setup_logging
 from slimformer.commands.exit import exit_app
 from slimformer.commands.skim import skim_app
@@ -37,6 +50,7 @@ app.command("demo")(demo.demo)
 app.command("export")(export.export_command)
 app.command("axformer", cls=axformer.AxCommand)(axformer.axformer_command)
 app.command("fit")(fit.fit_command)
+app.command("embed-compress")(embedding.embed_compress)
 app.add_typer(exit_app, name="exit")
 app.add_typer(skim_app, name="skim")
 app.add_typer(slim_app, name="slim")

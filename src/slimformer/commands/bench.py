@@ -23,21 +23,23 @@ def bench(
 
     With --vs the two models are timed in alternating calls, so the speedup is not skewed by the machine
     getting busier or quieter between the two runs.
+
+    An embedding model (saved by `slimformer embed-compress`, or a sentence-transformers folder such as
+    minilm-l6) is timed as its users run it: encoder and pooling, no classification head.
     """
     from slimformer.bench import BenchConfig, bench_model, bench_models, compare, format_table, parse_int_list
-    from slimformer.models import load_model
 
     try:
         config = BenchConfig(
             batch_sizes=parse_int_list(batch_sizes), seq_len=seq_len, repeats=repeats, warmup=warmup, threads=threads
         )
-        m, _ = load_model(model)
+        m = _timed_model(model)
         other = None
         if vs is None:
             result = bench_model(m, config, progress=not as_json)
         else:
             # Interleaved: both models share any drift of the machine, so their ratio is trustworthy.
-            ref, _ = load_model(vs)
+            ref = _timed_model(vs)
             both = bench_models({"model": m, "vs": ref}, config, progress=not as_json)
             result, other = both["model"], both["vs"]
     except USER_ERRORS as exc:
@@ -50,3 +52,13 @@ def bench(
         data["vs"] = {"model": vs, **other}
         data["comparison"] = compare(result, other)
     emit_json(data)
+
+
+def _timed_model(name: str):
+    """The model as its users call it: an embedding model's encoder + pooling, else the classifier."""
+    from slimformer.embedding import EmbeddingForward, folder_pooling, load_embedding_model
+    from slimformer.models import load_model
+
+    if folder_pooling(name) is not None:
+        return EmbeddingForward(load_embedding_model(name)[0])
+    return load_model(name)[0]

@@ -37,9 +37,19 @@ def evaluate(
 ):
     """Task metrics of a model on one split: accuracy, macro F1 (MCC for binary tasks); entity F1 for a
     token classifier (--task wnut16 or a CoNLL / JSONL file); MRR@10 / nDCG@10 for a one-logit pair model
-    (a reranker: the labels are relevance grades, the candidates of a query share its text)."""
-    from slimformer.commands.kinds import folder_kind, token_metrics, token_model_and_task
+    (a reranker: the labels are relevance grades, the candidates of a query share its text).
 
+    An embedding model (saved by `slimformer embed-compress`, or a sentence-transformers folder such as
+    minilm-l6) gets embedding scores instead: kNN accuracy (k=10, index: 1,000 train texts) and same-label
+    precision@10 on the split.
+    """
+    from slimformer.commands.kinds import folder_kind, token_metrics, token_model_and_task
+    from slimformer.embedding import folder_pooling
+
+    if folder_pooling(model) is not None:
+        _evaluate_embedding(model, task, split, max_length, batch_size, text_column, label_column, seed,
+                            validation_file, test_file, as_json)  # fmt: skip
+        return
     options = {"batch_size": batch_size, "max_length": max_length}
     try:
         if folder_kind(model) == "token":
@@ -73,3 +83,27 @@ def _sequence_metrics(model, task, split, columns, seed, validation_file, test_f
         return reranker_metrics(m, tok, data, split, **options)
     data = check_labels(m, data, model, task)  # labels follow the model's id2label
     return run_eval(m, tok, data.split(split), progress=progress, **options)
+
+
+def _evaluate_embedding(model, task, split, max_length, batch_size, text_column, label_column, seed,
+                        validation_file, test_file, as_json) -> None:  # fmt: skip
+    from slimformer.commands.common import load_task_option
+    from slimformer.embedding import load_embedding_model
+    from slimformer.embedding_eval import evaluate_embedding_task
+
+    try:
+        data = load_task_option(task, text_column, None, label_column, seed,
+                                validation_file=validation_file, test_file=test_file)  # fmt: skip
+        m, tok = load_embedding_model(model)
+        scores, _ = evaluate_embedding_task(m, tok, data, split=split, batch_size=batch_size, max_length=max_length)
+    except USER_ERRORS as exc:
+        fail(exc)
+    metrics = {"kind": "embedding", **scores}
+    if as_json:
+        emit_json(metrics)
+        return
+    typer.echo(
+        f"{model} (embedding model) on {task} [{split}]: kNN accuracy {metrics['knn_accuracy']:.4f}, "
+        f"precision@{metrics['k']} {metrics['retrieval_precision']:.4f} "
+        f"(index {metrics['train_examples']} train texts, {metrics['test_examples']} scored)"
+    )

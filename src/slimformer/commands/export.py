@@ -48,7 +48,12 @@ def format_report(report: dict, out: Path) -> str:
         v = ver[kind]
         size = f"{human(report['bytes'][kind])}B"
         status = "ok" if v["passed"] else "FAILED"
-        if kind.endswith("fp32"):  # fp32 and opt_fp32 (the fused graph) are held to the logit bound
+        if report.get("kind") == "embedding":
+            check = (
+                f"sentence_embedding vs PyTorch: min cosine {v['min_cosine']:.6f} (bound {v['min_cosine_bound']:g}), "
+                f"max |diff| {v['max_abs_diff']:.2g}"
+            )
+        elif kind.endswith("fp32"):  # fp32 and opt_fp32 (the fused graph) are held to the logit bound
             check = f"max |logit diff| vs PyTorch {v['max_abs_diff']:.2g} (bound {v['tolerance']:g})"
         else:
             check = (
@@ -111,9 +116,14 @@ def export_command(
 
     Supported: dense or statically pruned BERT / RoBERTa / DistilBERT classifiers, any batch size and length.
 
+    An embedding model (from `slimformer embed-compress`, or a sentence-transformers folder such as
+    minilm-l6) is exported with its pooling in the graph: one output, sentence_embedding (cosine-checked).
+
     Refused with an error: hard top-k attention, token skimming, early exit, forward hooks, PyTorch-quantized models.
     """
     from slimformer.bench import BenchConfig, parse_int_list
+    from slimformer.embedding import folder_pooling, load_embedding_model
+    from slimformer.embedding_onnx import export_embedding_onnx
     from slimformer.models import load_model
     from slimformer.onnx_export import ExportConfig, OnnxVerificationError, export_onnx
 
@@ -138,8 +148,10 @@ def export_command(
             )
         ensure_output_dir(onnx, overwrite, inputs=(model,))
         texts = _texts(task, verify_examples, seed)
-        m, tokenizer = load_model(model)
-        report = export_onnx(
+        embedding = folder_pooling(model) is not None
+        m, tokenizer = load_embedding_model(model) if embedding else load_model(model)
+        exporter = export_embedding_onnx if embedding else export_onnx
+        report = exporter(
             m, tokenizer, onnx, config, texts=texts, bench=bench_config, overwrite=overwrite, progress=not as_json
         )
         report = {"source": model, "out": str(onnx), **report}

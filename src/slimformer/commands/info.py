@@ -61,11 +61,13 @@ def info(
         cost = cost_of(structure, seq_len)
     except USER_ERRORS as exc:
         fail(exc)
+    embedding = _kind(model, m)  # a sentence-embedding model wins over its unused head
     data = {
         "model": model,
         "family": structure.dims.family,
         "kind": model_kind(m),
         "kind_description": describe(m),
+        **(embedding if embedding["kind"] == "embedding" else {}),
         **cost.to_dict(),
         "marginal": marginal_costs(structure, seq_len),
         "methods": registered_methods(),
@@ -93,3 +95,20 @@ def _echo_info(model: str, structure, cost, macs_note: str, seq_len: int) -> Non
     typer.echo(f"               ({macs_note})")
     for i, layer in enumerate(cost.layers):
         typer.echo(f"  layer {i:2d}     heads {layer['heads']:3d}  ffn {layer['ffn']:5d}  MACs {human(layer['macs'])}")
+
+
+def _kind(name: str, model) -> dict:
+    """``kind`` (``embedding`` or ``sequence``), ``kind_description`` and, for an embedding model, ``pooling``.
+
+    An embedding model is marked in its config, or is a sentence-transformers folder without a
+    classifier (like the built-in minilm-l6); see :func:`slimformer.embedding.folder_pooling`.
+    """
+    from slimformer.embedding import embedding_pooling, folder_pooling
+
+    pooling = embedding_pooling(model) or folder_pooling(name)
+    if pooling is None:
+        labels = model.config.num_labels
+        return {"kind": "sequence", "kind_description": f"sequence classification ({labels} classes)"}
+    norm = ", normalised" if pooling.normalize else ""
+    text = f"sentence embedding ({pooling.mode} pooling{norm}, max {pooling.max_seq_length} tokens; head unused)"
+    return {"kind": "embedding", "kind_description": text, "pooling": pooling.to_dict()}
