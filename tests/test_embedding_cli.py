@@ -19,12 +19,10 @@ def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def st_folder(tmp_path, tiny_tokenizer):
+def write_st_folder(folder, tokenizer):
     """A base encoder with sentence-transformers files and no classifier: what all-MiniLM-L6-v2 ships as."""
-    folder = tmp_path / "st"
     make_tiny_model("bert", num_labels=1).bert.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     (folder / "modules.json").write_text(
         json.dumps(
             [
@@ -40,15 +38,24 @@ def st_folder(tmp_path, tiny_tokenizer):
     return folder
 
 
-@pytest.fixture
-def labelled_csv(tmp_path):
+def write_labelled_csv(path):
+    """200 labelled texts (two classes, pos/neg) in a CSV."""
     rows = ["text,label"]
     for i in range(200):
         words = " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 6))
         rows.append(f"{'good fun' if i % 2 else 'bad dull'} {words} {i},{'pos' if i % 2 else 'neg'}")
-    path = tmp_path / "task.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+@pytest.fixture
+def st_folder(tmp_path, tiny_tokenizer):
+    return write_st_folder(tmp_path / "st", tiny_tokenizer)
+
+
+@pytest.fixture
+def labelled_csv(tmp_path):
+    return write_labelled_csv(tmp_path / "task.csv")
 
 
 def test_embed_compress_end_to_end(st_folder, labelled_csv, tmp_path):

@@ -172,6 +172,19 @@ def _check_order(steps: list[Step]) -> None:
         seen[key] = (i, b)
 
 
+def check_kind(model, steps: list[Step]) -> None:
+    """Refuse, before any work, a step that cannot run on ``model``'s kind (e.g. fisher on an
+    embedding model), naming the step and the reason (:func:`slimformer.tasks.require_kind`)."""
+    from slimformer.methods import method_for
+    from slimformer.tasks import require_kind
+
+    for i, step in enumerate(steps, start=1):
+        try:
+            require_kind(model, method_for(step.config).name)
+        except ValueError as exc:
+            raise RecipeError(f"step {i} ({step.kind}): {exc}") from None
+
+
 def load_recipe(path: str | Path) -> list[Step]:
     """Read a ``.yaml``/``.yml``/``.json`` recipe file and :func:`parse_recipe` it."""
     path = Path(path)

@@ -337,6 +337,21 @@ def save_embedding_model(
     return Path(folder)
 
 
+def save_embedding_result(
+    model, tokenizer, folder: str | Path, *, source: str | Path | None = None, overwrite: bool = False, extra=None
+) -> Path:
+    """Save a compressed embedding model: :func:`save_embedding_model`, or for an int8 model
+    :func:`slimformer.quantize.save_quantized` (that folder loads with slimformer only:
+    :func:`load_embedding_model`, ``evaluate``, ``bench``; deploy int8 with ``export --onnx --int8``)."""
+    from slimformer.quantize import is_quantized, save_quantized
+
+    if embedding_pooling(model) is None:
+        raise ValueError(f"{type(model).__name__} is not an embedding model; wrap it with as_embedding_model")
+    if is_quantized(model):
+        return save_quantized(model, tokenizer, folder, overwrite=overwrite, extra=extra)
+    return save_embedding_model(model, tokenizer, folder, source=source, overwrite=overwrite, extra=extra)
+
+
 def _write_sentence_transformers(path: Path, pooling: Pooling, hidden: int, source: Path | None) -> None:
     def read(name: str) -> dict:
         file = source / name if source is not None else None

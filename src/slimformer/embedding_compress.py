@@ -25,6 +25,7 @@ import torch
 
 from slimformer.budget import Budget
 from slimformer.config import ConfigBase, boolean, budget_or_text, integer, non_negative, option, positive
+from slimformer.methods import MethodData
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def compress_embedding(model, tokenizer, task, config: EmbedCompressConfig, *, p
         "prune": {k: pruned.report[k] for k in ("relative", "layers", "seconds") if k in pruned.report},
         "recover": recover_report,
     }
-    report.update(measure_against_dense(small, model, tokenizer, task, config))
+    report.update(measure_against_dense(small, model, tokenizer, task, **measure_settings(config)))
     if config.bench:
         report["latency"] = _time_pair(model, small, config, progress)
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -146,22 +147,36 @@ def _recover(small, dense, tokenizer, train, config: EmbedCompressConfig, progre
     return result.model, {k: result.report[k] for k in keep}
 
 
-def measure_against_dense(model, dense, tokenizer, task, config: EmbedCompressConfig) -> dict[str, Any]:
-    """``{"dense", "compressed", "agreement"}``: labelled proxies of both on the test split, agreement of test texts."""
+def measure_settings(config: EmbedCompressConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`measure_against_dense` that ``config`` sets."""
+    return {k: getattr(config, k) for k in ("k", "max_train", "max_eval", "max_length", "seed")}
+
+
+def measure_against_dense(
+    model, dense, tokenizer, task, *, k: int = 10, max_train: int | None = 1000, max_eval: int | None = None,
+    max_length: int = 128, seed: int = 0, split: str = "test",
+) -> dict[str, Any]:  # fmt: skip
+    """``{"dense", "compressed", "agreement"}``: labelled proxies of both on ``split`` (kNN index: a
+    seeded sample of ``max_train`` train texts), agreement of ``split``'s texts (of ``max_eval`` of them).
+
+    Raises:
+        ValueError: ``split`` is not validation or test (train is the kNN index).
+    """
     from slimformer.embedding import embed
     from slimformer.embedding_eval import agreement, labelled_scores
 
-    seed = config.seed
-    train = _sample_examples(task.split("train"), config.max_train, f"knn-{seed}")
-    test = _sample_examples(task.split("test"), config.max_eval, f"eval-{seed}")
-    out: dict[str, Any] = {"examples": {"knn_index": len(train), "test": len(test)}}
+    if split not in ("validation", "test"):
+        raise ValueError(f"split {split!r}: embedding scores are measured on validation or test (train is the index)")
+    train = _sample_examples(task.split("train"), max_train, f"knn-{seed}")
+    test = _sample_examples(task.split(split), max_eval, f"eval-{seed}")
+    out: dict[str, Any] = {"split": split, "examples": {"knn_index": len(train), split: len(test)}}
     test_emb = {}
     for name, net in (("dense", dense), ("compressed", model)):
-        a = embed(net, tokenizer, [e.text for e in train], max_length=config.max_length)
-        b = embed(net, tokenizer, [e.text for e in test], max_length=config.max_length)
-        out[name] = labelled_scores(a, [e.label for e in train], b, [e.label for e in test], config.k)
+        a = embed(net, tokenizer, [e.text for e in train], max_length=max_length)
+        b = embed(net, tokenizer, [e.text for e in test], max_length=max_length)
+        out[name] = labelled_scores(a, [e.label for e in train], b, [e.label for e in test], k)
         test_emb[name] = b
-    out["agreement"] = agreement(test_emb["compressed"], test_emb["dense"], config.k)
+    out["agreement"] = agreement(test_emb["compressed"], test_emb["dense"], k)
     return out
 
 
@@ -186,3 +201,57 @@ def _time_pair(dense, small, config: EmbedCompressConfig, progress: bool) -> dic
         "seq_len": config.seq_len,
         "environment": timing["dense"]["environment"],
     }
+
+
+@dataclass
+class EmbeddingData(MethodData):
+    """What recipe steps read for an embedding model: unlabelled train texts, never labels.
+
+    Calibration is a seeded sample of ``calibration`` train texts (the sample ``embed-compress``
+    scores on for the same size and seed); training (recover) is every train text. There is no
+    validation search: the steps that need one are refused (:data:`slimformer.tasks.EMBEDDING_REFUSED`).
+    """
+
+    def calibration_batches(self) -> list[dict]:
+        return self._texts("calibration", self.calibration)
+
+    def training_batches(self) -> list[dict]:
+        return self._texts("training", None)
+
+    def validation_batches(self) -> list[dict]:
+        raise ValueError("an embedding model has no labelled validation search; use optin, magnitude or random")
+
+    def _texts(self, key: str, size: int | None) -> list[dict]:
+        if key not in self.cache:
+            texts = sample_texts(self.task.split("train"), size, f"{key}-{self.seed}")
+            self.cache[key] = unlabelled_batches(texts, self.tokenizer, max_length=self.max_length)
+        return self.cache[key]
+
+
+def compress_embedding_recipe(model, tokenizer, task, steps: list, data: EmbeddingData, *, split: str = "test",
+                              max_train: int | None = 1000):  # fmt: skip
+    """Run recipe ``steps`` (:mod:`slimformer.compose`) on an embedding model; measure the result against it.
+
+    Steps that cannot run on an embedding model are refused before any work, naming the reason;
+    ``recover`` distils the pooled embeddings from ``model`` on unlabelled train texts.
+
+    Returns:
+        ``(compressed model, report)``: the recipe's ``steps`` plus :func:`measure_against_dense`'s
+        ``dense``, ``compressed`` and ``agreement`` on ``split``.
+
+    Raises:
+        ValueError: not an embedding model, a refused step, or a ``split`` that is not validation or test.
+    """
+    from slimformer.compose import check_kind, compress
+    from slimformer.embedding import embedding_pooling
+
+    if embedding_pooling(model) is None:
+        raise ValueError(f"{type(model).__name__} is not an embedding model; load it with load_embedding_model")
+    check_kind(model, steps)
+    if split not in ("validation", "test"):  # before any work
+        raise ValueError(f"split {split!r}: embedding scores are measured on validation or test (train is the index)")
+    small, report = compress(model, steps, data)
+    report["pooling"] = embedding_pooling(model).to_dict()
+    settings = {"max_train": max_train, "max_length": data.max_length, "seed": data.seed, "split": split}
+    report.update(measure_against_dense(small, model, tokenizer, task, **settings))
+    return small, report

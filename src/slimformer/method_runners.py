@@ -57,10 +57,19 @@ def run_axformer(model, config, data: MethodData) -> Result:
 
 
 def run_recover(model, config, data: MethodData) -> Result:
-    """A short distilled fine-tune on the train split (teacher: ``data.teacher``, else the input)."""
+    """A short distilled fine-tune on the train split (teacher: ``data.teacher``, else the input).
+
+    An embedding model is distilled on its pooled embeddings instead (no labels;
+    :func:`slimformer.embedding_recover.recover_embedding`)."""
     from slimformer import recover as module  # looked up on call, so tests can spy on it
+    from slimformer.embedding import embedding_pooling
 
     teacher = data.teacher if data.teacher is not None else model
+    if embedding_pooling(model) is not None:
+        from slimformer.embedding_recover import recover_embedding
+
+        result = recover_embedding(model, teacher, data.training_batches(), config, progress=data.progress)
+        return Result(model=result.model, report=result.report)
     result = module.recover(model, teacher, data.training_batches(), config, progress=data.progress)
     return Result(model=result.model, report=result.report)
 

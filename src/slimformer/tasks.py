@@ -28,6 +28,14 @@ TOKEN_REFUSED: dict[str, str] = {
     "int8": "the int8 folder format rebuilds sequence classifiers only",
     "fit": "fit searches with sequence-level validation accuracy",
 }
+#: Why each method that cannot run on embedding models refuses (see :func:`require_kind`).
+EMBEDDING_REFUSED: dict[str, str] = {
+    "fisher": "Fisher importance needs a task loss with labels; score an embedding model with optin (no labels)",
+    "skim": "token skimming trains its predictors with a classification loss on labelled batches",
+    "exits": "early exit trains and calibrates classifier heads, and an embedding model has none",
+    "slim": "differentiable slimming trains its gates with a labelled classification loss",
+    "axformer": "AxFormer's search scores validation accuracy of a classifier head",
+}
 _TOKEN_SUFFIX = "ForTokenClassification"
 
 
@@ -79,6 +87,8 @@ def require_kind(model, method: str) -> None:
     """Raise ``ValueError`` saying why, when ``method`` cannot run on ``model``'s kind."""
     if model_kind(model) == "token" and method in TOKEN_REFUSED:
         raise ValueError(f"{method} is not available for token classifiers: {TOKEN_REFUSED[method]}")
+    if model_kind(model) == "embedding" and method in EMBEDDING_REFUSED:
+        raise ValueError(f"{method} is not available for embedding models: {EMBEDDING_REFUSED[method]}")
 
 
 def check_kinds(kind: str) -> str:

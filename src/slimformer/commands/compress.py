@@ -23,6 +23,7 @@ from slimformer.commands.common import (
     emit_json,
     ensure_output_dir,
     fail,
+    load_task_option,
     model_and_task,
     split_metrics,
 )
@@ -67,28 +68,52 @@ def compress(
     The recipe is checked whole before any work: an unknown step, a bad field or an impossible order
     fails at once, naming the step. Relative budgets are fractions of MODEL, whatever step they are in.
     Every registered method is a step (listed below); dynamic and precision steps must be the last.
-    """
-    from slimformer.compose import RecipeContext, load_recipe, save_result
-    from slimformer.compose import compress as run_compress
 
+    A sentence-embedding MODEL (a sentence-transformers folder such as minilm-l6, or one saved by
+    embed-compress) is compressed with no labels: calibration and recover use unlabelled train texts of
+    --task (recover distils the pooled embeddings from MODEL); fisher, slim, axformer, skim and exits are
+    refused with the reason. The report gives agreement with dense (mean cosine, recall@10) and kNN
+    accuracy / precision@10 on --evaluate (default test); OUT loads with sentence-transformers, except an
+    int8 result, which loads with slimformer only.
+    """
+    from slimformer.compose import load_recipe
+    from slimformer.embedding import folder_pooling
+
+    files = {"validation_file": validation_file, "test_file": test_file}
+    options = {"calibration": calibration, "max_length": max_length, "seed": seed, "progress": not as_json}
     try:
         steps = load_recipe(recipe)
         ensure_output_dir(out, overwrite, inputs=(model,))
-        m, tok, data = model_and_task(
-            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
-        )
-        context = RecipeContext(
-            tokenizer=tok, task=data, max_length=max_length, calibration=calibration, seed=seed, progress=not as_json
-        )
-        result, report = run_compress(m, steps, context)
-        report = {"model": model, "task": data.name, "recipe": str(recipe), **report}
-        if evaluate_split:
-            report["metrics"] = split_metrics(
-                result, tok, data, evaluate_split, max_length=max_length, progress=not as_json
+        if folder_pooling(model) is not None:  # a sentence-embedding model: no labels, embedding scores
+            data = load_task_option(task, text_column, None, label_column, 0, **files)
+            header = {"model": model, "task": data.name, "recipe": str(recipe)}
+            report = _compress_embedding(model, steps, data, out, options, evaluate_split or "test", overwrite, header)
+        else:
+            m, tok, data = model_and_task(
+                model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
             )
-        save_result(result, tok, out, overwrite=overwrite, extra=report)
+            header = {"model": model, "task": data.name, "recipe": str(recipe)}
+            report = _compress_classifier(m, tok, data, steps, out, options, evaluate_split, overwrite, header)
     except USER_ERRORS as exc:
         fail(exc)
+    _show(report, out, as_json)
+
+
+def _compress_classifier(m, tok, data, steps, out, options: dict, evaluate_split, overwrite: bool, header) -> dict:
+    from slimformer.compose import RecipeContext, save_result
+    from slimformer.compose import compress as run_compress
+
+    result, report = run_compress(m, steps, RecipeContext(tokenizer=tok, task=data, **options))
+    report = {**header, **report}
+    if evaluate_split:
+        report["metrics"] = split_metrics(
+            result, tok, data, evaluate_split, max_length=options["max_length"], progress=options["progress"]
+        )
+    save_result(result, tok, out, overwrite=overwrite, extra=report)
+    return report
+
+
+def _show(report: dict, out: Path, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
@@ -97,4 +122,34 @@ def compress(
         typer.echo(f"step {e['index']} {e['step']}: {e['seconds']:.1f}s{shape}")
     if "metrics" in report:
         typer.echo(f"{report['metrics']['split']} accuracy {report['metrics']['accuracy']:.4f}")
+    if "agreement" in report:
+        typer.echo(_embedding_lines(report))
     typer.echo(f"saved to {out}")
+
+
+def _compress_embedding(model, steps, data, out, options: dict, split: str, overwrite: bool, header) -> dict:
+    """The recipe on a sentence-embedding model: unlabelled train texts in, embedding scores against dense out."""
+    from slimformer.embedding import load_embedding_model, save_embedding_result
+    from slimformer.embedding_compress import EmbeddingData, compress_embedding_recipe
+    from slimformer.models import resolve_model_path
+
+    dense, tok = load_embedding_model(model)
+    context = EmbeddingData(tokenizer=tok, task=data, **options)
+    result, report = compress_embedding_recipe(dense, tok, data, steps, context, split=split)
+    report = {**header, "kind": "embedding", **report}
+    source = resolve_model_path(model)
+    save_embedding_result(result, tok, out, source=source if Path(source).is_dir() else None, overwrite=overwrite,
+                          extra=report)  # fmt: skip
+    return report
+
+
+def _embedding_lines(report: dict) -> str:
+    agree, k, split = report["agreement"], report["agreement"]["k"], report["split"]
+    lines = [
+        f"agreement with dense on {report['examples'][split]} {split} texts: mean cosine "
+        f"{agree['mean_cosine']:.4f}, recall@{k} {agree['recall_at_k']:.4f}"
+    ]
+    for key, label in (("knn_accuracy", f"kNN accuracy (k={k})"), ("retrieval_precision", f"precision@{k}")):
+        d, c = 100 * report["dense"][key], 100 * report["compressed"][key]
+        lines.append(f"{label:22s} dense {d:6.2f}  compressed {c:6.2f}  ({c - d:+.2f} points)")
+    return "\n".join(lines)

@@ -62,6 +62,7 @@ def pareto(
             repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
         ensure_output_dir(out, overwrite, inputs=(model,))  # refuses a non-empty folder before any work
+        refuse_embedding_model(model)
         m, tok, data = model_and_task(
             model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
         )
@@ -81,6 +82,19 @@ def pareto(
     typer.echo(table)
     typer.echo("* = on the accuracy-latency frontier, † = on the accuracy-memory frontier")
     typer.echo(f"plots: {result['plots']['latency']}, {result['plots']['memory']}; table: {folder / 'pareto.md'}")
+
+
+def refuse_embedding_model(model: str) -> None:
+    """``ValueError`` for a sentence-embedding model, saying where its budget sweep runs instead."""
+    from slimformer.embedding import folder_pooling
+
+    if folder_pooling(model) is not None:
+        raise ValueError(
+            f"model {model!r} is a sentence-embedding model: pareto scores a classifier's test accuracy. "
+            "Sweep an embedding model with `slimformer embed-compress MODEL --budget macs=X` per budget "
+            "(agreement, kNN accuracy, timing vs dense) or `python benchmarks/embedding.py` (every budget, "
+            "timed interleaved)"
+        )
 
 
 def _write_outputs(result: dict, folder: Path, config, title: str, *, final: Path) -> str:
