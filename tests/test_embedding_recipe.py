@@ -104,8 +104,34 @@ def test_compress_embedding_refuses_the_train_split(st_folder, labelled_csv, tmp
     assert result.exit_code == 2 and "validation or test" in result.output and not (tmp_path / "o").exists()
 
 
-def test_pareto_refuses_an_embedding_model_and_says_where_to_go(st_folder, labelled_csv, tmp_path):
-    result = cli("pareto", st_folder, "--task", labelled_csv, "--out", tmp_path / "p")
+def test_pareto_sweeps_an_embedding_model_scored_by_knn_accuracy(st_folder, labelled_csv, tmp_path, monkeypatch):
+    import slimformer.bench as bench_module
+    from slimformer.embedding import EmbeddingForward
+
+    timed = []
+    real = bench_module.bench_models
+
+    def spy(models, config, **kwargs):
+        timed.extend(type(m) for m in models.values())
+        return real(models, config, **kwargs)
+
+    monkeypatch.setattr(bench_module, "bench_models", spy)
+    out = tmp_path / "p"
+    args = ["--budgets", "0.7,0.5", "--repeats", 1, "--seq-len", 8, "--batch-sizes", 1, "--calibration", 32]
+    result = cli("pareto", st_folder, "--task", labelled_csv, "--out", out, *args, "--json")
+    assert result.exit_code == 0, result.output
+    points = {p["key"]: p for p in json.loads(result.output)["points"]}
+    # the embedding default drops fisher (needs labels); every model timed as encoder + pooling, interleaved
+    assert set(points) == {"dense", *(f"{m}@{b}" for m in ("optin", "magnitude", "optin+int8") for b in (0.7, 0.5)),
+                           "dense+int8@1.0"}  # fmt: skip
+    assert timed == [EmbeddingForward] * len(points)
+    assert points["dense"]["recall_at_k"] == 1.0 and points["dense"]["mean_cosine"] == pytest.approx(1.0)
+    assert points["optin@0.5"]["mean_cosine"] < 1 and points["optin@0.5"]["macs"] < points["optin@0.7"]["macs"]
+    assert all(p["accuracy"] == p["knn_accuracy"] and "retrieval_precision" in p for p in points.values())
+    assert "recall@10" in (out / "pareto.md").read_text() and (out / "frontier_latency.png").is_file()
+
+
+def test_pareto_refuses_fisher_on_an_embedding_model(st_folder, labelled_csv, tmp_path):
+    result = cli("pareto", st_folder, "--task", labelled_csv, "--out", tmp_path / "p", "--methods", "optin,fisher")
     assert result.exit_code == 2, result.output
-    assert "sentence-embedding model" in result.output and "embed-compress" in result.output
-    assert "benchmarks/embedding.py" in result.output and not (tmp_path / "p").exists()
+    assert "fisher is not available for embedding models" in result.output and not (tmp_path / "p").exists()

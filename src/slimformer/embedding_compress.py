@@ -255,3 +255,33 @@ def compress_embedding_recipe(model, tokenizer, task, steps: list, data: Embeddi
     settings = {"max_train": max_train, "max_length": data.max_length, "seed": data.seed, "split": split}
     report.update(measure_against_dense(small, model, tokenizer, task, **settings))
     return small, report
+
+
+class EmbeddingScorer:
+    """Scores compressed versions of one dense embedding model on ``split`` (dense embedded once).
+
+    Calling it on a model gives kNN accuracy and same-label precision@k (kNN index: a seeded sample of
+    ``max_train`` train texts) and agreement with dense on the split's texts (mean cosine, recall@k);
+    ``accuracy`` is the kNN accuracy, the y-axis of :mod:`slimformer.pareto`'s frontiers.
+    """
+
+    def __init__(self, dense, tokenizer, task, *, k: int = 10, max_train: int | None = 1000, max_length: int = 128,
+                 seed: int = 0, split: str = "test"):  # fmt: skip
+        from slimformer.embedding import embed
+
+        if split not in ("validation", "test"):
+            raise ValueError(f"split {split!r}: embedding scores are measured on validation or test")
+        self.tokenizer, self.k, self.max_length = tokenizer, k, max_length
+        self.train = _sample_examples(task.split("train"), max_train, f"knn-{seed}")
+        self.test = task.split(split)
+        self.dense = embed(dense, tokenizer, [e.text for e in self.test], max_length=max_length)
+
+    def __call__(self, model) -> dict[str, float]:
+        from slimformer.embedding import embed
+        from slimformer.embedding_eval import agreement, labelled_scores
+
+        a = embed(model, self.tokenizer, [e.text for e in self.train], max_length=self.max_length)
+        b = embed(model, self.tokenizer, [e.text for e in self.test], max_length=self.max_length)
+        scores = labelled_scores(a, [e.label for e in self.train], b, [e.label for e in self.test], self.k)
+        agree = agreement(b, self.dense, self.k)
+        return {"accuracy": scores["knn_accuracy"], **scores, **{k: agree[k] for k in ("mean_cosine", "recall_at_k")}}

@@ -151,25 +151,15 @@ def compress_points(
     from tqdm.auto import tqdm
 
     from slimformer.cost import cost_of
-    from slimformer.evaluate import evaluate
-    from slimformer.methods import MethodData
     from slimformer.structure import Structure
 
-    test = task.split("test")
-    data = MethodData(
-        tokenizer=tokenizer,
-        task=task,
-        max_length=config.max_length,
-        calibration=config.calibration,
-        seed=config.seed,
-        progress=False,
-    )
+    data, score = _data_and_scorer(model, tokenizer, task, config)
     models: dict[str, Any] = {}
     dense_cost = cost_of(Structure.from_model(model), config.seq_len)
     points: list[dict] = []
 
     def add(key: str, label: str, budget: float, m, cost, seconds: float) -> None:
-        points.append(_point(key, label, budget, m, tokenizer, test, config, evaluate, cost, seconds))
+        points.append(_point(key, label, budget, m, score, cost, seconds))
         models[key] = m
         if on_point:
             on_point(points[-1])
@@ -192,6 +182,33 @@ def compress_points(
                 add(f"dense+{p}@1.0", f"dense+{p}", 1.0, _convert(p, model, data), dense_cost, 0.0)
     bar.close()
     return points, models
+
+
+def _data_and_scorer(model, tokenizer, task, config: ParetoConfig):
+    """``(MethodData, score)``: what the methods read and ``score(model) -> {"accuracy", ...}`` on test.
+
+    A classifier: its test accuracy. An embedding model (:mod:`slimformer.embedding`): unlabelled
+    train texts for the methods, and kNN accuracy as ``accuracy`` with precision@10 and agreement with
+    dense (:class:`slimformer.embedding_compress.EmbeddingScorer`); methods it cannot run are refused first.
+    """
+    from slimformer.embedding import embedding_pooling
+    from slimformer.methods import MethodData
+
+    options = {"max_length": config.max_length, "calibration": config.calibration, "seed": config.seed}
+    if embedding_pooling(model) is None:
+        from slimformer.evaluate import evaluate
+
+        test = task.split("test")
+        data = MethodData(tokenizer=tokenizer, task=task, progress=False, **options)
+        return data, lambda m: {"accuracy": evaluate(m, tokenizer, test, max_length=config.max_length,
+                                                     progress=False)["accuracy"]}  # fmt: skip
+    from slimformer.embedding_compress import EmbeddingData, EmbeddingScorer
+    from slimformer.tasks import require_kind
+
+    for method in dict.fromkeys(_split(m)[0] for m in config.methods):
+        require_kind(model, method)
+    data = EmbeddingData(tokenizer=tokenizer, task=task, progress=False, **options)
+    return data, EmbeddingScorer(model, tokenizer, task, max_length=config.max_length, seed=config.seed)
 
 
 def _compressed(method: str, model, config: ParetoConfig, data):
@@ -229,12 +246,19 @@ def time_points(points: list[dict], models: dict[str, Any], config: ParetoConfig
 
     logger.info("timing %d models interleaved at batch sizes %s", len(models), list(config.batch_sizes))
     bench = BenchConfig(batch_sizes=config.batch_sizes, seq_len=config.seq_len, repeats=config.repeats)
-    timed = bench_models(models, bench, progress=progress)
+    timed = bench_models({k: _timed(m) for k, m in models.items()}, bench, progress=progress)
     for p in points:
         for r in timed[p["key"]]["results"]:
             p[f"latency_b{r['batch_size']}_ms"] = r["median_ms"]
         p["latency_ms"] = p[f"latency_b{config.batch_sizes[0]}_ms"]
     return next(iter(timed.values()))["environment"]
+
+
+def _timed(model):
+    """What a user of ``model`` runs: an embedding model's encoder + pooling, else the model itself."""
+    from slimformer.embedding import EmbeddingForward, embedding_pooling
+
+    return EmbeddingForward(model) if embedding_pooling(model) is not None else model
 
 
 def mark_fronts(points: list[dict]) -> None:
@@ -248,13 +272,12 @@ def _config_dict(config: ParetoConfig) -> dict[str, Any]:
     return config.to_dict()
 
 
-def _point(key, method, budget, model, tokenizer, test, config, evaluate, cost, seconds) -> dict[str, Any]:
-    metrics = evaluate(model, tokenizer, test, max_length=config.max_length, progress=False)
+def _point(key, method, budget, model, score, cost, seconds) -> dict[str, Any]:
     point = {
         "key": key,
         "method": method,
         "budget": budget,
-        "accuracy": metrics["accuracy"],
+        **score(model),
         "params": cost.params,
         "macs": cost.macs,
         "bytes": weight_bytes(model),
@@ -264,7 +287,9 @@ def _point(key, method, budget, model, tokenizer, test, config, evaluate, cost, 
     return point
 
 
-def plot_frontier(points: Sequence[dict], x: str, path: str | Path, *, xlabel: str, title: str = "") -> Path:
+def plot_frontier(
+    points: Sequence[dict], x: str, path: str | Path, *, xlabel: str, title: str = "", ylabel: str = "test accuracy"
+) -> Path:
     """PNG of accuracy against ``x`` per method; Pareto-optimal points ringed and joined by a step line."""
     import matplotlib
 
@@ -291,7 +316,7 @@ def plot_frontier(points: Sequence[dict], x: str, path: str | Path, *, xlabel: s
         label="Pareto-optimal", zorder=4,
     )  # fmt: skip
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
@@ -305,9 +330,11 @@ def plot_frontier(points: Sequence[dict], x: str, path: str | Path, *, xlabel: s
 def markdown(points: Sequence[dict], *, batch_sizes: Sequence[int]) -> str:
     """Table of every point; * marks the latency frontier (first batch size), † the memory frontier."""
     lat = [f"b{b} ms (x dense)" for b in batch_sizes]
+    agree = "recall_at_k" in points[0]  # an embedding model: kNN accuracy, then recall@10 of dense's neighbours
+    acc = "test kNN acc | recall@10" if agree else "test acc"
     lines = [
-        f"| method | budget | test acc | params | MACs | weights MB | {' | '.join(lat)} | frontier | time (s) |",
-        "|---|---|---|---|---|---|" + "---|" * len(lat) + "---|---|",
+        f"| method | budget | {acc} | params | MACs | weights MB | {' | '.join(lat)} | frontier | time (s) |",
+        "|---|---|---|---|---|---|" + "---|" * (len(lat) + agree) + "---|---|",
     ]
     dense = points[0]
     for p in points:
@@ -316,8 +343,9 @@ def markdown(points: Sequence[dict], *, batch_sizes: Sequence[int]) -> str:
             f"{p[f'latency_b{b}_ms']:.2f} ({dense[f'latency_b{b}_ms'] / p[f'latency_b{b}_ms']:.2f}x)"
             for b in batch_sizes
         ]
+        score = f"{p['accuracy']:.4f}" + (f" | {p['recall_at_k']:.4f}" if agree else "")
         lines.append(
-            f"| {p['method']} | {p['budget']:.2f} | {p['accuracy']:.4f} | {p['params'] / 1e6:.2f}M | "
+            f"| {p['method']} | {p['budget']:.2f} | {score} | {p['params'] / 1e6:.2f}M | "
             f"{p['macs'] / 1e6:.0f}M | {p['bytes'] / 1e6:.1f} | {' | '.join(cells)} | {marks} | {p['seconds']:.1f} |"
         )
     return "\n".join(lines)

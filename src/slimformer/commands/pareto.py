@@ -22,8 +22,12 @@ from slimformer.commands.common import (
     emit_json,
     ensure_output_dir,
     fail,
+    load_task_option,
     model_and_task,
 )
+
+DEFAULT_METHODS = "optin,fisher,magnitude,optin+int8"
+EMBEDDING_METHODS = "optin,magnitude,optin+int8"
 
 
 def pareto(
@@ -31,8 +35,13 @@ def pareto(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the plots and tables (must be empty or new)")],
     task: TaskOpt = "rotten_tomatoes",
     methods: Annotated[
-        str, typer.Option(help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version")
-    ] = "optin,fisher,magnitude,optin+int8",
+        str | None,
+        typer.Option(
+            help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version [default: "
+            f"{DEFAULT_METHODS}; for an embedding model {EMBEDDING_METHODS}: fisher needs labels]",
+            show_default=False,
+        ),
+    ] = None,
     budgets: Annotated[str, typer.Option(help="comma-separated relative budgets in (0, 1]")] = "0.8,0.6,0.5,0.4,0.3",
     kind: Annotated[str, typer.Option(help="budget kind of the sweep: macs, params or memory")] = "macs",
     seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per sequence for MACs and latency")] = 128,
@@ -50,29 +59,39 @@ def pareto(
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ):
-    """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table)."""
+    """Run methods over a sweep of budgets; write accuracy-latency and accuracy-memory frontiers (PNG + table).
+
+    A sentence-embedding MODEL (e.g. minilm-l6 as shipped) is swept with no labels for compressing: OPTIN,
+    magnitude and random score on unlabelled train texts (fisher, slim, axformer are refused with the
+    reason). Each point's accuracy is then the kNN accuracy (k=10, index: 1,000 train texts) on test;
+    the table and pareto.json also give precision@10 and agreement with dense (mean cosine, recall@10).
+    Timing is encoder + pooling, every model interleaved.
+    """
     from slimformer.bench import parse_int_list
+    from slimformer.embedding import embedding_pooling, folder_pooling
     from slimformer.fsutil import staged_output_dir
     from slimformer.pareto import ParetoConfig, sweep
     from slimformer.report import write_json
 
     try:
+        if methods is None:
+            methods = EMBEDDING_METHODS if folder_pooling(model) is not None else DEFAULT_METHODS
         config = ParetoConfig(
             methods=methods, budgets=budgets, kind=kind, seq_len=seq_len, batch_sizes=parse_int_list(batch_sizes),
             repeats=repeats, calibration=calibration, max_length=max_length,
         )  # fmt: skip
         ensure_output_dir(out, overwrite, inputs=(model,))  # refuses a non-empty folder before any work
-        refuse_embedding_model(model)
-        m, tok, data = model_and_task(
-            model, task, text_column, text_pair_column, label_column, 0, validation_file, test_file
-        )
+        m, tok, data = _model_and_task(model, task, (text_column, text_pair_column, label_column), validation_file,
+                                       test_file)  # fmt: skip
         result = sweep(m, tok, data, config, name="dense", progress=not as_json)
     except USER_ERRORS as exc:
         fail(exc)
     result.pop("models")
-    title = f"{model} on {data.name} (test split)"
+    embedding = embedding_pooling(m) is not None
+    title = f"{model} on {data.name} (test split{', embedding model: kNN accuracy, k=10' if embedding else ''})"
+    ylabel = "test kNN accuracy (k=10)" if embedding else "test accuracy"
     with staged_output_dir(out, overwrite=overwrite) as stage:  # moved into place complete
-        table = _write_outputs(result, stage, config, title, final=out)
+        table = _write_outputs(result, stage, config, title, final=out, ylabel=ylabel)
         result.update(model=model, task=data.name)
         write_json(stage / "pareto.json", result)
     folder = out
@@ -84,20 +103,19 @@ def pareto(
     typer.echo(f"plots: {result['plots']['latency']}, {result['plots']['memory']}; table: {folder / 'pareto.md'}")
 
 
-def refuse_embedding_model(model: str) -> None:
-    """``ValueError`` for a sentence-embedding model, saying where its budget sweep runs instead."""
-    from slimformer.embedding import folder_pooling
+def _model_and_task(model: str, task: str, columns: tuple, validation_file, test_file):
+    """``(model, tokenizer, task)``: an embedding model as one (labels only score it), else a classifier."""
+    from slimformer.embedding import folder_pooling, load_embedding_model
 
-    if folder_pooling(model) is not None:
-        raise ValueError(
-            f"model {model!r} is a sentence-embedding model: pareto scores a classifier's test accuracy. "
-            "Sweep an embedding model with `slimformer embed-compress MODEL --budget macs=X` per budget "
-            "(agreement, kNN accuracy, timing vs dense) or `python benchmarks/embedding.py` (every budget, "
-            "timed interleaved)"
-        )
+    if folder_pooling(model) is None:
+        return model_and_task(model, task, *columns, 0, validation_file, test_file)
+    text_column, _, label_column = columns
+    data = load_task_option(task, text_column, None, label_column, 0, validation_file=validation_file,
+                            test_file=test_file)  # fmt: skip
+    return (*load_embedding_model(model), data)
 
 
-def _write_outputs(result: dict, folder: Path, config, title: str, *, final: Path) -> str:
+def _write_outputs(result: dict, folder: Path, config, title: str, *, final: Path, ylabel: str) -> str:
     """Write both frontier plots (recorded in ``result["plots"]`` as paths under ``final``, where
     ``folder`` will be) and pareto.md; return the table."""
     from slimformer.pareto import markdown, plot_frontier
@@ -107,9 +125,10 @@ def _write_outputs(result: dict, folder: Path, config, title: str, *, final: Pat
     result["plots"] = {
         "latency": str(final / plot_frontier(points, "latency_ms", folder / "frontier_latency.png",
                                              xlabel=f"latency at batch {batch_size} x {config.seq_len} tokens (ms)",
-                                             title=title).name),
+                                             title=title, ylabel=ylabel).name),
         "memory": str(final / plot_frontier(points, "bytes", folder / "frontier_memory.png",
-                                            xlabel="weights (MB, as stored)", title=title).name),
+                                            xlabel="weights (MB, as stored)", title=title,
+                                            ylabel=ylabel).name),
     }  # fmt: skip
     table = markdown(points, batch_sizes=config.batch_sizes)
     (folder / "pareto.md").write_text(f"# Frontier: {title}\n\n{table}\n")
