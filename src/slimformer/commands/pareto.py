@@ -37,8 +37,8 @@ def pareto(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version [default: "
-            f"{DEFAULT_METHODS}; for an embedding model {EMBEDDING_METHODS}: fisher needs labels]",
+            help="comma-separated pruning methods; METHOD+int8 / METHOD+bf16 adds that version (default: "
+            f"{DEFAULT_METHODS}; for an embedding model {EMBEDDING_METHODS}, as fisher needs labels)",
             show_default=False,
         ),
     ] = None,
