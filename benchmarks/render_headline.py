@@ -27,6 +27,7 @@ def headline_rows(data: dict[str, dict[str, dict]]) -> list[tuple[str, str, str]
             ),
         )
     )
+    out.append(fit_row(data["fit"]["fit_maxdrop"]))
     res = data["prune_budgets"]["prune_budgets_rotten"]["results"][0]
     s = next(x for x in res["summary"] if x["method"] == "optin" and x["budget"] == 0.5)
     out.append(
@@ -89,6 +90,23 @@ def headline_rows(data: dict[str, dict[str, dict]]) -> list[tuple[str, str, str]
     )
     out.append(targets_row(data))
     return out
+
+
+def fit_row(report: dict) -> tuple[str, str, str]:
+    """``slimformer fit --max-drop``: its choice per batch size beside dense and the peer, on test inputs."""
+    parts = []
+    for r in report["rows"]:
+        parts.append(
+            f"b{r['batch']}: `{r['chosen']}` {pct(r['test_accuracy']['chosen'])}% "
+            f"(dense {pct(r['test_accuracy']['dense'])}%), {num(r['test_speedup'])}x, "
+            f"{num(r['fit_vs_peer'])}x the peer's speed"
+        )
+    return (
+        "fit",
+        f"`slimformer fit`, fastest within {num(report['max_drop'], 'g')} validation point of dense "
+        f"({report['task']}, {report['seq_len']} tokens)",
+        "; ".join(parts) + f"; peer (dense, onnxruntime optimizer + int8) {pct(report['peer']['test_accuracy'])}%",
+    )
 
 
 def targets_row(data: dict[str, dict[str, dict]]) -> tuple[str, str, str]:
