@@ -96,7 +96,7 @@ PAGES: tuple[Page, ...] = (
     Page("embedding", "Sentence-embedding models (no labels)", "embedding.py", ("embedding", "embedding_distil")),
     Page("families", "Model families at base size", "families.py", ("families",)),
     Page("ort_fused", "Fused-attention onnxruntime graphs", "ort_fused.py", ("ort_fused",)),
-    Page("fit", "slimformer fit at latency targets", "fit.py", ("fit", "fit_maxdrop")),
+    Page("fit", "slimformer fit at latency targets", "fit.py", ("fit", "fit_maxdrop", "fit_rotten128")),
     Page(
         "token_classification",
         "Token classification (WNUT-16 NER)",
