@@ -251,6 +251,7 @@ def test_main_job_end_to_end_on_a_tiny_model(saved_model, csv_task, tmp_path, mo
     assert fit_json["choice"]["key"] == head["choice"] and fit_json["config"]["max_drop"] == 1.0
     md = (tmp_path / "run" / "report.md").read_text()
     assert md.index("## Headline") < md.index("## Every model") and "fit vs peer:" in md
+    assert " points below dense" in md or " points above dense" in md  # a drop in words, not a signed number
     assert (tmp_path / "run" / "peer" / "peer.opt.int8.onnx").stat().st_size > 0
     config = dataclasses.replace(config, fit=None)
     again = run_demo(config, tmp_path / "run2", progress=False)

@@ -134,7 +134,7 @@ def headline_markdown(head: dict[str, Any]) -> list[str]:
         md.append(
             f"`fit {head['budget']}` with max_drop={head['max_drop']} chose `{head['choice']}` ({head['reason']}; "
             f"{head['candidates']} candidates, search {head['search_s']:.0f} s). On test it is "
-            f"{head['drop_points']['fit']:+.2f} points from dense (peer {head['drop_points']['peer']:+.2f}); "
+            f"{_below(head['drop_points']['fit'])} dense (peer {_below(head['drop_points']['peer'])}); "
             f"fit vs peer: {ratios}. Model, fit.json and frontier.png: `{head['folder']}`."
         )
         md.append("")
@@ -145,3 +145,8 @@ def headline_markdown(head: dict[str, Any]) -> list[str]:
         "",
     ]
     return md
+
+
+def _below(drop: float) -> str:
+    """A drop in accuracy points as words: ``1.02 points below`` / ``0.30 points above``."""
+    return f"{drop:.2f} points below" if drop >= 0 else f"{-drop:.2f} points above"
