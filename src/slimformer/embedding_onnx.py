@@ -18,7 +18,6 @@ The fused onnxruntime graphs of :mod:`slimformer.ort_fuse` are built for classif
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,20 +28,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimformer.bench import BenchConfig, environment
+from slimformer.bench import BenchConfig
 from slimformer.embedding import EmbeddingForward, embedding_pooling, encode, text_batches
 from slimformer.onnx_export import (
     DEFAULT_BENCH,
-    REPORT_FILE,
     ExportConfig,
     OnnxVerificationError,
     _require_onnx,
-    _version,
     check_exportable,
     input_names,
+    model_summary,
     quantize_int8,
+    time_and_save_report,
 )
-from slimformer.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel, compare_latency
+from slimformer.onnx_runtime import INT8_FILE, ONNX_FILE, OnnxModel
 from slimformer.onnx_verify import verification_batches
 
 #: The graph's one output.
@@ -161,7 +160,6 @@ def _verify(model, out: Path, files: Mapping[str, str], batches, atol: float) ->
 
 
 def _export_into(out: Path, model, tokenizer, batches, config: ExportConfig, bench, progress: bool):
-    from slimformer.structure import Structure
 
     sample = max(batches, key=lambda b: (b["input_ids"].shape[0], -int(b["attention_mask"].all())))
     seconds: dict[str, float] = {}
@@ -178,15 +176,9 @@ def _export_into(out: Path, model, tokenizer, batches, config: ExportConfig, ben
     t0 = time.perf_counter()
     verification, failures = _verify(model, out, files, batches, config.atol)
     seconds["verify"] = time.perf_counter() - t0
-    structure = Structure.from_model(model)
     report: dict[str, Any] = {
         "kind": "embedding",
-        "model": {
-            "class": type(model).__name__,
-            "family": structure.dims.family,
-            "params": sum(p.numel() for p in model.parameters()),
-            "layers": [{"heads": s.heads, "ffn": s.ffn} for s in structure.layers],
-        },
+        "model": model_summary(model),
         "pooling": embedding_pooling(model).to_dict(),
         "config": config.to_dict(),
         "inputs": input_names(model),
@@ -198,22 +190,7 @@ def _export_into(out: Path, model, tokenizer, batches, config: ExportConfig, ben
         "verification": verification,
         "passed": not failures,
     }
-    if bench is not None and not failures:
-        threads = bench.threads or torch.get_num_threads()
-        candidates = {"pytorch_fp32": EmbeddingForward(model)}
-        candidates.update({f"onnx_{k}": OnnxEmbedder(out / v, threads=threads) for k, v in files.items()})
-        t0 = time.perf_counter()
-        report["latency"] = compare_latency(
-            candidates, bench, inputs_model=model, reference="pytorch_fp32", progress=progress
-        )
-        report["latency"]["onnx_threads"] = threads
-        seconds["latency"] = time.perf_counter() - t0
-    report["seconds"] = seconds
-    report["environment"] = report.get("latency", {}).get("environment") or {
-        **environment(),
-        "onnxruntime": _version("onnxruntime"),
-    }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    time_and_save_report(out, report, seconds, model, EmbeddingForward(model), OnnxEmbedder, bench, progress=progress)
     return report, failures
 
 

@@ -314,7 +314,6 @@ def _export_into(
 ) -> tuple[dict[str, Any], list[str]]:
     """Write, verify and (when every check passed) time the files in ``out``; the report and the failures."""
     from slimformer.arch import get_adapter
-    from slimformer.structure import Structure
 
     adapter = get_adapter(model)
 
@@ -332,13 +331,9 @@ def _export_into(
     verification["texts"] = "default" if texts is None else "given"
     seconds["verify"] = time.perf_counter() - t0
 
-    structure = Structure.from_model(model)
     report: dict[str, Any] = {
         "model": {
-            "class": type(model).__name__,
-            "family": structure.dims.family,
-            "params": sum(p.numel() for p in model.parameters()),
-            "layers": [{"heads": s.heads, "ffn": s.ffn} for s in structure.layers],
+            **model_summary(model),
             "num_labels": model.config.num_labels,
             "id2label": {str(k): v for k, v in (model.config.id2label or {}).items()},
         },
@@ -353,12 +348,37 @@ def _export_into(
         "passed": not failures,
         "supported": SUPPORTED,
     }
-    if bench is not None and not failures:
+    time_and_save_report(out, report, seconds, model, model, OnnxModel, bench, progress=progress)
+    return report, failures
+
+
+def model_summary(model: nn.Module) -> dict[str, Any]:
+    """The exported model as a report names it: class, family, parameters and per-layer shapes."""
+    from slimformer.structure import Structure
+
+    structure = Structure.from_model(model)
+    return {
+        "class": type(model).__name__,
+        "family": structure.dims.family,
+        "params": sum(p.numel() for p in model.parameters()),
+        "layers": [{"heads": s.heads, "ffn": s.ffn} for s in structure.layers],
+    }
+
+
+def time_and_save_report(
+    out: Path, report: dict, seconds: dict, model: nn.Module, reference, runner, bench, *, progress: bool
+) -> None:
+    """Time ``reference`` (PyTorch) against every file of ``report["files"]`` loaded by ``runner``.
+
+    Interleaved, only when ``bench`` is given and verification passed; then records the timings,
+    ``seconds`` and the environment and writes ``out/REPORT_FILE``.
+    """
+    if bench is not None and report["passed"]:
         t0 = time.perf_counter()
         threads = bench.threads or torch.get_num_threads()
-        candidates: dict[str, Candidate] = {"pytorch_fp32": model}
-        for kind, name in files.items():
-            candidates[f"onnx_{kind}"] = OnnxModel(out / name, threads=threads)
+        candidates: dict[str, Candidate] = {"pytorch_fp32": reference}
+        for kind, name in report["files"].items():
+            candidates[f"onnx_{kind}"] = runner(out / name, threads=threads)
         report["latency"] = compare_latency(
             candidates, bench, inputs_model=model, reference="pytorch_fp32", progress=progress
         )
@@ -370,7 +390,6 @@ def _export_into(
         "onnxruntime": _version("onnxruntime"),
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return report, failures
 
 
 # --- the verb ----------------------------------------------------------------------------------
