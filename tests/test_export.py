@@ -24,9 +24,9 @@ PLAIN_LOAD = textwrap.dedent(
                 raise ImportError("slimformer must not be needed")
     sys.meta_path.insert(0, Block())
     import torch
-    from transformers import AutoModelForSequenceClassification
-    folder, inputs = sys.argv[1], json.loads(sys.argv[2])
-    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    import transformers
+    folder, inputs, auto = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
         logits = model(**{k: torch.tensor(v) for k, v in inputs.items()}).logits
     print(json.dumps(logits.tolist()))
@@ -34,11 +34,12 @@ PLAIN_LOAD = textwrap.dedent(
 )
 
 
-def plain_transformers_logits(folder, inputs: dict) -> torch.Tensor:
-    """Logits of ``folder`` loaded by plain transformers in a subprocess where slimformer cannot be imported."""
+def plain_transformers_logits(folder, inputs: dict, auto: str = "AutoModelForSequenceClassification") -> torch.Tensor:
+    """Logits of ``folder`` loaded by plain transformers' ``auto`` class in a subprocess where slimformer
+    cannot be imported."""
     payload = json.dumps({k: v.tolist() for k, v in inputs.items()})
     out = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload],
+        [sys.executable, "-c", PLAIN_LOAD, str(folder), payload, auto],
         capture_output=True,
         text=True,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},

@@ -7,9 +7,6 @@ ONNX export verified, and every registered method run or refused with its reason
 """
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -28,24 +25,8 @@ from slimformer.methods import MethodData, apply, available
 from slimformer.models import load_model
 from slimformer.structure import Structure
 from slimformer.surgery import KeepPlan, apply_plan, masked
+from test_export import plain_transformers_logits
 from test_methods import EXAMPLES
-
-PLAIN_LOAD = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "slimformer" or name.startswith("slimformer."):
-                raise ImportError("slimformer must not be needed")
-    sys.meta_path.insert(0, Block())
-    import torch
-    from transformers import AutoModelForImageClassification
-    folder, pixels = sys.argv[1], json.loads(sys.argv[2])
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    with torch.no_grad():
-        print(json.dumps(model(pixel_values=torch.tensor(pixels)).logits.tolist()))
-    """
-)
 
 
 def make_tiny_vit(family: str = "vit", *, num_labels: int = 3, layers: int = 3, seed: int = 0, labels=None):
@@ -130,15 +111,7 @@ def test_uneven_model_loads_with_plain_transformers(image_family, tmp_path):
     folder = save_model(model, ImageProcessor.for_model(model.config), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoModelForImageClassification": f"modeling_slimformer.Slim{type(model).__name__}"}
-    out = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(folder), json.dumps(x["pixel_values"].tolist())],
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    plain = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    plain = plain_transformers_logits(folder, {"pixel_values": x["pixel_values"]}, "AutoModelForImageClassification")
     torch.testing.assert_close(plain, logits(model, x))
     loaded, processor = load_model(str(folder), require_head=True)
     torch.testing.assert_close(logits(loaded, x), logits(model, x), rtol=0, atol=0)
